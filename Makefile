@@ -1,0 +1,39 @@
+# Entry points for people and CI. `make run` and `make test` work on a fresh Debian/Ubuntu machine:
+# they install what they need (apt packages when run as root or with sudo, a venv, pip packages).
+
+PYTHON_SYSTEM ?= /usr/bin/python3
+VENV          ?= .venv
+PY            := $(VENV)/bin/python
+APT_PACKAGES  := python3-venv python3-dev python3-selinux gcc make
+SUDO          := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+STAMP         := $(VENV)/.installed
+
+.PHONY: deps run test test-unit vm-test bench clean
+
+# Debian's python3-selinux holds the libselinux bindings; a --system-site-packages venv built from
+# the system interpreter sees them, so no bindings need compiling.
+$(STAMP): pyproject.toml $(wildcard setup.py)
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:" $$missing; \
+	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing; \
+	fi
+	$(PYTHON_SYSTEM) -m venv --system-site-packages $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $@
+
+deps: $(STAMP)
+
+# The main job on the bundled example: what kubelet would do with each volume of each pod.
+run: $(STAMP)
+	$(VENV)/bin/selinux-mount-agent explain -f examples/cluster.yaml
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-unit: $(STAMP)
+	$(PY) -m pytest -q tests/unit
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,50 @@
+"""Entry point of `selinux-mount-agent`: builds the parser from the subcommand modules and dispatches.
+
+Errors the user caused (`AgentError`) become one line on stderr and exit code 2; nothing prints a traceback
+for bad input.
+"""
+
+import argparse
+import importlib
+import sys
+
+from agent import __version__
+from agent.errors import AgentError
+
+# Each module has `register(subparsers)`, which adds its parser and sets `func(args) -> int`.
+SUBCOMMANDS = [
+    "agent.cli.explain_cmd",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="selinux-mount-agent",
+        description="SELinux volume labelling for Kubernetes nodes: context= mounts where kubelet's "
+        "KEP-1710 rules allow them, a fast race-safe relabel where they do not.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in SUBCOMMANDS:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except AgentError as err:
+        print(f"selinux-mount-agent {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"selinux-mount-agent {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
