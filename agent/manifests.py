@@ -1,0 +1,70 @@
+"""Read Kubernetes objects from YAML or JSON files: single objects, multi-document YAML, and `kind: List`
+(what `kubectl get ... -o json|yaml` prints). The edge where files become dicts; errors name the file."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+
+from agent.errors import InvalidManifest
+
+
+def flatten(document, source: str) -> list[dict]:
+    """Objects in one parsed document; `List` kinds (and `*List`) are opened up, nulls skipped."""
+    if document is None:
+        return []
+    if not isinstance(document, dict):
+        raise InvalidManifest(f"{source}: expected a Kubernetes object or a List, got {type(document).__name__}")
+    kind = document.get("kind", "")
+    if isinstance(kind, str) and kind.endswith("List") and "items" in document:
+        items = document.get("items") or []
+        if not isinstance(items, list):
+            raise InvalidManifest(f"{source}: {kind}.items must be a list")
+        out = []
+        for item in items:
+            out.extend(flatten(item, source))
+        return out
+    return [document]
+
+
+def parse_text(text: str, source: str) -> list[dict]:
+    stripped = text.lstrip()
+    if stripped.startswith("{") or stripped.startswith("["):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise InvalidManifest(f"{source}: invalid JSON at line {err.lineno} column {err.colno}: {err.msg}") \
+                from None
+        documents = data if isinstance(data, list) else [data]
+    else:
+        try:
+            documents = list(yaml.safe_load_all(text))
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise InvalidManifest(f"{source}: invalid YAML{where}: {problem}") from None
+    objects = []
+    for document in documents:
+        objects.extend(flatten(document, source))
+    return objects
+
+
+def load_files(paths: list[str]) -> list[dict]:
+    objects = []
+    for path in paths:
+        try:
+            if path == "-":
+                import sys
+
+                text = sys.stdin.read()
+            else:
+                with open(path, encoding="utf-8") as handle:
+                    text = handle.read()
+        except OSError as err:
+            raise InvalidManifest(f"cannot read {path}: {err.strerror}") from None
+        except UnicodeDecodeError:
+            raise InvalidManifest(f"{path}: not UTF-8 text") from None
+        objects.extend(parse_text(text, path))
+    return objects

@@ -1,0 +1,65 @@
+"""agent/gates.py: gate defaults per version and kubelet's refusals."""
+
+import pytest
+
+from agent.errors import InvalidFeatureGates
+from agent.gates import parse_overrides, parse_version, resolve
+
+
+@pytest.mark.parametrize("version, rwop, change_policy, mount", [
+    ("1.28", True, False, False),
+    ("1.31", True, False, False),
+    ("1.32", True, False, False),
+    ("1.33", True, True, False),
+    ("1.35", True, True, False),
+    ("1.36", True, True, False),
+    ("v1.36.3", True, True, False),
+    ("1.37", True, True, True),
+])
+def test_defaults_per_version(version, rwop, change_policy, mount):
+    gates = resolve(version)
+    assert (gates.rwop, gates.change_policy, gates.mount) == (rwop, change_policy, mount)
+
+
+def test_overrides_apply_where_the_gate_is_mutable():
+    gates = resolve("1.33", {"SELinuxMount": True})
+    assert gates.mount and gates.mount_effective
+    assert not resolve("1.33", {"SELinuxChangePolicy": False}).change_policy
+    assert resolve("1.32", {"SELinuxChangePolicy": True}).change_policy
+
+
+def test_mount_without_rwop_acts_as_off():
+    gates = resolve("1.33", {"SELinuxMountReadWriteOncePod": False, "SELinuxMount": True})
+    assert gates.mount and not gates.mount_effective
+
+
+@pytest.mark.parametrize("version, overrides, words", [
+    ("1.36", {"SELinuxChangePolicy": False}, "locked to true"),
+    ("1.36", {"SELinuxMountReadWriteOncePod": False}, "locked to true"),
+    ("1.37", {"SELinuxMount": False}, "locked to true"),
+    ("1.29", {"SELinuxMount": True}, "unrecognized feature gate: SELinuxMount"),
+    ("1.31", {"SELinuxChangePolicy": True}, "unrecognized feature gate: SELinuxChangePolicy"),
+])
+def test_kubelet_refusals(version, overrides, words):
+    with pytest.raises(InvalidFeatureGates) as info:
+        resolve(version, overrides)
+    assert words in str(info.value)
+
+
+def test_unrelated_gates_are_accepted():
+    assert resolve("1.36", {"SomethingElse": True}) == resolve("1.36")
+
+
+@pytest.mark.parametrize("text", ["1.27", "1.38", "2.0", "latest", "1.x"])
+def test_versions_outside_the_model(text):
+    with pytest.raises(InvalidFeatureGates):
+        parse_version(text)
+
+
+def test_parse_overrides():
+    assert parse_overrides("SELinuxMount=true, SELinuxChangePolicy=False") == {
+        "SELinuxMount": True, "SELinuxChangePolicy": False}
+    assert parse_overrides("") == {}
+    for bad in ("SELinuxMount", "SELinuxMount=yes"):
+        with pytest.raises(InvalidFeatureGates):
+            parse_overrides(bad)

@@ -1,0 +1,55 @@
+"""agent/mountinfo.py: the kernel's mountinfo lines and option lists."""
+
+from agent.label import Label
+from agent.mountinfo import (context_from_options, find_mount, parse_line, parse_mountinfo, read_mountinfo,
+                             split_options, unescape_path)
+
+LINE = ('3121 29 7:3 / /var/lib/kubelet/plugins/kubernetes.io/csi/x/globalmount rw,relatime shared:1492 - ext4 '
+        '/dev/loop3 rw,context="system_u:object_r:container_file_t:s0:c1,c2"')
+
+
+def test_parse_line_with_context():
+    mount = parse_line(LINE)
+    assert mount.mount_id == 3121 and mount.parent_id == 29 and mount.major_minor == "7:3"
+    assert mount.fstype == "ext4" and mount.source == "/dev/loop3"
+    assert mount.optional_fields == ("shared:1492",)
+    assert mount.super_options == ("rw", 'context="system_u:object_r:container_file_t:s0:c1,c2"')
+    assert mount.context == Label.parse("system_u:object_r:container_file_t:s0:c2,c1")
+    assert not mount.seclabel and not mount.read_only
+
+
+def test_seclabel_and_escapes():
+    mount = parse_line(r"40 1 0:5 / /mnt/with\040space ro - tmpfs tmp\011fs rw,seclabel,size=10k")
+    assert mount.mount_point == "/mnt/with space"
+    assert mount.source == "tmp\tfs"
+    assert mount.seclabel and mount.read_only and mount.context is None
+
+
+def test_no_optional_fields():
+    mount = parse_line("22 1 0:21 / /proc rw - proc proc rw")
+    assert mount.optional_fields == () and mount.fstype == "proc"
+
+
+def test_split_options_keeps_quoted_commas():
+    assert split_options('a,context="u:r:t:s0:c1,c2",b') == ["a", 'context="u:r:t:s0:c1,c2"', "b"]
+    assert split_options("") == []
+    assert split_options("rw") == ["rw"]
+
+
+def test_context_from_options():
+    assert context_from_options(["noatime", 'context="u:r:t:s0:c1,c2"']) == Label.parse("u:r:t:s0:c1,c2")
+    assert context_from_options("rw,fscontext=u:r:t:s0") is None
+
+
+def test_find_mount_takes_the_top_one():
+    mounts = parse_mountinfo("1 0 0:1 / /a rw - ext4 /dev/x rw\n2 1 0:2 / /a rw - tmpfs t rw\n")
+    assert find_mount(mounts, "/a").mount_id == 2 and find_mount(mounts, "/b") is None
+
+
+def test_read_mountinfo_of_this_process():
+    mounts = read_mountinfo()
+    assert any(m.mount_point == "/" for m in mounts)
+
+
+def test_unescape_path():
+    assert unescape_path(r"a\134b") == "a\\b"
