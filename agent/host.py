@@ -42,20 +42,24 @@ def selinux_enforcing() -> bool:
         return False
 
 
+def context_accepted(label: Label) -> bool | None:
+    """Whether the loaded policy accepts the context; None when this node cannot tell (no SELinux)."""
+    if not selinux_enabled():
+        return None
+    binding = _bindings()
+    if binding is None:
+        return None
+    try:
+        return binding.security_check_context(label.canonical) == 0
+    except OSError:
+        return False
+
+
 def check_context(label: Label) -> None:
     """Ask the loaded policy whether the context is valid (security_check_context); a no-op without SELinux.
 
     The grammar check in `agent.label` already ran; this catches names the policy does not know, such as a
     type or a category that does not exist.
     """
-    if not selinux_enabled():
-        return
-    binding = _bindings()
-    if binding is None:
-        return
-    try:
-        result = binding.security_check_context(label.canonical)
-    except OSError:
-        result = -1
-    if result != 0:
+    if context_accepted(label) is False:
         raise InvalidLabel("context", label.text, "the loaded SELinux policy does not accept it")

@@ -8,10 +8,12 @@ Contract (relied on elsewhere, keep stable):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 
 from agent import gates as gates_mod
+from agent import host
 from agent.cluster import Cluster
 from agent.defaults import load_node_defaults
 from agent.manifests import load_files
@@ -58,7 +60,7 @@ def run(args) -> int:
     selinux_enabled = True if args.selinux is None else args.selinux
     node = build_node(args, selinux_enabled)
     cluster = Cluster(load_files(args.files))
-    pods = [decide_pod(cluster.resolve_pod(pod), node) for pod in cluster.pods]
+    pods = [check_with_local_policy(decide_pod(cluster.resolve_pod(pod), node)) for pod in cluster.pods]
     if args.output == "json":
         document = {
             "pods": [pod.to_json() for pod in pods],
@@ -71,6 +73,17 @@ def run(args) -> int:
         return 0
     print_table(pods, node, assumed=args.selinux is None)
     return 0
+
+
+def check_with_local_policy(pod):
+    """On a machine with SELinux, ask its loaded policy about every label (security_check_context)."""
+    volumes = []
+    for volume in pod.volumes:
+        if volume.label is not None and host.context_accepted(volume.label) is False:
+            volume = dataclasses.replace(volume, reasons=volume.reasons + (
+                "warning: the SELinux policy loaded on this machine does not accept this label",))
+        volumes.append(volume)
+    return dataclasses.replace(pod, volumes=tuple(volumes))
 
 
 def print_table(pods, node: NodeFacts, assumed: bool) -> None:
