@@ -7,6 +7,7 @@ Pure code: takes the parsed API objects (dicts), returns frozen dataclasses. A r
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 from agent.defaults import SELinuxOptions
@@ -50,8 +51,17 @@ _PV_SOURCE_KINDS = (
     "awsElasticBlockStore", "gcePersistentDisk", "azureDisk", "azureFile", "cinder", "vsphereVolume",
     "portworxVolume", "quobyte", "scaleIO", "storageos", "photonPersistentDisk", "flocker",
 )
+_POD_VOLUME_KIND_SET = frozenset(_POD_VOLUME_KINDS)
+_PV_SOURCE_KIND_SET = frozenset(_PV_SOURCE_KINDS)
 ACCESS_MODE_SHORT = {"ReadWriteOnce": "RWO", "ReadOnlyMany": "ROX", "ReadWriteMany": "RWX",
                      "ReadWriteOncePod": "RWOP"}
+
+
+def plugin_name_of(kind: str) -> str:
+    """Kubelet's volume plugin name for an in-tree kind (the `volume_plugin` metric label)."""
+    return {"hostPath": "kubernetes.io/host-path", "emptyDir": "kubernetes.io/empty-dir",
+            "configMap": "kubernetes.io/configmap", "downwardAPI": "kubernetes.io/downward-api",
+            "local": "kubernetes.io/local-volume"}.get(kind, f"kubernetes.io/{kind.lower()}")
 
 
 def _get(obj, *path, default=None):
@@ -92,6 +102,19 @@ class PersistentVolumeFacts:
     volume_mode: str = "Filesystem"
     mount_options: tuple[str, ...] = ()
     predicted_from: str | None = None  # StorageClass name when the claim is not bound yet
+    volume_handle: str = ""  # spec.csi.volumeHandle
+
+    @property
+    def unique_name(self) -> str:
+        """The cluster-wide key, as GetUniqueVolumeNameFromSpec builds it: for CSI
+        `kubernetes.io/csi/<driver>^<volumeHandle>`, so two PVs of one backend volume are one volume."""
+        if self.predicted_from:
+            return ""
+        if self.source == "csi" and self.volume_handle:
+            return f"kubernetes.io/csi/{self.csi_driver}^{self.volume_handle}"
+        if self.csi_driver:
+            return f"kubernetes.io/csi/{self.csi_driver}^{self.name}"
+        return f"{plugin_name_of(self.source)}/{self.name}"
 
     @property
     def access_mode_label(self) -> str:
@@ -126,10 +149,7 @@ class VolumeFacts:
         """Kubelet's volume_plugin metric label."""
         if self.csi:
             return f"kubernetes.io/csi/{self.csi.name}"
-        kind = self.in_tree or self.source
-        return {"hostPath": "kubernetes.io/host-path", "emptyDir": "kubernetes.io/empty-dir",
-                "configMap": "kubernetes.io/configmap", "downwardAPI": "kubernetes.io/downward-api",
-                "local": "kubernetes.io/local-volume"}.get(kind, f"kubernetes.io/{kind.lower()}")
+        return plugin_name_of(self.in_tree or self.source)
 
     @property
     def access_mode_label(self) -> str:
@@ -137,10 +157,8 @@ class VolumeFacts:
 
     @property
     def unique_name(self) -> str:
-        """A cluster-wide key for the volume: the PV when there is one (the warning controller's key)."""
-        if self.pv and not self.pv.predicted_from:
-            return f"pv/{self.pv.name}"
-        return ""
+        """The cluster-wide key of a persistent volume ("" for inline volumes, which are never shared)."""
+        return self.pv.unique_name if self.pv else ""
 
 
 @dataclass(frozen=True)
@@ -163,7 +181,7 @@ class PodFacts:
     pod_options: SELinuxOptions | None = None
     labels: dict = field(default_factory=dict, compare=False, hash=False)
 
-    @property
+    @functools.cached_property
     def ref(self) -> str:
         return f"{self.namespace}/{self.name}"
 
@@ -178,6 +196,9 @@ class Cluster:
         self.csi_drivers: dict[str, dict] = {}
         self.storage_classes: dict[str, dict] = {}
         self.other: dict[str, dict] = {}  # owner objects: ReplicaSet, Job, ... by "Kind ns/name"
+        # Resolved values, shared by every pod that uses the same PV or driver.
+        self._pv_cache: dict[str, PersistentVolumeFacts] = {}
+        self._driver_cache: dict[str, CSIDriverFacts] = {}
         for obj in objects:
             self.add(obj)
 
@@ -205,6 +226,12 @@ class Cluster:
     # --- resolution ---------------------------------------------------------------------------------------
 
     def csi_driver(self, name: str) -> CSIDriverFacts:
+        found = self._driver_cache.get(name)
+        if found is None:
+            found = self._driver_cache[name] = self._csi_driver(name)
+        return found
+
+    def _csi_driver(self, name: str) -> CSIDriverFacts:
         obj = self.csi_drivers.get(name)
         if obj is None:
             return CSIDriverFacts(name, None, present=False)
@@ -217,7 +244,7 @@ class Cluster:
         name = _get(pv, "metadata", "name")
         spec = pv.get("spec") or {}
         modes = tuple(spec.get("accessModes") or ())
-        source = next((kind for kind in _PV_SOURCE_KINDS if kind in spec), "unknown")
+        source = next((key for key in spec if key in _PV_SOURCE_KIND_SET), "unknown")
         driver = _get(spec, "csi", "driver") if source == "csi" else MIGRATED_TO_CSI.get(source)
         if source == "csi" and not driver:
             raise InvalidManifest(f"PersistentVolume {name}: spec.csi.driver is missing")
@@ -225,6 +252,7 @@ class Cluster:
             name=name, access_modes=modes, source=source, csi_driver=driver,
             volume_mode=spec.get("volumeMode") or "Filesystem",
             mount_options=tuple(spec.get("mountOptions") or ()),
+            volume_handle=_get(spec, "csi", "volumeHandle", default="") if source == "csi" else "",
         )
 
     def _predicted_pv(self, where: str, claim_spec: dict, claim_ref: str) -> PersistentVolumeFacts:
@@ -255,12 +283,39 @@ class Cluster:
         if not pv_name:
             return self._predicted_pv(where, pvc.get("spec") or {},
                                       f"PersistentVolumeClaim {namespace}/{claim_name}")
+        found = self._pv_cache.get(pv_name)
+        if found is not None:
+            return found
         pv = self.pvs.get(pv_name)
         if pv is None:
             raise InvalidManifest(
                 f"{where}: PersistentVolume {pv_name} (bound to PersistentVolumeClaim {namespace}/{claim_name}) "
                 "is not in the input")
-        return self._pv_facts(pv)
+        found = self._pv_cache[pv_name] = self._pv_facts(pv)
+        return found
+
+    def volume_keys(self, pod: dict) -> list[str]:
+        """The unique names of the persistent volumes a pod uses, without resolving the rest of the pod: a cheap
+        first pass that tells which pods share a volume at all."""
+        meta = pod.get("metadata") or {}
+        spec = pod.get("spec") or {}
+        namespace = meta.get("namespace") or "default"
+        keys = []
+        for volume in spec.get("volumes") or ():
+            if "persistentVolumeClaim" in volume:
+                claim = (volume["persistentVolumeClaim"] or {}).get("claimName")
+                template = None
+            elif "ephemeral" in volume:
+                claim = f"{meta.get('name')}-{volume.get('name')}"
+                template = _get(volume, "ephemeral", "volumeClaimTemplate") or {}
+            else:
+                continue
+            if not claim:
+                continue
+            key = self._claim_volume(f"{namespace}/{meta.get('name')}", namespace, claim, template).unique_name
+            if key:
+                keys.append(key)
+        return keys
 
     def resolve_pod(self, pod: dict) -> PodFacts:
         meta = pod.get("metadata") or {}
@@ -303,7 +358,7 @@ class Cluster:
         volumes = []
         for volume in spec.get("volumes") or ():
             vname = volume.get("name")
-            source = next((kind for kind in _POD_VOLUME_KINDS if kind in volume), "unknown")
+            source = next((key for key in volume if key in _POD_VOLUME_KIND_SET), "unknown")
             facts = dict(name=vname, source=source, uses=tuple(uses.get(vname, ())))
             if source == "persistentVolumeClaim":
                 claim = _get(volume, "persistentVolumeClaim", "claimName")

@@ -11,6 +11,7 @@ Parsing and label building are pure; `load_node_defaults` is the one reader.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 
@@ -53,18 +54,25 @@ class SELinuxOptions:
     def validate(self, where: str) -> None:
         """Check every set field with the label grammar; errors name the object and the field."""
         try:
-            for name in ("user", "role", "type"):
-                if getattr(self, name):
-                    validate_identifier(name, getattr(self, name))
-            if self.level:
-                Level.parse(self.level)
+            _validate_options(self)
         except InvalidLabel as err:
             raise InvalidLabel(f"{err.field} in {where} seLinuxOptions", err.value, err.why) from None
 
 
-@dataclass(frozen=True)
+@functools.lru_cache(maxsize=4096)
+def _validate_options(options: SELinuxOptions) -> None:
+    for name in ("user", "role", "type"):
+        if getattr(options, name):
+            validate_identifier(name, getattr(options, name))
+    if options.level:
+        Level.parse(options.level)
+
+
+@dataclass(frozen=True, eq=False)
 class ContainerDefaults:
-    """The `process` and `file` labels containers get on this node, and where they came from."""
+    """The `process` and `file` labels containers get on this node, and where they came from.
+
+    Compared by identity: a node has one set, and label building is memoised per set."""
 
     process: Label
     file: Label
@@ -99,6 +107,7 @@ def parse_contexts(text: str, source: str) -> ContainerDefaults:
     return ContainerDefaults(labels["process"], labels["file"], source)
 
 
+@functools.lru_cache(maxsize=4096)
 def file_label(options: SELinuxOptions | None, defaults: ContainerDefaults) -> Label | None:
     """The file label kubelet computes for a container's effective options, or None for 'no label'.
 

@@ -24,6 +24,7 @@ MAX_CATEGORY = 65535
 MAX_SENSITIVITY = 65535
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*\Z")
+_PLAIN = re.compile(r"[A-Za-z0-9_.:\-]*\Z")  # nothing that needs a closer look (commas aside)
 _SENSITIVITY = re.compile(r"s([0-9]+)\Z")
 _CATEGORY = re.compile(r"c([0-9]+)\Z")
 
@@ -158,6 +159,8 @@ def _check_characters(field_name: str, value, allow_comma: bool = False) -> None
         raise InvalidLabel(field_name, value, f"must be a string, not {type(value).__name__}")
     if len(value.encode("utf-8", "surrogatepass")) > MAX_CONTEXT_BYTES:
         raise InvalidLabel(field_name, value, f"longer than {MAX_CONTEXT_BYTES} bytes")
+    if _PLAIN.match(value.replace(",", "") if allow_comma else value):
+        return
     for char, why in (
         ("\0", "contains a NUL byte"),
         ('"', "contains a double quote"),

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import gc
 import json
+from contextlib import contextmanager
 
 import yaml
 
@@ -49,6 +51,23 @@ def parse_text(text: str, source: str) -> list[dict]:
     for document in documents:
         objects.extend(flatten(document, source))
     return objects
+
+
+@contextmanager
+def batch_run():
+    """For one-shot commands over large dumps: pause the cyclic garbage collector.
+
+    Parsing and analysing a dump allocates millions of dicts, lists and frozen values, none of them in reference
+    cycles. The collector would rescan them again and again (a 100k-pod dump is 4-5x slower with it on); the
+    process ends soon after, so nothing is lost by not collecting.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def load_files(paths: list[str]) -> list[dict]:

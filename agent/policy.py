@@ -14,6 +14,7 @@ level is never mounted (KEP, docs and blog all require `seLinuxOptions.level`).
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass
 
 from agent.cluster import (CONTEXT_MOUNT_IN_TREE, EMPTYDIR_FAMILY, NEVER_RELABELLED, PodFacts,
@@ -63,16 +64,14 @@ class NodeFacts:
     defaults: ContainerDefaults
 
 
-def _modes(volume: VolumeFacts) -> str:
-    if volume.pv is None:
-        return "inline volume"
-    return "access modes " + (",".join(volume.pv.access_modes) or "(none)")
-
-
 def plugin_supports_context_mount(volume: VolumeFacts) -> tuple[bool, str]:
     """`SupportsSELinuxContextMount` of the plugin handling the volume, with the reason."""
-    if volume.csi is not None:
-        driver = volume.csi
+    return _plugin_support(volume.csi, volume.in_tree or volume.source)
+
+
+@functools.lru_cache(maxsize=1024)
+def _plugin_support(driver, kind: str) -> tuple[bool, str]:
+    if driver is not None:
         if not driver.present:
             return False, (f"CSIDriver {driver.name} is not in the input: kubelet treats a missing CSIDriver "
                            "as seLinuxMount: false")
@@ -80,7 +79,6 @@ def plugin_supports_context_mount(volume: VolumeFacts) -> tuple[bool, str]:
             return True, f"CSIDriver {driver.name} has seLinuxMount: true"
         state = "false" if driver.se_linux_mount is False else "unset (false)"
         return False, f"CSIDriver {driver.name} has seLinuxMount {state}"
-    kind = volume.in_tree or volume.source
     if kind in CONTEXT_MOUNT_IN_TREE:
         return True, f"the in-tree {kind} plugin supports context mounts"
     if kind in EMPTYDIR_FAMILY:
@@ -90,16 +88,21 @@ def plugin_supports_context_mount(volume: VolumeFacts) -> tuple[bool, str]:
 
 def access_mode_supported(volume: VolumeFacts, gates: FeatureGates) -> tuple[bool, str]:
     """kubelet's `VolumeSupportsSELinuxMount`: may this volume's access modes get `context=` at all?"""
+    return _access_mode_support(gates, None if volume.pv is None else volume.pv.access_modes)
+
+
+@functools.lru_cache(maxsize=1024)
+def _access_mode_support(gates: FeatureGates, access_modes: tuple[str, ...] | None) -> tuple[bool, str]:
     if not gates.rwop:
         return False, "the SELinuxMountReadWriteOncePod feature gate is off"
-    if volume.pv is None:
+    if access_modes is None:
         return False, "only persistent volumes can be context-mounted; inline volumes never are"
     if gates.mount_effective:
         return True, "SELinuxMount is on: every access mode is eligible"
-    if volume.pv.access_modes == ("ReadWriteOncePod",):
+    if access_modes == ("ReadWriteOncePod",):
         return True, "the volume's only access mode is ReadWriteOncePod"
     return False, (f"SELinuxMount is off, so only volumes whose single access mode is ReadWriteOncePod are "
-                   f"eligible ({_modes(volume)})")
+                   f"eligible (access modes {','.join(access_modes) or '(none)'})")
 
 
 def _label_key(label: Label | None) -> str:

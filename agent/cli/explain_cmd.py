@@ -12,27 +12,11 @@ import dataclasses
 import json
 import sys
 
-from agent import gates as gates_mod
 from agent import host
+from agent.cli.model_options import add_model_arguments, build_node
 from agent.cluster import Cluster
-from agent.defaults import load_node_defaults
-from agent.manifests import load_files
+from agent.manifests import batch_run, load_files
 from agent.policy import NodeFacts, decide_pod
-
-
-def add_model_arguments(parser) -> None:
-    """Flags shared by every command that models a node or a cluster (explain, audit)."""
-    parser.add_argument("-f", "--filename", dest="files", action="append", required=True, metavar="FILE",
-                        help="Kubernetes YAML or JSON (objects, multi-document YAML, or a List); '-' reads stdin. "
-                             "Repeat for several files")
-    parser.add_argument("--k8s-version", default=gates_mod.DEFAULT_VERSION, metavar="1.MINOR",
-                        help="Kubernetes version whose feature-gate defaults apply (1.28-1.37, default "
-                             "%(default)s)")
-    parser.add_argument("--feature-gates", default="", metavar="Gate=bool,...",
-                        help="override gates as kubelet's --feature-gates does, e.g. SELinuxMount=true")
-    parser.add_argument("--defaults-file", metavar="PATH",
-                        help="contexts file (lxc_contexts format: process = \"...\", file = \"...\") to use instead "
-                             "of this node's")
 
 
 def register(subparsers) -> None:
@@ -51,12 +35,12 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def build_node(args, selinux_enabled: bool) -> NodeFacts:
-    gates = gates_mod.resolve(args.k8s_version, gates_mod.parse_overrides(args.feature_gates))
-    return NodeFacts(gates, selinux_enabled, load_node_defaults(args.defaults_file))
-
-
 def run(args) -> int:
+    with batch_run():
+        return _run(args)
+
+
+def _run(args) -> int:
     selinux_enabled = True if args.selinux is None else args.selinux
     node = build_node(args, selinux_enabled)
     cluster = Cluster(load_files(args.files))

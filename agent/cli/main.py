@@ -14,6 +14,7 @@ from agent.errors import AgentError
 # Each module has `register(subparsers)`, which adds its parser and sets `func(args) -> int`.
 SUBCOMMANDS = [
     "agent.cli.explain_cmd",
+    "agent.cli.audit_cmd",
 ]
 
 

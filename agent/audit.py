@@ -1,0 +1,307 @@
+"""Upgrade audit: a cluster dump in, conflicts and per-workload verdicts for a target Kubernetes version out.
+
+Pure code. Conflicts follow the upstream warning controller exactly (so they match its metric and events);
+verdicts follow kubelet on the target version:
+
+- `breaks`: a pod of the workload will wait in ContainerCreating on the target version when it shares a node
+  with a pod that needs another mount label or change policy (or its own containers disagree on a label of an
+  eligible volume, which blocks it on any node);
+- `conflicts`: the controller reports a conflict, or kubelet only warns about it on the target version;
+- `ok`: the workload shares volumes without any conflict.
+Beyond the controller, it also flags privileged (spc_t) pods that share a volume with confined pods, and pairs on
+which the controller and kubelet disagree because the controller does not fill in node defaults.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from agent.cluster import Cluster, PodFacts
+from agent.conflicts import (CHANGE_POLICY, LABEL, Conflict, KubeletClash, VolumeUse, controller_conflicts,
+                             kubelet_clashes, volume_use)
+from agent.defaults import ContainerDefaults
+from agent.gates import FeatureGates
+
+FINISHED_PHASES = ("Succeeded", "Failed")
+_CRONJOB_JOB = re.compile(r"^(?P<cronjob>.+)-\d{8,}$")
+
+
+@dataclass(frozen=True, order=True)
+class Workload:
+    kind: str
+    namespace: str
+    name: str
+    inferred: bool = field(default=False, compare=False)  # owner guessed from naming, object not in the dump
+
+    @property
+    def ref(self) -> str:
+        return f"{self.kind} {self.namespace}/{self.name}"
+
+
+def workload_of(pod: PodFacts, cluster: Cluster) -> Workload:
+    """The top-level owner: Deployment (through its ReplicaSet), StatefulSet, DaemonSet, CronJob (through its
+    Job), Job, or the Pod itself. Uses the owner objects when the dump has them, their naming otherwise."""
+    if not pod.owners:
+        return Workload("Pod", pod.namespace, pod.name)
+    owner = pod.owners[0]
+    if owner.kind == "ReplicaSet":
+        rs = cluster.other.get(f"ReplicaSet {pod.namespace}/{owner.name}")
+        if rs is not None:
+            for ref in (rs.get("metadata") or {}).get("ownerReferences") or ():
+                if ref.get("kind") == "Deployment":
+                    return Workload("Deployment", pod.namespace, ref.get("name", ""))
+            return Workload("ReplicaSet", pod.namespace, owner.name)
+        template_hash = pod.labels.get("pod-template-hash")
+        if template_hash and owner.name.endswith("-" + template_hash):
+            return Workload("Deployment", pod.namespace, owner.name[: -len(template_hash) - 1], inferred=True)
+        return Workload("ReplicaSet", pod.namespace, owner.name)
+    if owner.kind == "Job":
+        job = cluster.other.get(f"Job {pod.namespace}/{owner.name}")
+        if job is not None:
+            for ref in (job.get("metadata") or {}).get("ownerReferences") or ():
+                if ref.get("kind") == "CronJob":
+                    return Workload("CronJob", pod.namespace, ref.get("name", ""))
+            return Workload("Job", pod.namespace, owner.name)
+        match = _CRONJOB_JOB.match(owner.name)
+        if match:
+            return Workload("CronJob", pod.namespace, match.group("cronjob"), inferred=True)
+        return Workload("Job", pod.namespace, owner.name)
+    return Workload(owner.kind, pod.namespace, owner.name)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """Something the upstream controller does not say: privileged sharing, a disagreement between controller and
+    kubelet, or containers of one pod that disagree."""
+
+    kind: str  # PrivilegedSharing, KubeletOnlyConflict, ControllerOnlyConflict, MultipleLabels
+    volume: str
+    pods: tuple[str, ...]
+    message: str
+
+    def to_json(self) -> dict:
+        return {"kind": self.kind, "volume": self.volume, "pods": list(self.pods), "message": self.message}
+
+
+@dataclass
+class WorkloadReport:
+    workload: Workload
+    verdict: str = "ok"
+    pods: set = field(default_factory=set)
+    volumes: set = field(default_factory=set)
+    partners: set = field(default_factory=set)  # workloads it conflicts with
+    reasons: list = field(default_factory=list)
+    already_recursive: bool = True  # every pod already sets seLinuxChangePolicy: Recursive
+    mixed_labels: bool = False  # containers of one of its pods use different labels on one volume
+
+    def raise_to(self, verdict: str) -> None:
+        order = ("ok", "conflicts", "breaks")
+        if order.index(verdict) > order.index(self.verdict):
+            self.verdict = verdict
+
+    @property
+    def remedy(self) -> str | None:
+        if self.verdict == "ok":
+            return None
+        shared = ", ".join(sorted(self.volumes))
+        partners = ", ".join(sorted(p.ref for p in self.partners)) or "no other workload"
+        if self.mixed_labels and not self.partners:
+            return f"give every container that mounts {shared} the same seLinuxOptions (or set them at pod level)"
+        if self.already_recursive:
+            return (f"this workload already sets seLinuxChangePolicy: Recursive; set it on every other workload "
+                    f"sharing {shared} ({partners})")
+        if self.workload.kind == "Pod":
+            where = "recreate the pod with spec.securityContext.seLinuxChangePolicy: Recursive"
+        elif self.workload.kind == "CronJob":
+            where = "set spec.jobTemplate.spec.template.spec.securityContext.seLinuxChangePolicy: Recursive"
+        else:
+            where = "set spec.template.spec.securityContext.seLinuxChangePolicy: Recursive"
+        return (f"{where} here and on every workload sharing {shared} with it ({partners}); or give all of "
+                f"them one seLinuxOptions (user and level) and no Recursive policy")
+
+    def to_json(self) -> dict:
+        return {"kind": self.workload.kind, "namespace": self.workload.namespace, "name": self.workload.name,
+                "verdict": self.verdict, "remedy": self.remedy, "pods": sorted(self.pods),
+                "volumes": sorted(self.volumes), "reasons": list(dict.fromkeys(self.reasons)),
+                "inferred": self.workload.inferred}
+
+
+@dataclass(frozen=True)
+class AuditReport:
+    gates: FeatureGates
+    conflicts: tuple[Conflict, ...]
+    clashes: tuple[KubeletClash, ...]
+    workloads: tuple[WorkloadReport, ...]
+    findings: tuple[Finding, ...]
+    pods_checked: int
+    pods_finished: int
+    shared_volumes: int
+
+    @property
+    def breaks(self) -> bool:
+        return any(w.verdict == "breaks" for w in self.workloads)
+
+    def to_json(self, censor: bool = False) -> dict:
+        return {
+            "conflicts": [c.to_json(censor) for c in self.conflicts],
+            "workloads": [w.to_json() for w in self.workloads],
+            "findings": [f.to_json() for f in self.findings],
+            "summary": {"targetVersion": self.gates.version, "featureGates": self.gates.as_dict(),
+                        "podsChecked": self.pods_checked, "podsFinishedIgnored": self.pods_finished,
+                        "sharedVolumes": self.shared_volumes, "conflicts": len(self.conflicts),
+                        "workloadsBreaking": sum(w.verdict == "breaks" for w in self.workloads)},
+        }
+
+
+def audit(cluster: Cluster, gates: FeatureGates, defaults: ContainerDefaults) -> AuditReport:
+    uses_by_volume: dict[str, list[VolumeUse]] = defaultdict(list)
+    workloads: dict[Workload, WorkloadReport] = {}
+    findings: list[Finding] = []
+    finished = 0
+    owner_of: dict[str, Workload] = {}
+
+    def owner(pod: PodFacts) -> Workload:
+        found = owner_of.get(pod.ref)
+        if found is None:
+            found = owner_of[pod.ref] = workload_of(pod, cluster)
+        return found
+
+    # First pass, cheap: which persistent volumes does each running pod use? Only pods that share one with
+    # another pod, or whose several containers could disagree on a label, are resolved in full.
+    running, keys_of, pods_per_volume = [], {}, defaultdict(int)
+    for obj in cluster.pods:
+        if (obj.get("status") or {}).get("phase") in FINISHED_PHASES:
+            finished += 1  # finished pods no longer conflict (issue #135628)
+            continue
+        keys = set(cluster.volume_keys(obj))
+        keys_of[id(obj)] = keys
+        for key in keys:
+            pods_per_volume[key] += 1
+        running.append(obj)
+    checked = len(running)
+
+    for obj in running:
+        spec = obj.get("spec") or {}
+        containers = sum(len(spec.get(k) or ()) for k in ("initContainers", "containers", "ephemeralContainers"))
+        if containers < 2 and not any(pods_per_volume[key] > 1 for key in keys_of[id(obj)]):
+            continue
+        pod = cluster.resolve_pod(obj)
+        for volume in pod.volumes:
+            use = volume_use(pod, volume, gates, defaults)
+            if use is None:
+                continue
+            uses_by_volume[use.volume].append(use)
+            if use.multiple_labels:
+                findings.append(Finding("MultipleLabels", use.volume, (pod.ref,), use.multiple_labels))
+                if use.enforced:
+                    report = _report(workloads, owner(pod), pod)
+                    report.volumes.add(use.volume)
+                    report.mixed_labels = True
+                    report.raise_to("breaks")
+                    report.reasons.append(f"{pod.ref}: {use.multiple_labels} on volume {use.volume}: kubelet "
+                                          "refuses to start the pod")
+
+    all_conflicts: list[Conflict] = []
+    all_clashes: list[KubeletClash] = []
+    shared = 0
+    for volume, uses in sorted(uses_by_volume.items()):
+        if len(uses) < 2:
+            continue
+        shared += 1
+        for use in uses:
+            _report(workloads, owner(use.pod), use.pod).volumes.add(volume)
+        conflicts = controller_conflicts(uses)
+        clashes = kubelet_clashes(uses)
+        all_conflicts.extend(conflicts)
+        all_clashes.extend(clashes)
+
+        for conflict in conflicts:
+            mine = workloads[owner(conflict.pod)]
+            mine.raise_to("conflicts")
+            mine.partners.add(owner(conflict.other))
+            mine.reasons.append(f"{conflict.pod.ref}: {conflict.property} {conflict.value!r} conflicts with "
+                                f"{conflict.other.ref} ({conflict.other_value!r}) on volume {volume}")
+        for clash in clashes:
+            for me, other in ((clash.a, clash.b), (clash.b, clash.a)):
+                report = workloads[owner(me.pod)]
+                report.partners.add(owner(other.pod))
+                if clash.breaks:
+                    report.raise_to("breaks")
+                    where = ("they run on the same node now" if clash.same_node else
+                             "whichever starts second on a shared node waits in ContainerCreating")
+                    report.reasons.append(
+                        f"{me.pod.ref} needs mount label {me.kubelet_label or '(none: Recursive)'!s} and "
+                        f"{other.pod.ref} needs {other.kubelet_label or '(none: Recursive)'!s} on volume {volume} "
+                        f"in {gates.version}: {where}")
+                else:
+                    report.raise_to("conflicts")
+                    why = ("the volume is ReadWriteOncePod, so the two pods never run together"
+                           if me.single_pod_access else f"kubelet {gates.version} only warns for this access mode")
+                    report.reasons.append(f"{me.pod.ref} and {other.pod.ref} need different mount labels on "
+                                          f"volume {volume}; {why}")
+        findings.extend(_disagreements(volume, uses, conflicts, clashes))
+        findings.extend(_privileged_sharing(volume, uses))
+
+    for report in workloads.values():
+        report.partners.discard(report.workload)
+    ordered = tuple(sorted(workloads.values(), key=lambda r: (("breaks", "conflicts", "ok").index(r.verdict),
+                                                              r.workload)))
+    return AuditReport(gates, tuple(all_conflicts), tuple(all_clashes), ordered, tuple(findings), checked,
+                       finished, shared)
+
+
+def _report(workloads: dict, workload: Workload, pod: PodFacts) -> WorkloadReport:
+    report = workloads.get(workload)
+    if report is None:
+        report = workloads[workload] = WorkloadReport(workload)
+    report.pods.add(pod.ref)
+    if pod.change_policy != "Recursive":
+        report.already_recursive = False
+    return report
+
+
+def _disagreements(volume: str, uses: list[VolumeUse], conflicts, clashes) -> list[Finding]:
+    """Pairs the controller and kubelet judge differently (the controller does not fill in node defaults)."""
+    out = []
+    reported = {(c.pod.ref, c.other.ref) for c in conflicts}
+    for clash in clashes:
+        if (clash.a.pod.ref, clash.b.pod.ref) not in reported:
+            out.append(Finding(
+                "KubeletOnlyConflict", volume, (clash.a.pod.ref, clash.b.pod.ref),
+                f"kubelet computes different mount labels ({clash.a.kubelet_label or '(none)'} vs "
+                f"{clash.b.kubelet_label or '(none)'}) once node defaults are filled in, but the upstream "
+                "controller does not report this pair"))
+    label_pairs = {(c.pod.ref, c.other.ref) for c in conflicts if c.property == LABEL}
+    index = {use.pod.ref: use for use in uses}
+    for first, second in sorted(label_pairs):
+        if first > second:
+            continue
+        a, b = index[first], index[second]
+        if a.kubelet_label is not None and a.kubelet_label == b.kubelet_label:
+            out.append(Finding(
+                "ControllerOnlyConflict", volume, (first, second),
+                f"the upstream controller reports {a.controller_label!r} vs {b.controller_label!r}, but kubelet "
+                f"mounts both with {a.kubelet_label or '(no label)'}: only user and level reach the file label"))
+    return out
+
+
+def _privileged_sharing(volume: str, uses: list[VolumeUse]) -> list[Finding]:
+    privileged = sorted(u.pod.ref for u in uses if u.privileged)
+    confined = sorted(u.pod.ref for u in uses if not u.privileged and u.controller_label)
+    if not privileged or not confined:
+        return []
+    return [Finding(
+        "PrivilegedSharing", volume, tuple(privileged + confined),
+        f"privileged (spc_t) pod(s) {', '.join(privileged)} share the volume with confined pod(s) "
+        f"{', '.join(confined)}: a context mount gives the volume one label for all of them; the usual fix is "
+        "seLinuxChangePolicy: Recursive on every pod that uses it")]
+
+
+def conflicts_by_property(report: AuditReport) -> dict[str, int]:
+    counts = {LABEL: 0, CHANGE_POLICY: 0}
+    for conflict in report.conflicts:
+        counts[conflict.property] += 1
+    return counts
+

@@ -1,0 +1,143 @@
+"""`selinux-mount-agent audit`: offline check of a cluster dump before an upgrade (default target 1.37, where
+SELinuxMount is on), with remediation.
+
+Contract (relied on elsewhere, keep stable):
+  audit -f DUMP [-f ...] [--k8s-version 1.37] [--feature-gates ...] [--defaults-file PATH]
+        [-o table|json|prometheus] [--remediate patches|mutating-admission-policy|kyverno] [--censor]
+Exit code: 0 nothing breaks on the target version, 1 something breaks, 2 bad input.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import yaml
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+
+from agent.audit import AuditReport, audit
+from agent.cli.model_options import add_model_arguments, build_node
+from agent.cluster import Cluster
+from agent.manifests import batch_run, load_files
+from agent.remediation import FORMATS, documents
+
+METRIC = "selinux_warning_controller_selinux_volume_conflict"
+METRIC_HELP = "Conflict between two Pods using the same volume"
+METRIC_LABELS = ("property", "pod1_namespace", "pod1_name", "pod1_value", "pod2_namespace", "pod2_name",
+                 "pod2_value")
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "audit", help="find pods that share volumes with conflicting SELinux labels or policies before an upgrade",
+        description="Read a cluster dump (kubectl get pods,pvc,pv,csidrivers -A -o json) and report the conflicts "
+                    "the upstream selinux-warning-controller would report, then say per workload whether it "
+                    "breaks on the target Kubernetes version (pods stuck in ContainerCreating) or only conflicts "
+                    "in principle. Exit code 0: nothing breaks; 1: something breaks; 2: bad input.")
+    add_model_arguments(parser, default_version="1.37")
+    parser.add_argument("-o", "--output", choices=("table", "json", "prometheus"), default="table")
+    parser.add_argument("--remediate", choices=FORMATS,
+                        help="print YAML that fixes the conflicts instead of the report: strategic-merge patches "
+                             "per workload, a MutatingAdmissionPolicy with its binding, or a Kyverno ClusterPolicy")
+    parser.add_argument("--censor", action="store_true",
+                        help="hide the other pod's namespace, name and label when two namespaces conflict, as "
+                             "the upstream events do")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    with batch_run():
+        return _run(args)
+
+
+def _run(args) -> int:
+    node = build_node(args)
+    report = audit(Cluster(load_files(args.files)), node.gates, node.defaults)
+    out = sys.stdout
+    if args.remediate:
+        docs = documents(report, args.remediate)
+        out.write(remediation_yaml(docs, args.remediate, report))
+    elif args.output == "json":
+        # One-shot and without indent, so the C encoder does the work: reports can hold 100k pods.
+        out.write(json.dumps(report.to_json(censor=args.censor), separators=(",", ":")))
+        out.write("\n")
+    elif args.output == "prometheus":
+        out.write(prometheus_text(report, censor=args.censor))
+    else:
+        print_table(report, censor=args.censor)
+    return 1 if report.breaks else 0
+
+
+def remediation_yaml(docs: list[dict], form: str, report: AuditReport) -> str:
+    if not docs:
+        return f"# nothing to remediate for Kubernetes {report.gates.version}\n"
+    header = {
+        "patches": "# Apply each document with: kubectl patch KIND NAME -n NAMESPACE --type strategic --patch-file F\n"
+                   "# Pod templates of Jobs and bare Pods are immutable: recreate those with the field set.\n",
+        "mutating-admission-policy": "# kubectl apply -f F  (admissionregistration.k8s.io/v1, Kubernetes 1.36+).\n"
+                                     "# It changes pods created from now on; restart existing workloads.\n",
+        "kyverno": "# kubectl apply -f F  (needs Kyverno). It changes pods created from now on.\n",
+    }[form]
+    return header + yaml.safe_dump_all(docs, sort_keys=False, explicit_start=True)
+
+
+class _ConflictCollector:
+    """Serves the audit's conflicts the way the controller does: a constant gauge of 1 per distinct series."""
+
+    def __init__(self, report: AuditReport, censor: bool):
+        self.report, self.censor = report, censor
+
+    def collect(self):
+        family = GaugeMetricFamily(METRIC, METRIC_HELP, labels=METRIC_LABELS)
+        seen = set()
+        for conflict in self.report.conflicts:
+            data = conflict.to_json(self.censor)
+            values = (data["property"], data["pod1"]["namespace"], data["pod1"]["name"], data["pod1"]["value"],
+                      data["pod2"]["namespace"], data["pod2"]["name"], data["pod2"]["value"])
+            if values not in seen:
+                seen.add(values)
+                family.add_metric(values, 1.0)
+        yield family
+
+
+def prometheus_text(report: AuditReport, censor: bool = False) -> str:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_ConflictCollector(report, censor))
+    return generate_latest(registry).decode()
+
+
+def print_table(report: AuditReport, censor: bool) -> None:
+    out = sys.stdout
+    out.write(f"Target Kubernetes {report.gates.version}: {report.gates.describe()}\n")
+    out.write(f"Checked {report.pods_checked} pods ({report.pods_finished} finished pods ignored), "
+              f"{report.shared_volumes} shared volumes, {len(report.conflicts)} conflicts.\n")
+    if report.conflicts:
+        out.write("\nConflicts, as the upstream selinux-warning-controller reports them (one line per pair):\n")
+        for conflict in report.conflicts:
+            data = conflict.to_json(censor)
+            first, second = data["pod1"], data["pod2"]
+            if (first["namespace"], first["name"]) > (second["namespace"], second["name"]) and second["name"]:
+                continue
+            other = f"{second['namespace']}/{second['name']}" if second["name"] else "(another namespace)"
+            out.write(f"  {conflict.volume}  {conflict.property}  {first['namespace']}/{first['name']} "
+                      f"{first['value']!r}  vs  {other} {second['value']!r}\n")
+    if report.workloads:
+        out.write("\nWorkloads sharing volumes:\n")
+        for workload in report.workloads:
+            data = workload.to_json()
+            guessed = " (inferred from pod names)" if workload.workload.inferred else ""
+            out.write(f"  {data['verdict']:<9} {workload.workload.ref}{guessed}  volumes: "
+                      f"{', '.join(data['volumes'])}\n")
+            for reason in data["reasons"][:6]:
+                out.write(f"      - {reason}\n")
+            if len(data["reasons"]) > 6:
+                out.write(f"      - ... and {len(data['reasons']) - 6} more (see -o json)\n")
+            if data["remedy"]:
+                out.write(f"      remedy: {data['remedy']}\n")
+    if report.findings:
+        out.write("\nBeyond the upstream controller:\n")
+        for finding in report.findings:
+            out.write(f"  {finding.kind} {finding.volume}: {finding.message}\n")
+    verdict = ("something breaks" if report.breaks else "nothing breaks")
+    out.write(f"\nResult: {verdict} on Kubernetes {report.gates.version}.\n")

@@ -1,0 +1,195 @@
+"""Benchmark of `selinux-mount-agent audit` on a generated cluster dump.
+
+Generates a `kubectl get pods,pvc,pv,csidrivers -A -o json`-shaped List with N pods (default 100,000) in a
+realistic shape: namespaces of Deployments, StatefulSets and CronJobs; most volumes used by one pod, some RWX
+volumes shared by several workloads, a few with conflicting labels or change policies. Then runs the audit
+command in a fresh process, as a user would, and reports wall time and peak RSS. Target: < 5 s for 100k pods.
+
+    python bench/audit.py [--pods 100000] [--seed 1] [--output docs/audit-benchmark.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DRIVERS = ("ebs.csi.aws.com", "local.selinux-mount-agent.io", "nfs.csi.example.com")
+
+
+def generate(pods: int, seed: int) -> dict:
+    rng = random.Random(seed)
+    items = [
+        {"apiVersion": "storage.k8s.io/v1", "kind": "CSIDriver", "metadata": {"name": DRIVERS[0]},
+         "spec": {"seLinuxMount": True}},
+        {"apiVersion": "storage.k8s.io/v1", "kind": "CSIDriver", "metadata": {"name": DRIVERS[1]},
+         "spec": {"seLinuxMount": True}},
+        {"apiVersion": "storage.k8s.io/v1", "kind": "CSIDriver", "metadata": {"name": DRIVERS[2]}, "spec": {}},
+    ]
+    made = 0
+    namespace_index = 0
+    while made < pods:
+        namespace = f"team-{namespace_index:05d}"
+        namespace_index += 1
+        shared_claims = []
+        for shared in range(2):
+            name = f"shared-{shared}"
+            driver = DRIVERS[rng.randrange(3)]
+            pv_name = f"pv-{namespace}-{name}"
+            items.append(_pv(pv_name, driver, ["ReadWriteMany"]))
+            items.append(_pvc(namespace, name, pv_name, ["ReadWriteMany"]))
+            shared_claims.append(name)
+        level = f"s0:c{namespace_index % 1000},c{(namespace_index % 1000) + 1}"
+        for workload in range(rng.randint(3, 12)):
+            kind = rng.choice(("Deployment", "Deployment", "StatefulSet", "CronJob"))
+            name = f"app-{workload}"
+            replicas = rng.randint(1, 4)
+            conflicting = rng.random() < 0.03
+            policy = "Recursive" if (kind == "CronJob" and rng.random() < 0.5) else None
+            pod_level = f"s0:c{rng.randrange(1000)}" if conflicting else level
+            uses_shared = rng.random() < 0.4
+            for replica in range(replicas):
+                if made >= pods:
+                    break
+                pod_name, owner = _names(kind, name, replica)
+                volumes = []
+                mounts = []
+                own = f"{name}-data-{replica}"
+                pv_name = f"pv-{namespace}-{own}"
+                items.append(_pv(pv_name, DRIVERS[rng.randrange(2)], ["ReadWriteOnce"]))
+                items.append(_pvc(namespace, own, pv_name, ["ReadWriteOnce"]))
+                volumes.append({"name": "data", "persistentVolumeClaim": {"claimName": own}})
+                mounts.append({"name": "data", "mountPath": "/data"})
+                volumes.append({"name": "config", "configMap": {"name": name}})
+                mounts.append({"name": "config", "mountPath": "/etc/app"})
+                if uses_shared:
+                    claim = shared_claims[workload % 2]
+                    volumes.append({"name": "shared", "persistentVolumeClaim": {"claimName": claim}})
+                    mounts.append({"name": "shared", "mountPath": "/shared"})
+                security = {"seLinuxOptions": {"level": pod_level}}
+                if policy:
+                    security["seLinuxChangePolicy"] = policy
+                items.append({
+                    "apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": pod_name, "namespace": namespace, "uid": f"uid-{made}",
+                                 "labels": owner[2], "ownerReferences": [
+                                     {"apiVersion": "apps/v1", "kind": owner[0], "name": owner[1],
+                                      "controller": True}]},
+                    "spec": {"nodeName": f"node-{rng.randrange(200)}", "securityContext": security,
+                             "containers": [{"name": "main", "image": "registry.example/app:1",
+                                             "volumeMounts": mounts}],
+                             "volumes": volumes},
+                    "status": {"phase": "Running"},
+                })
+                made += 1
+    return {"apiVersion": "v1", "kind": "List", "metadata": {}, "items": items}
+
+
+def _names(kind, name, replica):
+    if kind == "Deployment":
+        return f"{name}-7c9f-{replica:05d}", ("ReplicaSet", f"{name}-7c9f", {"pod-template-hash": "7c9f"})
+    if kind == "StatefulSet":
+        return f"{name}-{replica}", ("StatefulSet", name, {})
+    return f"{name}-29000000-{replica:05d}", ("Job", f"{name}-29000000", {})
+
+
+def _pv(name, driver, modes):
+    return {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": name},
+            "spec": {"accessModes": modes, "capacity": {"storage": "1Gi"},
+                     "csi": {"driver": driver, "volumeHandle": name}}}
+
+
+def _pvc(namespace, name, volume, modes):
+    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": name, "namespace": namespace},
+            "spec": {"accessModes": modes, "volumeName": volume}}
+
+
+def run_audit(path: str) -> tuple[float, int, int, dict]:
+    """Run the CLI in a child process; wall seconds, peak RSS in KiB, exit code, summary."""
+    command = [sys.executable, "-m", "agent", "audit", "-f", path, "-o", "json"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    start = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
+    elapsed = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    if result.returncode not in (0, 1):
+        raise SystemExit(f"audit failed ({result.returncode}): {result.stderr.strip()}")
+    summary = json.loads(result.stdout)["summary"]
+    return elapsed, max(peak, before), result.returncode, summary
+
+
+def parse_floor(path: str) -> float:
+    """Wall time of a fresh process that only parses the dump (json, collector paused): the floor under any
+    Python tool that reads the same file."""
+    code = "import gc, json, sys; gc.disable(); json.load(open(sys.argv[1]))"
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code, path], check=True)
+    return time.perf_counter() - start
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pods", type=int, default=100_000)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--runs", type=int, default=3, help="timed runs; the table shows the best and the median")
+    parser.add_argument("--output", help="write the results as Markdown to this file")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "dump.json")
+        start = time.perf_counter()
+        document = generate(args.pods, args.seed)
+        with open(path, "w") as handle:
+            json.dump(document, handle)
+        size = os.path.getsize(path)
+        generated = time.perf_counter() - start
+        print(f"generated {args.pods} pods, {len(document['items'])} objects, {size / 2**20:.0f} MiB "
+              f"in {generated:.1f} s", file=sys.stderr)
+        del document
+        runs = [run_audit(path) for _ in range(args.runs)]
+        floor = min(parse_floor(path) for _ in range(args.runs))
+
+    times = sorted(r[0] for r in runs)
+    peak_mib = max(r[1] for r in runs) / 1024
+    summary = runs[0][3]
+    rows = [
+        ("pods in dump", f"{args.pods:,}"),
+        ("objects in dump", f"{summary['podsChecked'] + summary['podsFinishedIgnored']:,} pods + storage objects"),
+        ("dump size", f"{size / 2**20:.0f} MiB"),
+        ("shared volumes", f"{summary['sharedVolumes']:,}"),
+        ("conflicts (directions)", f"{summary['conflicts']:,}"),
+        ("workloads breaking on 1.37", f"{summary['workloadsBreaking']:,}"),
+        ("audit wall time, best", f"{times[0]:.2f} s"),
+        ("audit wall time, median", f"{times[len(times) // 2]:.2f} s"),
+        ("parse-only floor (json.load in a fresh process)", f"{floor:.2f} s"),
+        ("audit / parse floor", f"{times[len(times) // 2] / floor:.1f}x"),
+        ("peak RSS", f"{peak_mib:.0f} MiB"),
+        ("target", "< 5 s: " + ("met" if times[len(times) // 2] < 5 else "MISSED")),
+    ]
+    width = max(len(r[0]) for r in rows)
+    table = "\n".join(f"| {name:<{width}} | {value} |" for name, value in rows)
+    header = f"| {'measure':<{width}} | value |\n|{'-' * (width + 2)}|-------|"
+    print(header)
+    print(table)
+    if args.output:
+        command = f"python bench/audit.py --pods {args.pods} --seed {args.seed} --runs {args.runs}"
+        Path(args.output).write_text(
+            "# `audit` benchmark\n\n"
+            f"Command: `{command} --output {args.output}`\n\n"
+            f"Machine: {os.cpu_count()} cores; the audit runs as `selinux-mount-agent audit -f dump.json -o json` "
+            "in a fresh process (time includes interpreter start-up, JSON parsing, the analysis and the output).\n\n"
+            f"{header}\n{table}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

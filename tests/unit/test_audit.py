@@ -1,0 +1,286 @@
+"""agent/audit.py and agent/remediation.py: conflicts, verdicts per target version, workloads, findings,
+and remediation documents validated against the Kubernetes schemas."""
+
+import copy
+
+import pytest
+
+from agent import gates as gates_mod
+from agent.audit import audit, workload_of
+from agent.cluster import Cluster
+from agent.defaults import BUILTIN_DEFAULTS
+from agent.remediation import documents, targets
+from k8s_builders import DRIVER, csidriver, owned, pod, pv, pvc
+
+RWX = ("ReadWriteMany",)
+
+
+def shared_volume(modes=RWX, se_linux_mount=True, namespaces=("ns",)):
+    """One backend volume, exposed to each namespace through its own PV and claim (same volumeHandle)."""
+    objects = [csidriver(se_linux_mount=se_linux_mount)]
+    for index, namespace in enumerate(namespaces):
+        volume = pv(name=f"pv-{namespace}", modes=modes)
+        volume["spec"]["csi"]["volumeHandle"] = "backend-1"
+        objects += [volume, pvc(volume=f"pv-{namespace}", modes=modes, namespace=namespace)]
+    return objects
+
+
+def run(objects, version="1.37", overrides=None):
+    gates = gates_mod.resolve(version, overrides or {})
+    return audit(Cluster(copy.deepcopy(objects)), gates, BUILTIN_DEFAULTS)
+
+
+def verdicts(report):
+    return {w.workload.ref: w.verdict for w in report.workloads}
+
+
+def pairs(report):
+    return sorted((c.property, c.pod.name, c.value, c.other.name, c.other_value) for c in report.conflicts)
+
+
+# --- the controller's conflicts --------------------------------------------------------------------------
+
+def test_same_label_and_policy_do_not_conflict():
+    report = run(shared_volume() + [pod(name="a"), pod(name="b")])
+    assert report.conflicts == () and not report.breaks
+    assert set(verdicts(report).values()) == {"ok"} and report.shared_volumes == 1
+
+
+def test_different_levels_conflict_in_both_directions():
+    report = run(shared_volume() + [pod(name="a"), pod(name="b", options={"level": "s0:c3,c4"})])
+    assert pairs(report) == [("SELinuxLabel", "a", ":::s0:c1,c2", "b", ":::s0:c3,c4"),
+                             ("SELinuxLabel", "b", ":::s0:c3,c4", "a", ":::s0:c1,c2")]
+    assert report.conflicts[0].volume == f"kubernetes.io/csi/{DRIVER}^backend-1"
+
+
+def test_recursive_next_to_mount_option_conflicts_on_policy_and_label():
+    report = run(shared_volume() + [pod(name="a"), pod(name="b", policy="Recursive")])
+    assert pairs(report) == [("SELinuxChangePolicy", "a", "MountOption", "b", "Recursive"),
+                             ("SELinuxChangePolicy", "b", "Recursive", "a", "MountOption"),
+                             ("SELinuxLabel", "a", ":::s0:c1,c2", "b", ""),
+                             ("SELinuxLabel", "b", "", "a", ":::s0:c1,c2")]
+
+
+def test_pod_without_label_counts_as_recursive():
+    report = run(shared_volume() + [pod(name="a"), pod(name="b", options=None)])
+    assert ("SELinuxChangePolicy", "b", "Recursive", "a", "MountOption") in pairs(report)
+
+
+def test_two_recursive_pods_never_conflict():
+    report = run(shared_volume() + [pod(name="a", policy="Recursive"),
+                                    pod(name="b", policy="Recursive", options={"level": "s0:c9"})])
+    assert report.conflicts == () and not report.breaks
+
+
+@pytest.mark.parametrize("se_linux_mount", [False, None])
+def test_driver_without_selinux_mount_means_recursive_for_everyone(se_linux_mount):
+    report = run(shared_volume(se_linux_mount=se_linux_mount) +
+                 [pod(name="a"), pod(name="b", options={"level": "s0:c3"}), pod(name="c", policy="Recursive")])
+    assert report.conflicts == () and not report.breaks
+
+
+def test_missing_csidriver_means_recursive_for_everyone():
+    objects = [o for o in shared_volume() if o["kind"] != "CSIDriver"]
+    report = run(objects + [pod(name="a"), pod(name="b", options={"level": "s0:c3"})])
+    assert report.conflicts == ()
+
+
+def test_finished_pods_are_ignored():
+    done = pod(name="b", options={"level": "s0:c3"})
+    done["status"] = {"phase": "Succeeded"}
+    failed = pod(name="c", options={"level": "s0:c4"})
+    failed["status"] = {"phase": "Failed"}
+    report = run(shared_volume() + [pod(name="a"), done, failed])
+    assert report.conflicts == () and report.pods_finished == 2 and report.pods_checked == 1
+
+
+def test_block_and_unmounted_uses_do_not_take_part():
+    device = pod(name="b", options={"level": "s0:c3"},
+                 containers=[{"name": "c", "volumeDevices": [{"name": "vol", "devicePath": "/dev/x"}]}])
+    report = run(shared_volume() + [pod(name="a"), device])
+    assert report.conflicts == ()
+
+
+def test_cross_namespace_sharing_through_two_pvs_of_one_backend_volume():
+    report = run(shared_volume(namespaces=("ns", "other")) +
+                 [pod(name="a"), pod(name="b", namespace="other", options={"level": "s0:c3"})])
+    assert len(report.conflicts) == 2 and all(c.cross_namespace for c in report.conflicts)
+    censored = report.to_json(censor=True)["conflicts"]
+    assert all(c["pod2"] == {"namespace": "", "name": "", "value": ""} for c in censored)
+    assert "conflicts with another pod" in censored[0]["message"]
+
+
+# --- verdicts on the target version ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("version, modes, verdict", [
+    ("1.36", RWX, "conflicts"),           # SELinuxMount off: kubelet only warns for RWX
+    ("1.37", RWX, "breaks"),              # SELinuxMount on: the second pod waits
+    ("1.37", ("ReadWriteOnce",), "breaks"),
+    ("1.36", ("ReadWriteOnce",), "conflicts"),
+    ("1.36", ("ReadWriteOncePod",), "conflicts"),  # enforced, but two pods never share an RWOP volume
+    ("1.37", ("ReadWriteOncePod",), "conflicts"),
+])
+def test_verdict_depends_on_the_target_version(version, modes, verdict):
+    report = run(shared_volume(modes=modes) + [pod(name="a"), pod(name="b", policy="Recursive")], version=version)
+    assert set(verdicts(report).values()) == {verdict}
+    assert report.breaks is (verdict == "breaks")
+
+
+def test_1_33_with_selinuxmount_enabled_breaks():
+    objects = shared_volume() + [pod(name="a"), pod(name="b", options={"level": "s0:c3"})]
+    assert not run(objects, version="1.33").breaks
+    assert run(objects, version="1.33", overrides={"SELinuxMount": True}).breaks
+
+
+def test_same_node_is_said():
+    a, b = pod(name="a", nodeName="n1"), pod(name="b", policy="Recursive", nodeName="n1")
+    report = run(shared_volume() + [a, b])
+    assert any("same node now" in r for w in report.workloads for r in w.reasons)
+
+
+def test_defaults_blind_spot_is_found():
+    # The controller cannot compare an empty user, but kubelet fills in system_u: staff_u differs.
+    report = run(shared_volume() + [pod(name="a", options={"user": "staff_u", "level": "s0:c1,c2"}),
+                                    pod(name="b")])
+    assert report.conflicts == ()
+    assert report.breaks
+    assert [f.kind for f in report.findings] == ["KubeletOnlyConflict"]
+
+
+def test_controller_only_conflict_is_explained():
+    # Types differ, but only user and level reach the file label: kubelet mounts both the same way.
+    report = run(shared_volume() + [pod(name="a", options={"type": "a_t", "level": "s0:c1"}),
+                                    pod(name="b", options={"type": "b_t", "level": "s0:c1"})])
+    assert [c.property for c in report.conflicts] == ["SELinuxLabel", "SELinuxLabel"]
+    assert not report.breaks and set(verdicts(report).values()) == {"conflicts"}
+    assert [f.kind for f in report.findings] == ["ControllerOnlyConflict"]
+
+
+def test_privileged_pod_sharing_with_a_confined_pod_is_flagged():
+    privileged = pod(name="agent", options=None, containers=[
+        {"name": "c", "securityContext": {"privileged": True}, "volumeMounts": [{"name": "vol", "mountPath": "/v"}]}])
+    report = run(shared_volume() + [pod(name="app"), privileged])
+    kinds = [f.kind for f in report.findings]
+    assert "PrivilegedSharing" in kinds and report.breaks
+
+
+def test_multiple_labels_inside_one_pod_break_it_alone():
+    containers = [{"name": "a", "securityContext": {"seLinuxOptions": {"level": "s0:c1"}},
+                   "volumeMounts": [{"name": "vol", "mountPath": "/a"}]},
+                  {"name": "b", "securityContext": {"seLinuxOptions": {"level": "s0:c2"}},
+                   "volumeMounts": [{"name": "vol", "mountPath": "/b"}]}]
+    report = run(shared_volume() + [pod(name="solo", options=None, containers=containers)])
+    assert verdicts(report) == {"Pod ns/solo": "breaks"}
+    assert report.findings[0].kind == "MultipleLabels"
+    assert "same seLinuxOptions" in report.workloads[0].remedy
+
+
+# --- workloads -------------------------------------------------------------------------------------------
+
+def test_pods_are_grouped_by_workload():
+    web = [owned(pod(name=f"web-5d4f-{i}"), "ReplicaSet", "web-5d4f", {"pod-template-hash": "5d4f"})
+           for i in range(3)]
+    backup = owned(pod(name="backup-28999999-x", policy="Recursive"), "Job", "backup-28999999")
+    report = run(shared_volume() + web + [backup])
+    assert verdicts(report) == {"CronJob ns/backup": "breaks", "Deployment ns/web": "breaks"}
+    web_report = next(w for w in report.workloads if w.workload.name == "web")
+    assert len(web_report.pods) == 3 and web_report.workload.inferred
+    assert "Deployment ns/web" in next(w for w in report.workloads if w.workload.name == "backup").remedy
+
+
+def test_owner_objects_in_the_dump_win_over_names():
+    rs = {"kind": "ReplicaSet", "metadata": {"name": "odd-name", "namespace": "ns",
+                                             "ownerReferences": [{"kind": "Deployment", "name": "api"}]}}
+    job = {"kind": "Job", "metadata": {"name": "once", "namespace": "ns",
+                                       "ownerReferences": [{"kind": "CronJob", "name": "nightly"}]}}
+    cluster = Cluster([rs, job])
+    facts = [cluster.resolve_pod(o) for o in (
+        owned(pod(volumes=[]), "ReplicaSet", "odd-name"), owned(pod(volumes=[]), "Job", "once"),
+        owned(pod(volumes=[]), "StatefulSet", "db"), owned(pod(volumes=[]), "DaemonSet", "agent"),
+        owned(pod(volumes=[]), "Job", "plain-job"), pod(volumes=[]))]
+    assert [workload_of(f, cluster).ref for f in facts] == [
+        "Deployment ns/api", "CronJob ns/nightly", "StatefulSet ns/db", "DaemonSet ns/agent", "Job ns/plain-job",
+        "Pod ns/p"]
+
+
+# --- remediation -----------------------------------------------------------------------------------------
+
+def _conflicted_report():
+    web = owned(pod(name="web-1"), "ReplicaSet", "web-7f", {"pod-template-hash": "7f"})
+    db = owned(pod(name="db-0", options={"level": "s0:c3"}), "StatefulSet", "db")
+    cron = owned(pod(name="backup-28999999-x", policy="Recursive"), "Job", "backup-28999999")
+    bare = pod(name="debug", options={"level": "s0:c5"})
+    return run(shared_volume() + [web, db, cron, bare])
+
+
+def test_remediation_targets_every_non_recursive_workload_on_the_volume():
+    report = _conflicted_report()
+    assert sorted(w.workload.ref for w in targets(report)) == ["Deployment ns/web", "Pod ns/debug",
+                                                               "StatefulSet ns/db"]
+
+
+def _skeleton(kind):
+    """A minimal valid object of each kind, to merge a patch onto for schema validation."""
+    pod_spec = {"containers": [{"name": "c", "image": "busybox"}]}
+    template = {"metadata": {"labels": {"app": "x"}}, "spec": pod_spec}
+    return {
+        "Deployment": {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x"},
+                       "spec": {"selector": {"matchLabels": {"app": "x"}}, "template": template}},
+        "StatefulSet": {"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "x"},
+                        "spec": {"selector": {"matchLabels": {"app": "x"}}, "serviceName": "x",
+                                 "template": template}},
+        "Pod": {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x"}, "spec": pod_spec},
+    }[kind]
+
+
+def _merge(base, patch):
+    for key, value in patch.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+@pytest.mark.parametrize("version", ["1.36.0", "1.37.0"])
+def test_patches_validate_against_the_schemas(version):
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    docs = documents(_conflicted_report(), "patches")
+    assert len(docs) == 3
+    for doc in docs:
+        merged = _merge(_skeleton(doc["kind"]), copy.deepcopy(doc))
+        kubernetes_validate.validate(merged, version, strict=True)
+        spec = doc["spec"] if doc["kind"] == "Pod" else doc["spec"]["template"]["spec"]
+        assert spec["securityContext"]["seLinuxChangePolicy"] == "Recursive"
+
+
+def test_a_bad_patch_would_fail_validation():
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    doc = _merge(_skeleton("Pod"), {"spec": {"securityContext": {"seLinuxChangePolicyy": "Recursive"}}})
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(doc, "1.36.0", strict=True)
+
+
+@pytest.mark.parametrize("version", ["1.36.0", "1.37.0"])
+def test_mutating_admission_policy_validates(version):
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    policy, binding = documents(_conflicted_report(), "mutating-admission-policy")
+    for doc in (policy, binding):
+        kubernetes_validate.validate(doc, version, strict=True)
+    assert binding["spec"]["policyName"] == policy["metadata"]["name"]
+    assert binding["spec"]["matchResources"]["namespaceSelector"]["matchExpressions"][0]["values"] == ["ns"]
+
+
+def test_kyverno_policy_shape():
+    (policy,) = documents(_conflicted_report(), "kyverno")
+    assert (policy["apiVersion"], policy["kind"]) == ("kyverno.io/v1", "ClusterPolicy")
+    rule = policy["spec"]["rules"][0]
+    assert rule["match"]["any"][0]["resources"]["kinds"] == ["Pod"]
+    assert rule["match"]["any"][0]["resources"]["namespaces"] == ["ns"]
+    assert rule["mutate"]["patchStrategicMerge"]["spec"]["securityContext"] == {"+(seLinuxChangePolicy)": "Recursive"}
+
+
+def test_nothing_to_remediate_when_nothing_conflicts():
+    report = run(shared_volume() + [pod(name="a"), pod(name="b")])
+    for form in ("patches", "mutating-admission-policy", "kyverno"):
+        assert documents(report, form) == []

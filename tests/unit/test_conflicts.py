@@ -1,0 +1,59 @@
+"""agent/conflicts.py: the controller's comparison rule and event texts."""
+
+import pytest
+
+from agent.cluster import PodFacts
+from agent.conflicts import LABEL, Conflict, controller_label, controller_labels_conflict
+from agent.defaults import SELinuxOptions
+
+
+# The newest upstream cache tests (PR #133425), reference §4.
+@pytest.mark.parametrize("a, b, conflict", [
+    ("system_u:system_r:label5", "::label5", False),
+    ("system_u::label6", ":system_r:label6", False),
+    ("::label6", "::label5", True),
+    ("system_u:system_r:label7", "::label7:c0,c1", True),
+    ("", "system_u:system_r:label8", False),
+    ("", "system_u:system_r:label8:c0,c1", True),
+    (":::s0:c1,c2", ":::s0:c1,c2", False),
+    (":::s0:c1,c2", ":::s0:c2,c1", True),  # the level is compared as text
+    ("staff_u:::s0", ":::s0", False),
+    (":::s0", "", True),
+])
+def test_controller_comparison(a, b, conflict):
+    assert controller_labels_conflict(a, b) is conflict
+    assert controller_labels_conflict(b, a) is conflict
+
+
+@pytest.mark.parametrize("options, label", [
+    (None, ""),
+    (SELinuxOptions(), ""),
+    (SELinuxOptions(level="s0:c0,c1"), ":::s0:c0,c1"),
+    (SELinuxOptions(user="u", role="r", type="t", level="s0"), "u:r:t:s0"),
+    (SELinuxOptions(type="container_t"), "::container_t:"),
+])
+def test_controller_label_is_not_defaulted(options, label):
+    assert controller_label(options) == label
+
+
+def _pod(namespace, name):
+    return PodFacts(namespace, name, "", "", "", None, "", ())
+
+
+def test_event_message_same_namespace():
+    conflict = Conflict("pv1", LABEL, _pod("ns", "a"), "system_u:system_r:container_t:s0:c0,c1", _pod("ns", "b"),
+                        "system_u:system_r:container_t:s0:c98,c99")
+    assert conflict.event_message() == (
+        'SELinuxLabel "system_u:system_r:container_t:s0:c0,c1" conflicts with pod b that uses the same volume as '
+        'this pod with SELinuxLabel "system_u:system_r:container_t:s0:c98,c99". If both pods land on the same '
+        "node, only one of them may access the volume.")
+
+
+def test_event_message_other_namespace_is_censored_with_upstream_spacing():
+    conflict = Conflict("pv1", LABEL, _pod("ns1", "a"), ":::s0:c1", _pod("ns2", "b"), ":::s0:c2")
+    message = conflict.event_message()
+    assert message.startswith('SELinuxLabel":::s0:c1" conflicts with another pod that uses the same volume')
+    assert "b" not in message.split("conflicts")[1].split("SELinuxLabel")[0]
+    assert ":::s0:c2" not in message and "ns2" not in message
+    assert conflict.to_json(censor=True)["pod2"] == {"namespace": "", "name": "", "value": ""}
+    assert conflict.to_json()["pod2"]["name"] == "b"
