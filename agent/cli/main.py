@@ -15,6 +15,8 @@ from agent.errors import AgentError
 SUBCOMMANDS = [
     "agent.cli.explain_cmd",
     "agent.cli.audit_cmd",
+    "agent.cli.relabel_cmd",
+    "agent.cli.controller_cmd",
 ]
 
 

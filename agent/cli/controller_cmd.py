@@ -1,0 +1,72 @@
+"""`selinux-mount-agent controller`: live conflict detection against a cluster's API.
+
+Watches Pods, PVCs, PVs and CSIDrivers, keeps the audit's model up to date, posts Events with the upstream
+selinux-warning-controller's reasons and texts, and serves its metric on /metrics. Unlike upstream it needs no
+kube-controller-manager restart and fills in node defaults in its reasoning.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+
+from prometheus_client import CollectorRegistry, start_http_server
+
+from agent import gates as gates_mod
+from agent.controller import ConflictCollector, ConflictController, ConflictModel
+from agent.defaults import load_node_defaults
+from agent.errors import InvalidInput
+from agent.kubeapi import Client, in_cluster_config, kubeconfig_config
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "controller", help="watch the cluster and report SELinux volume conflicts as Events and a metric",
+        description="Live form of `audit`: list+watch Pods, PVCs, PVs and CSIDrivers, post an Event "
+                    "(SELinuxLabelConflict, SELinuxChangePolicyConflict) on both pods of each new conflict, and "
+                    "serve selinux_warning_controller_selinux_volume_conflict on /metrics.")
+    parser.add_argument("--kubeconfig", metavar="PATH",
+                        help="kubeconfig file; without it the pod's service account is used (in-cluster)")
+    parser.add_argument("--context", help="kubeconfig context (default: its current-context)")
+    parser.add_argument("--k8s-version", default="1.37", metavar="1.MINOR",
+                        help="Kubernetes version whose gates decide eligibility (default %(default)s)")
+    parser.add_argument("--feature-gates", default="", metavar="Gate=bool,...")
+    parser.add_argument("--defaults-file", metavar="PATH", help="contexts file with the nodes' container labels")
+    parser.add_argument("--metrics-address", default="127.0.0.1:9809", metavar="HOST:PORT",
+                        help="where /metrics is served (default %(default)s; empty to disable)")
+    parser.add_argument("--no-events", action="store_true", help="do not post Events, only serve the metric")
+    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    parser.set_defaults(func=run)
+
+
+def split_address(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise InvalidInput(f"address {text!r} is not HOST:PORT")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def run(args) -> int:
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    gates = gates_mod.resolve(args.k8s_version, gates_mod.parse_overrides(args.feature_gates))
+    config = kubeconfig_config(args.kubeconfig, args.context) if args.kubeconfig else in_cluster_config()
+    model = ConflictModel(gates, load_node_defaults(args.defaults_file))
+    controller = ConflictController(Client(config), model, emit_events=not args.no_events)
+    if args.metrics_address:
+        registry = CollectorRegistry(auto_describe=True)
+        registry.register(ConflictCollector(model, controller.lock))
+        host, port = split_address(args.metrics_address)
+        start_http_server(port, addr=host, registry=registry)
+    stopping = threading.Event()
+
+    def stop(signum, frame):
+        stopping.set()
+        controller.stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    logging.getLogger("selinux-mount-agent.controller").info(
+        "watching %s (Kubernetes %s gates: %s)", config.server, gates.version, gates.describe())
+    controller.run()
+    return 0

@@ -1,0 +1,199 @@
+"""A small Kubernetes API client: list, watch and create, over HTTPS with the standard library.
+
+Enough for the agent's controllers (Pods, PVCs, PVs, CSIDrivers; Events) without a large client library.
+Configuration comes from the pod's service account (in-cluster) or from a kubeconfig file (token, basic client
+certificate and CA; exec credential plugins are not supported and say so).
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import os
+import ssl
+import tempfile
+import urllib.parse
+from dataclasses import dataclass
+
+import yaml
+
+from agent.errors import AgentError, InvalidInput
+
+SERVICE_ACCOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+
+class APIError(AgentError):
+    """The API server refused a request or could not be reached."""
+
+    code = "UNAVAILABLE"
+
+    def __init__(self, message: str, status: int = 0):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    server: str  # https://host:port or http://host:port
+    token: str | None = None
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    insecure: bool = False
+
+
+def in_cluster_config(root: str = SERVICE_ACCOUNT) -> ClusterConfig:
+    host, port = os.environ.get("KUBERNETES_SERVICE_HOST"), os.environ.get("KUBERNETES_SERVICE_PORT", "443")
+    if not host:
+        raise InvalidInput("not running in a cluster: KUBERNETES_SERVICE_HOST is not set (use --kubeconfig)")
+    try:
+        with open(os.path.join(root, "token"), encoding="utf-8") as handle:
+            token = handle.read().strip()
+    except OSError as err:
+        raise InvalidInput(f"cannot read the service account token: {err.strerror}") from None
+    if ":" in host:
+        host = f"[{host}]"
+    return ClusterConfig(f"https://{host}:{port}", token=token, ca_file=os.path.join(root, "ca.crt"))
+
+
+def _materialise(data_b64: str | None, path: str | None, suffix: str) -> str | None:
+    """kubeconfig may embed certificates as base64 `*-data`; ssl wants files."""
+    if path or not data_b64:
+        return path
+    handle = tempfile.NamedTemporaryFile("wb", suffix=suffix, delete=False)
+    with handle:
+        handle.write(base64.b64decode(data_b64))
+    os.chmod(handle.name, 0o600)
+    return handle.name
+
+
+def kubeconfig_config(path: str, context: str | None = None) -> ClusterConfig:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            document = yaml.safe_load(handle) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise InvalidInput(f"cannot read kubeconfig {path}: {err}") from None
+    name = context or document.get("current-context")
+    contexts = {c.get("name"): c.get("context") or {} for c in document.get("contexts") or ()}
+    if name not in contexts:
+        raise InvalidInput(f"kubeconfig {path}: context {name!r} not found")
+    ctx = contexts[name]
+    clusters = {c.get("name"): c.get("cluster") or {} for c in document.get("clusters") or ()}
+    users = {u.get("name"): u.get("user") or {} for u in document.get("users") or ()}
+    cluster, user = clusters.get(ctx.get("cluster")), users.get(ctx.get("user"), {})
+    if cluster is None or not cluster.get("server"):
+        raise InvalidInput(f"kubeconfig {path}: cluster {ctx.get('cluster')!r} has no server")
+    if "exec" in user or "auth-provider" in user:
+        raise InvalidInput(f"kubeconfig {path}: user {ctx.get('user')!r} uses a credential plugin, which is not "
+                           "supported; use a token or a client certificate")
+    base = os.path.dirname(os.path.abspath(path))
+
+    def relative(value):
+        return os.path.join(base, value) if value and not os.path.isabs(value) else value
+
+    return ClusterConfig(
+        server=cluster["server"].rstrip("/"),
+        token=user.get("token"),
+        ca_file=_materialise(cluster.get("certificate-authority-data"), relative(cluster.get("certificate-authority")),
+                             ".crt"),
+        cert_file=_materialise(user.get("client-certificate-data"), relative(user.get("client-certificate")), ".crt"),
+        key_file=_materialise(user.get("client-key-data"), relative(user.get("client-key")), ".key"),
+        insecure=bool(cluster.get("insecure-skip-tls-verify")),
+    )
+
+
+class Client:
+    """One connection per request; watches keep theirs open while they are read."""
+
+    def __init__(self, config: ClusterConfig, timeout: float = 30.0):
+        self.config = config
+        self.timeout = timeout
+        parsed = urllib.parse.urlsplit(config.server)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise InvalidInput(f"API server address {config.server!r} is not an http(s) URL")
+        self._scheme, self._host, self._port = parsed.scheme, parsed.hostname, parsed.port
+        self._prefix = parsed.path.rstrip("/")
+        self._ssl = None
+        if self._scheme == "https":
+            context = ssl.create_default_context(cafile=config.ca_file)
+            if config.insecure:
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+            if config.cert_file:
+                context.load_cert_chain(config.cert_file, config.key_file)
+            self._ssl = context
+
+    def _connection(self, timeout: float | None):
+        if self._scheme == "https":
+            return http.client.HTTPSConnection(self._host, self._port, timeout=timeout, context=self._ssl)
+        return http.client.HTTPConnection(self._host, self._port, timeout=timeout)
+
+    def _request(self, method: str, path: str, body: dict | None = None, timeout: float | None = None):
+        connection = self._connection(self.timeout if timeout is None else timeout)
+        headers = {"Accept": "application/json", "User-Agent": "selinux-mount-agent"}
+        if self.config.token:
+            headers["Authorization"] = f"Bearer {self.config.token}"
+        payload = None
+        if body is not None:
+            payload = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        try:
+            connection.request(method, self._prefix + path, body=payload, headers=headers)
+            response = connection.getresponse()
+        except OSError as err:
+            connection.close()
+            raise APIError(f"{method} {path}: cannot reach the API server {self.config.server}: {err}") from None
+        if response.status >= 400:
+            text = response.read().decode(errors="replace")
+            connection.close()
+            try:
+                message = json.loads(text).get("message", text)
+            except ValueError:
+                message = text
+            raise APIError(f"{method} {path}: {response.status} {message.strip()[:300]}", response.status)
+        return connection, response
+
+    def get(self, path: str) -> dict:
+        connection, response = self._request("GET", path)
+        try:
+            return json.loads(response.read())
+        finally:
+            connection.close()
+
+    def create(self, path: str, body: dict) -> dict:
+        connection, response = self._request("POST", path, body)
+        try:
+            return json.loads(response.read())
+        finally:
+            connection.close()
+
+    def list(self, path: str) -> tuple[list[dict], str]:
+        """All items of a collection (following `continue`), and the resourceVersion to watch from."""
+        items, token = [], ""
+        while True:
+            query = "?limit=500" + (f"&continue={urllib.parse.quote(token)}" if token else "")
+            page = self.get(path + query)
+            items.extend(page.get("items") or ())
+            token = (page.get("metadata") or {}).get("continue") or ""
+            if not token:
+                return items, (page.get("metadata") or {}).get("resourceVersion", "")
+
+    def watch(self, path: str, resource_version: str, timeout_seconds: int = 300):
+        """Yield (type, object) watch events until the server ends the watch. A 410 Gone raises APIError with
+        status 410: the caller lists again."""
+        query = (f"?watch=1&allowWatchBookmarks=true&timeoutSeconds={timeout_seconds}"
+                 f"&resourceVersion={urllib.parse.quote(resource_version)}")
+        connection, response = self._request("GET", path + query, timeout=timeout_seconds + 30)
+        try:
+            for line in response:
+                if not line.strip():
+                    continue
+                event = json.loads(line)
+                kind = event.get("type")
+                if kind == "ERROR":
+                    status = event.get("object") or {}
+                    raise APIError(f"watch {path}: {status.get('message', 'error')}", status.get("code", 0))
+                yield kind, event.get("object") or {}
+        finally:
+            connection.close()

@@ -1,0 +1,138 @@
+"""A small Kubernetes API server for tests: list, streaming watch and create, over real HTTP on loopback.
+
+It keeps objects per collection path, numbers every change with a resourceVersion, pushes watch events to open
+watches, and records created Events and request headers so tests can assert on them.
+"""
+
+import json
+import queue
+import threading
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+COLLECTIONS = {
+    "Pod": "/api/v1/pods",
+    "PersistentVolumeClaim": "/api/v1/persistentvolumeclaims",
+    "PersistentVolume": "/api/v1/persistentvolumes",
+    "CSIDriver": "/apis/storage.k8s.io/v1/csidrivers",
+}
+
+
+class FakeAPIServer:
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.version = 1
+        self.objects = {path: {} for path in COLLECTIONS.values()}
+        self.watchers = {path: [] for path in COLLECTIONS.values()}
+        self.history = {path: [] for path in COLLECTIONS.values()}  # (resourceVersion, type, object)
+        self.events = []
+        self.headers = []
+        self.stopping = threading.Event()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.0"
+
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                server.headers.append(dict(self.headers))
+                parsed = urllib.parse.urlsplit(self.path)
+                query = urllib.parse.parse_qs(parsed.query)
+                if parsed.path not in server.objects:
+                    return self._json(404, {"kind": "Status", "code": 404, "message": f"{parsed.path} not found"})
+                if query.get("watch") == ["1"]:
+                    since = int(query.get("resourceVersion", ["0"])[0] or 0)
+                    return self._watch(parsed.path, float(query.get("timeoutSeconds", ["30"])[0]), since)
+                with server.lock:
+                    items = list(server.objects[parsed.path].values())
+                    version = str(server.version)
+                return self._json(200, {"kind": "List", "apiVersion": "v1", "items": items,
+                                        "metadata": {"resourceVersion": version}})
+
+            def do_POST(self):
+                server.headers.append(dict(self.headers))
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+                if not self.path.endswith("/events"):
+                    return self._json(404, {"kind": "Status", "code": 404, "message": "not found"})
+                with server.lock:
+                    server.events.append(body)
+                return self._json(201, body)
+
+            def _json(self, status, body):
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _watch(self, path, timeout, since):
+                events = queue.Queue()
+                with server.lock:
+                    # Like the real API server: first what changed after the resourceVersion asked for.
+                    for version, kind, obj in server.history[path]:
+                        if version > since:
+                            events.put((kind, obj))
+                    server.watchers[path].append(events)
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                try:
+                    waited = 0.0
+                    while not server.stopping.is_set() and waited < timeout:
+                        try:
+                            kind, obj = events.get(timeout=0.1)
+                        except queue.Empty:
+                            waited += 0.1
+                            continue
+                        self.wfile.write(json.dumps({"type": kind, "object": obj}).encode() + b"\n")
+                        self.wfile.flush()
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+                finally:
+                    with server.lock:
+                        server.watchers[path].remove(events)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def start(self):
+        self.thread.start()
+        return self
+
+    def stop(self):
+        self.stopping.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def _key(self, obj):
+        meta = obj["metadata"]
+        return (meta.get("namespace"), meta["name"])
+
+    def put(self, obj, event="ADDED"):
+        path = COLLECTIONS[obj["kind"]]
+        with self.lock:
+            self.version += 1
+            obj = json.loads(json.dumps(obj))
+            obj["metadata"]["resourceVersion"] = str(self.version)
+            if event != "DELETED":
+                self.objects[path][self._key(obj)] = obj
+            else:
+                self.objects[path].pop(self._key(obj), None)
+            self.history[path].append((self.version, event, obj))
+            for watcher in self.watchers[path]:
+                watcher.put((event, obj))
+
+    def delete(self, obj):
+        self.put(obj, "DELETED")
+
+    def watching(self):
+        with self.lock:
+            return sum(len(w) for w in self.watchers.values())
