@@ -15,8 +15,6 @@ import time
 from collections import defaultdict
 from datetime import datetime, timezone
 
-from prometheus_client.core import GaugeMetricFamily
-
 from agent.audit import FINISHED_PHASES
 from agent.cluster import Cluster
 from agent.conflicts import EVENT_REASONS, Conflict, VolumeUse, controller_conflicts, volume_use
@@ -24,6 +22,7 @@ from agent.defaults import ContainerDefaults
 from agent.errors import InvalidInput
 from agent.gates import FeatureGates
 from agent.kubeapi import APIError, Client
+from agent.metrics import VolumeConflictCollector
 
 log = logging.getLogger("selinux-mount-agent.controller")
 
@@ -33,7 +32,6 @@ RESOURCES = (
     ("PersistentVolume", "/api/v1/persistentvolumes"),
     ("CSIDriver", "/apis/storage.k8s.io/v1/csidrivers"),
 )
-METRIC = "selinux_warning_controller_selinux_volume_conflict"
 
 
 def _ref(obj: dict) -> str:
@@ -151,28 +149,14 @@ class ConflictModel:
         return [conflict for key in sorted(self.conflicts) for conflict in self.conflicts[key]]
 
 
-class ConflictCollector:
-    """The upstream metric, rebuilt from the model at every scrape: a gauge of 1 per distinct series."""
+def conflict_collector(model: ConflictModel, lock: threading.Lock) -> VolumeConflictCollector:
+    """The upstream metric served from the live model (read under the controller's lock)."""
 
-    def __init__(self, model: ConflictModel, lock: threading.Lock):
-        self.model, self.lock = model, lock
+    def current():
+        with lock:
+            return model.all_conflicts()
 
-    def describe(self):
-        return [GaugeMetricFamily(METRIC, "Conflict between two Pods using the same volume",
-                                  labels=("property", "pod1_namespace", "pod1_name", "pod1_value", "pod2_namespace",
-                                          "pod2_name", "pod2_value"))]
-
-    def collect(self):
-        family = self.describe()[0]
-        with self.lock:
-            conflicts = self.model.all_conflicts()
-        seen = set()
-        for c in conflicts:
-            values = (c.property, c.pod.namespace, c.pod.name, c.value, c.other.namespace, c.other.name, c.other_value)
-            if values not in seen:
-                seen.add(values)
-                family.add_metric(values, 1.0)
-        yield family
+    return VolumeConflictCollector(current)
 
 
 def event_for(conflict: Conflict, component: str = "selinux-mount-agent") -> dict:

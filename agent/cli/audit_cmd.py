@@ -14,19 +14,13 @@ import sys
 
 import yaml
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily
 
 from agent.audit import AuditReport, audit
 from agent.cli.model_options import add_model_arguments, build_node
 from agent.cluster import Cluster
 from agent.manifests import batch_run, load_files
+from agent.metrics import VolumeConflictCollector
 from agent.remediation import FORMATS, documents
-
-METRIC = "selinux_warning_controller_selinux_volume_conflict"
-METRIC_HELP = "Conflict between two Pods using the same volume"
-METRIC_LABELS = ("property", "pod1_namespace", "pod1_name", "pod1_value", "pod2_namespace", "pod2_name",
-                 "pod2_value")
-
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -82,28 +76,9 @@ def remediation_yaml(docs: list[dict], form: str, report: AuditReport) -> str:
     return header + yaml.safe_dump_all(docs, sort_keys=False, explicit_start=True)
 
 
-class _ConflictCollector:
-    """Serves the audit's conflicts the way the controller does: a constant gauge of 1 per distinct series."""
-
-    def __init__(self, report: AuditReport, censor: bool):
-        self.report, self.censor = report, censor
-
-    def collect(self):
-        family = GaugeMetricFamily(METRIC, METRIC_HELP, labels=METRIC_LABELS)
-        seen = set()
-        for conflict in self.report.conflicts:
-            data = conflict.to_json(self.censor)
-            values = (data["property"], data["pod1"]["namespace"], data["pod1"]["name"], data["pod1"]["value"],
-                      data["pod2"]["namespace"], data["pod2"]["name"], data["pod2"]["value"])
-            if values not in seen:
-                seen.add(values)
-                family.add_metric(values, 1.0)
-        yield family
-
-
 def prometheus_text(report: AuditReport, censor: bool = False) -> str:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_ConflictCollector(report, censor))
+    registry.register(VolumeConflictCollector(lambda: report.conflicts, censor))
     return generate_latest(registry).decode()
 
 

@@ -14,7 +14,7 @@ import threading
 from prometheus_client import CollectorRegistry, start_http_server
 
 from agent import gates as gates_mod
-from agent.controller import ConflictCollector, ConflictController, ConflictModel
+from agent.controller import ConflictController, ConflictModel, conflict_collector
 from agent.defaults import load_node_defaults
 from agent.errors import InvalidInput
 from agent.kubeapi import Client, in_cluster_config, kubeconfig_config
@@ -55,7 +55,7 @@ def run(args) -> int:
     controller = ConflictController(Client(config), model, emit_events=not args.no_events)
     if args.metrics_address:
         registry = CollectorRegistry(auto_describe=True)
-        registry.register(ConflictCollector(model, controller.lock))
+        registry.register(conflict_collector(model, controller.lock))
         host, port = split_address(args.metrics_address)
         start_http_server(port, addr=host, registry=registry)
     stopping = threading.Event()

@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent import gates as gates_mod
-from agent.controller import ConflictCollector, ConflictController, ConflictModel, wait_synced
+from agent.controller import ConflictController, ConflictModel, conflict_collector, wait_synced
 from agent.defaults import BUILTIN_DEFAULTS
 from agent.errors import InvalidInput
 from agent.kubeapi import Client, kubeconfig_config
@@ -67,7 +67,7 @@ def start(kubeconfig):
 
 def series(controller):
     registry = CollectorRegistry()
-    registry.register(ConflictCollector(controller.model, controller.lock))
+    registry.register(conflict_collector(controller.model, controller.lock))
     families = list(text_string_to_metric_families(generate_latest(registry).decode()))
     return {tuple(sorted(s.labels.items())) for f in families for s in f.samples}
 
