@@ -1,0 +1,213 @@
+"""deploy/ and the Dockerfile: schemas, cross-references, least-privilege RBAC, the SELinux module, image lint."""
+
+import copy
+import re
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from agent.controller import RESOURCES
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+CRD_KINDS = {"ServiceMonitor"}  # not built in: checked by shape below
+VERSIONS = ["1.36.0", "1.37.0"]
+
+
+def documents(path):
+    with open(path) as handle:
+        return [d for d in yaml.safe_load_all(handle) if d]
+
+
+def manifests():
+    for path in sorted(DEPLOY.rglob("*.yaml")):
+        if path.name == "kustomization.yaml" or path.parent.name == "proxy-sidecar":
+            continue
+        for doc in documents(path):
+            yield path, doc
+
+
+def by_kind(kind):
+    return [doc for _, doc in manifests() if doc["kind"] == kind]
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_every_manifest_validates_against_the_schemas(version):
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    checked = 0
+    for path, doc in manifests():
+        if doc["kind"] in CRD_KINDS:
+            continue
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as err:
+            pytest.fail(f"{path.relative_to(ROOT)} {doc['kind']}/{doc['metadata']['name']}: {err}")
+        checked += 1
+    assert checked >= 12
+
+
+def test_kustomizations_list_exactly_the_files_beside_them():
+    for kustomization in DEPLOY.rglob("kustomization.yaml"):
+        (doc,) = documents(kustomization)
+        listed = set(doc.get("resources", [])) | {p["path"] for p in doc.get("patches", [])}
+        present = {p.name for p in kustomization.parent.glob("*.yaml")} - {"kustomization.yaml"}
+        assert listed == present, kustomization
+
+
+def test_service_monitor_selects_the_metrics_service():
+    (monitor,) = by_kind("ServiceMonitor")
+    services = {s["metadata"]["name"]: s for s in by_kind("Service")}
+    (service,) = [s for s in services.values()
+                  if all(s["metadata"]["labels"].get(k) == v for k, v in monitor["spec"]["selector"]["matchLabels"].items())]
+    assert monitor["spec"]["endpoints"][0]["port"] in {p["name"] for p in service["spec"]["ports"]}
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+
+
+def _agent_daemonset():
+    (daemonset,) = by_kind("DaemonSet")
+    return daemonset
+
+
+def test_daemonset_mounts_what_the_node_plugin_needs():
+    daemonset = _agent_daemonset()
+    spec = daemonset["spec"]["template"]["spec"]
+    agent = next(c for c in spec["containers"] if c["name"] == "agent")
+    mounts = {m["mountPath"]: m for m in agent["volumeMounts"]}
+    assert mounts["/var/lib/kubelet"]["mountPropagation"] == "Bidirectional"
+    assert mounts["/etc/selinux"]["readOnly"] is True
+    assert "/sys/fs/selinux" in mounts and "/dev" in mounts
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes[mounts["/sys/fs/selinux"]["name"]]["hostPath"]["path"] == "/sys/fs/selinux"
+    (driver,) = by_kind("CSIDriver")
+    assert driver["spec"]["seLinuxMount"] is True and driver["spec"]["podInfoOnMount"] is True
+    registrar = next(c for c in spec["containers"] if c["name"] == "node-driver-registrar")
+    assert f"/var/lib/kubelet/plugins/{driver['metadata']['name']}/csi.sock" in " ".join(registrar["args"])
+    (storage_class,) = by_kind("StorageClass")
+    assert storage_class["provisioner"] == driver["metadata"]["name"]
+    assert volumes["plugin-dir"]["hostPath"]["path"] == f"/var/lib/kubelet/plugins/{driver['metadata']['name']}"
+
+
+def test_proxy_sidecar_patch_validates_on_a_driver_daemonset():
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    (patch,) = documents(DEPLOY / "proxy-sidecar" / "sidecar-patch.yaml")
+    base = {"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "csi-node", "namespace": "kube-system"},
+            "spec": {"selector": {"matchLabels": {"app": "csi-node"}}, "template": {
+                "metadata": {"labels": {"app": "csi-node"}},
+                "spec": {"containers": [{"name": "driver", "image": "example/driver:1",
+                                         "volumeMounts": [{"name": "socket-dir", "mountPath": "/csi"}]}],
+                         "volumes": [{"name": "socket-dir", "hostPath": {"path": "/var/lib/kubelet/plugins/x"}},
+                                     {"name": "kubelet-dir", "hostPath": {"path": "/var/lib/kubelet"}}]}}}}
+    merged = copy.deepcopy(base)
+    pod_spec = merged["spec"]["template"]["spec"]
+    pod_spec["containers"] += patch["spec"]["template"]["spec"]["containers"]
+    pod_spec["volumes"] += patch["spec"]["template"]["spec"]["volumes"]
+    for version in VERSIONS:
+        kubernetes_validate.validate(merged, version, strict=True)
+    sidecar = patch["spec"]["template"]["spec"]["containers"][0]
+    assert sidecar["securityContext"]["seLinuxOptions"]["type"] == "selinux_mount_agent_t"
+    assert "--backend-endpoint=unix:///csi/backend.sock" in sidecar["args"]
+    selinux_module = (DEPLOY / "selinux" / "selinux_mount_agent.te").read_text()
+    assert re.search(r"^type selinux_mount_agent_t;", selinux_module, re.M)
+
+
+def _rules(role):
+    out = set()
+    for rule in role["rules"]:
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                for verb in rule["verbs"]:
+                    out.add((group, resource, verb))
+    return out
+
+
+def _role(name):
+    return next(r for r in by_kind("ClusterRole") if r["metadata"]["name"] == name)
+
+
+def test_controller_rbac_grants_exactly_what_the_code_calls():
+    used = set()
+    for kind, path in RESOURCES:
+        group = "" if path.startswith("/api/v1/") else path.split("/")[2]
+        resource = path.rstrip("/").split("/")[-1]
+        used |= {(group, resource, "list"), (group, resource, "watch")}
+    used.add(("", "events", "create"))  # ConflictController._post
+    assert _rules(_role("selinux-mount-agent-controller")) == used
+
+
+# external-provisioner's documented RBAC for --node-deployment (kubernetes-csi/external-provisioner rbac.yaml).
+PROVISIONER_NEEDS = {
+    ("", "persistentvolumes", v) for v in ("get", "list", "watch", "create", "delete")
+} | {("", "persistentvolumeclaims", v) for v in ("get", "list", "watch", "update")} | {
+    ("storage.k8s.io", r, v) for r in ("storageclasses", "csinodes") for v in ("get", "list", "watch")
+} | {("", "nodes", v) for v in ("get", "list", "watch")} | {
+    ("", "events", v) for v in ("list", "watch", "create", "update", "patch")}
+NODE_AGENT_NEEDS: set = set()  # the node plugin calls no API
+
+
+def test_node_rbac_grants_nothing_beyond_the_sidecar_and_the_agent():
+    assert _rules(_role("selinux-mount-agent-node")) == PROVISIONER_NEEDS | NODE_AGENT_NEEDS
+
+
+@pytest.mark.skipif(not (shutil.which("checkmodule") and shutil.which("semodule_package")),
+                    reason="checkmodule/semodule_package are not installed (Debian: checkpolicy, semodule-utils)")
+def test_selinux_module_compiles(tmp_path):
+    source = DEPLOY / "selinux" / "selinux_mount_agent.te"
+    module_name = re.search(r"^module (\w+) ", source.read_text(), re.M).group(1)
+    assert module_name == source.stem
+    shutil.copy(source, tmp_path)
+    for command in (["checkmodule", "-M", "-m", "-o", f"{module_name}.mod", source.name],
+                    ["semodule_package", "-o", f"{module_name}.pp", "-m", f"{module_name}.mod"]):
+        result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+    assert (tmp_path / f"{module_name}.pp").stat().st_size > 1000
+
+
+def test_selinux_module_readme_has_the_install_commands():
+    text = (DEPLOY / "selinux" / "README.md").read_text()
+    for command in ("checkmodule -M -m", "semodule_package -o", "semodule -i"):
+        assert command in text
+
+
+# --- Dockerfile ------------------------------------------------------------------------------------------
+
+def _instructions():
+    dockerfile = pytest.importorskip("dockerfile")
+    return dockerfile.parse_file(str(ROOT / "Dockerfile"))
+
+
+def test_dockerfile_copies_only_paths_that_exist():
+    copies = [c for c in _instructions() if c.cmd.upper() == "COPY" and not any(f.startswith("--from") for f in c.flags)]
+    assert copies
+    for instruction in copies:
+        for source in instruction.value[:-1]:
+            assert (ROOT / source).exists(), f"COPY source {source} does not exist"
+
+
+def test_dockerfile_entrypoint_is_the_console_script():
+    instructions = _instructions()
+    (entrypoint,) = [c for c in instructions if c.cmd.upper() == "ENTRYPOINT"]
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert Path(entrypoint.value[0]).name in scripts
+    (cmd,) = [c for c in instructions if c.cmd.upper() == "CMD"]
+    from agent.cli.main import SUBCOMMANDS
+    assert f"agent.cli.{cmd.value[0]}_cmd" in SUBCOMMANDS or cmd.value[0] == "run"
+
+
+def test_dockerfile_best_practices():
+    instructions = _instructions()
+    froms = [c.value[0] for c in instructions if c.cmd.upper() == "FROM"]
+    assert len(froms) >= 2, "multi-stage build"
+    assert all(":" in image and not image.endswith(":latest") for image in froms), "pin base image tags"
+    final = instructions[max(i for i, c in enumerate(instructions) if c.cmd.upper() == "FROM"):]
+    kinds = [c.cmd.upper() for c in final]
+    assert "USER" in kinds and "HEALTHCHECK" in kinds
+    for run in (c for c in instructions if c.cmd.upper() == "RUN" and "apt-get install" in c.value[0]):
+        assert "--no-install-recommends" in run.value[0] and "rm -rf /var/lib/apt/lists" in run.value[0]
+    exposed = {int(c.value[0]) for c in final if c.cmd.upper() == "EXPOSE"}
+    ports = {p["containerPort"] for c in _agent_daemonset()["spec"]["template"]["spec"]["containers"]
+             for p in c.get("ports", [])}
+    assert exposed <= ports
