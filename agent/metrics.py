@@ -40,3 +40,84 @@ class VolumeConflictCollector:
                 seen.add(values)
                 family.add_metric(values, 1.0)
         yield family
+
+
+# --- the node agent -------------------------------------------------------------------------------------
+
+# kubelet's volume manager gauges (pkg/kubelet/volumemanager/cache/desired_state_of_world_selinux_metrics.go), by
+# name and labels: gauges that only go up, despite the _total suffix, so dashboards built on kubelet's read ours.
+KUBELET_GAUGES = {
+    "volume_manager_selinux_container_errors_total": (
+        "Containers whose SELinux label could not be computed, where that blocks the pod (counted per attempt).",
+        ("access_mode",)),
+    "volume_manager_selinux_container_warnings_total": (
+        "Containers whose SELinux label could not be computed, where that is only reported.", ("access_mode",)),
+    "volume_manager_selinux_pod_context_mismatch_errors_total": (
+        "Pods whose containers mount one volume with different SELinux labels, where that blocks the pod "
+        "(counted per attempt).", ("access_mode",)),
+    "volume_manager_selinux_pod_context_mismatch_warnings_total": (
+        "Pods whose containers mount one volume with different SELinux labels, where that is only reported.",
+        ("access_mode",)),
+    "volume_manager_selinux_volume_context_mismatch_errors_total": (
+        "Volumes requested with an SELinux context other than the one they are mounted with, where the request "
+        "is refused (counted per attempt).", ("volume_plugin", "access_mode")),
+    "volume_manager_selinux_volume_context_mismatch_warnings_total": (
+        "Volumes requested with an SELinux context other than the one they are mounted with, where that is only "
+        "reported.", ("volume_plugin", "access_mode")),
+    "volume_manager_selinux_volumes_admitted_total": (
+        "Volumes accepted for a mount with the -o context option.", ("volume_plugin", "access_mode")),
+}
+
+CSI_METHODS = (
+    "GetPluginInfo", "GetPluginCapabilities", "Probe", "CreateVolume", "DeleteVolume", "ControllerPublishVolume",
+    "ControllerUnpublishVolume", "ValidateVolumeCapabilities", "ListVolumes", "GetCapacity",
+    "ControllerGetCapabilities", "CreateSnapshot", "DeleteSnapshot", "ListSnapshots", "ControllerExpandVolume",
+    "ControllerGetVolume", "ControllerModifyVolume", "NodeStageVolume", "NodeUnstageVolume", "NodePublishVolume",
+    "NodeUnpublishVolume", "NodeGetVolumeStats", "NodeExpandVolume", "NodeGetCapabilities", "NodeGetInfo",
+)
+DECISIONS = ("mount", "recursive", "skip")
+RELABEL_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class NodeMetrics:
+    """Every metric of the node agent, on one registry. Label values come from closed sets (CSI methods, gRPC
+    codes, decisions, access modes, driver names), so cardinality stays bounded."""
+
+    def __init__(self, registry):
+        from prometheus_client import Counter, Gauge, Histogram
+
+        self.registry = registry
+        self.kubelet = {name: Gauge(name, text, labels, registry=registry)
+                        for name, (text, labels) in KUBELET_GAUGES.items()}
+        self.decisions = Counter("selinux_mount_agent_decisions", "Volumes decided, by outcome: a context mount, a "
+                                 "recursive relabel, or nothing.", ("decision",), registry=registry)
+        self.verifications = Counter("selinux_mount_agent_context_mount_verifications",
+                                     "Context mounts checked against /proc/self/mountinfo, by result.", ("result",),
+                                     registry=registry)
+        self.relabel_seconds = Histogram("selinux_mount_agent_relabel_duration_seconds",
+                                         "Time to relabel one volume recursively.", buckets=RELABEL_BUCKETS,
+                                         registry=registry)
+        self.relabel_entries = Counter("selinux_mount_agent_relabel_entries",
+                                       "Files and directories visited by relabels, by result.", ("result",),
+                                       registry=registry)
+        self.fs_group_passes = Counter("selinux_mount_agent_fs_group_passes",
+                                       "fsGroup ownership passes, by whether they shared the walk with a relabel.",
+                                       ("combined",), registry=registry)
+        self.csi_seconds = Histogram("selinux_mount_agent_csi_request_duration_seconds",
+                                     "CSI request latency by method and gRPC status code.", ("method", "code"),
+                                     buckets=LATENCY_BUCKETS, registry=registry)
+        self.selinux_enabled = Gauge("selinux_mount_agent_selinux_enabled",
+                                     "1 when SELinux is enabled on this node.", registry=registry)
+        for decision in DECISIONS:
+            self.decisions.labels(decision)
+        for result in ("ok", "failed"):
+            self.verifications.labels(result)
+        for result in ("changed", "already_correct"):
+            self.relabel_entries.labels(result)
+
+    def observe_csi(self, method: str, code: str, seconds: float) -> None:
+        self.csi_seconds.labels(method if method in CSI_METHODS else "other", code).observe(seconds)
+
+    def kubelet_gauge(self, name: str):
+        return self.kubelet[name]

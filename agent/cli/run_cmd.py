@@ -1,0 +1,86 @@
+"""`selinux-mount-agent run`: the node agent (CSI shim, metrics and health, and the watchers), as the
+DaemonSet runs it. Options: flags > environment (SELINUX_MOUNT_AGENT_<OPTION>) > --config file > defaults."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+
+from agent.daemon import Daemon, DaemonConfig, configure_logging, resolve_config
+from agent.errors import InvalidInput
+
+log = logging.getLogger("selinux-mount-agent")
+
+
+def add_csi_arguments(parser, defaults: DaemonConfig) -> None:
+    """The CSI flags `csi` and `run` share (a contract: keep them stable)."""
+    parser.add_argument("--csi-endpoint", metavar="unix:///PATH.sock",
+                        help=f"socket kubelet calls (default {defaults.csi_endpoint})")
+    parser.add_argument("--backend-endpoint", metavar="unix:///PATH.sock",
+                        help="proxy mode: the existing node plugin to forward to (default: the built-in driver)")
+    parser.add_argument("--state-dir", metavar="DIR", help=f"volume images and state (default {defaults.state_dir})")
+    parser.add_argument("--kubelet-root", metavar="DIR",
+                        help=f"staging and target paths must be below it (default {defaults.kubelet_root})")
+    parser.add_argument("--node-id", metavar="ID", help="node name reported to kubelet (default: the host name)")
+    parser.add_argument("--strip-context", action="store_const", const=True,
+                        help="proxy mode: remove context= before forwarding, for backends that reject it")
+
+
+def register(subparsers) -> None:
+    defaults = DaemonConfig()
+    parser = subparsers.add_parser(
+        "run", help="run the node agent: the CSI shim, /metrics, /healthz and /readyz",
+        description="Run the node agent. It serves the CSI node shim (the built-in local driver, or a proxy in "
+                    "front of --backend-endpoint) and /metrics, /healthz and /readyz. Every option has a default "
+                    "that works on a laptop; each can also be set in the environment as SELINUX_MOUNT_AGENT_<NAME> "
+                    "or in a YAML file given with --config. SIGTERM stops after in-flight calls; SIGHUP reloads.")
+    add_csi_arguments(parser, defaults)
+    parser.add_argument("--metrics-address", metavar="HOST:PORT",
+                        help=f"metrics and health (default {defaults.metrics_address})")
+    parser.add_argument("--config", dest="config_file", metavar="FILE", help="YAML file of options")
+    parser.add_argument("--log-format", choices=("text", "json"), help="default text")
+    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="default info")
+    parser.set_defaults(func=run)
+
+
+def load(args) -> DaemonConfig:
+    flags = {name: value for name, value in vars(args).items() if name not in ("func", "command")}
+    path = flags.get("config_file") or os.environ.get("SELINUX_MOUNT_AGENT_CONFIG_FILE")
+    text = None
+    if path:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                text = handle.read()
+        except OSError as err:
+            raise InvalidInput(f"cannot read config file {path}: {err.strerror}") from None
+        flags["config_file"] = path
+    return resolve_config(flags, dict(os.environ), text, path or "")
+
+
+def run(args) -> int:
+    config = load(args)
+    configure_logging(config)
+    daemon = Daemon(config)
+    stop = threading.Event()
+
+    def on_term(signum, frame):
+        log.info("received %s, stopping", signal.Signals(signum).name)
+        stop.set()
+
+    def on_hup(signum, frame):
+        try:
+            daemon.reload(load(args))
+        except InvalidInput as err:
+            log.error("configuration not reloaded: %s", err)
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    signal.signal(signal.SIGHUP, on_hup)
+    try:
+        daemon.start()
+        stop.wait()
+    finally:
+        daemon.stop()
+    return 0

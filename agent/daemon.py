@@ -1,0 +1,251 @@
+"""`run`: the node agent process. Wires configuration, logging, the metrics and health server, and the parts
+(the CSI shim, the AVC watcher) together, and stops them cleanly.
+
+Configuration comes from defaults < an optional YAML file < environment (`SELINUX_MOUNT_AGENT_<OPTION>`) <
+flags. Every default works on a laptop: state under ./state, the CSI socket inside it, metrics on localhost.
+SIGTERM finishes in-flight calls and exits; SIGHUP re-reads the file and applies what can change live.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import yaml
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from agent import host
+from agent.errors import InvalidInput
+from agent.metrics import NodeMetrics
+
+log = logging.getLogger("selinux-mount-agent")
+ENV_PREFIX = "SELINUX_MOUNT_AGENT_"
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    csi_endpoint: str = "unix://state/csi.sock"
+    backend_endpoint: str | None = None
+    state_dir: str = "state"
+    kubelet_root: str = "/var/lib/kubelet"
+    node_id: str = field(default_factory=socket.gethostname)
+    strip_context: bool = False
+    metrics_address: str = "127.0.0.1:9808"
+    log_format: str = "text"
+    log_level: str = "info"
+    config_file: str | None = None
+
+    # Options a SIGHUP may change without a restart.
+    LIVE = ("log_format", "log_level")
+
+
+OPTIONS = {f.name: f for f in dataclasses.fields(DaemonConfig)}
+
+
+def _coerce(name: str, value, source: str):
+    kind = OPTIONS[name].type
+    if "bool" in str(kind):
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off", ""):
+            return False
+        raise InvalidInput(f"{source}: {name} must be true or false, not {value!r}")
+    if value is not None and not isinstance(value, str):
+        raise InvalidInput(f"{source}: {name} must be a string")
+    return value
+
+
+def resolve_config(flags: dict, environ: dict, file_text: str | None = None, file_name: str = "") -> DaemonConfig:
+    """Layer the sources (pure: the caller reads the file and the environment)."""
+    values: dict = {}
+    if file_text:
+        try:
+            document = yaml.safe_load(file_text) or {}
+        except yaml.YAMLError as err:
+            raise InvalidInput(f"config file {file_name}: invalid YAML: {err}") from None
+        if not isinstance(document, dict):
+            raise InvalidInput(f"config file {file_name}: expected a mapping of options")
+        for key, value in document.items():
+            name = str(key).replace("-", "_")
+            if name not in OPTIONS or name == "config_file":
+                raise InvalidInput(f"config file {file_name}: unknown option {key!r}")
+            values[name] = _coerce(name, value, f"config file {file_name}")
+    for name in OPTIONS:
+        env = environ.get(ENV_PREFIX + name.upper())
+        if env is not None and name != "config_file":
+            values[name] = _coerce(name, env, f"environment {ENV_PREFIX + name.upper()}")
+    for name, value in flags.items():
+        if value is not None and name in OPTIONS:
+            values[name] = value
+    config = DaemonConfig(**values)
+    if config.log_format not in ("text", "json"):
+        raise InvalidInput(f"log_format must be text or json, not {config.log_format!r}")
+    if config.log_level not in ("debug", "info", "warning", "error"):
+        raise InvalidInput(f"log_level must be debug, info, warning or error, not {config.log_level!r}")
+    split_address(config.metrics_address)
+    return config
+
+
+def split_address(text: str) -> tuple[str, int]:
+    host_part, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise InvalidInput(f"address {text!r} is not HOST:PORT")
+    return host_part.strip("[]") or "0.0.0.0", int(port)
+
+
+class JSONFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, and any `extra=` fields."""
+
+    RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+                 + f".{int(record.msecs):03d}Z",
+                 "level": record.levelname.lower(), "logger": record.name, "msg": record.getMessage()}
+        for key, value in vars(record).items():
+            if key not in self.RESERVED and not key.startswith("_"):
+                entry[key] = value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
+        if record.exc_info:
+            entry["error"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def configure_logging(config: DaemonConfig, stream=None) -> None:
+    handler = logging.StreamHandler(stream or sys.stderr)
+    if config.log_format == "json":
+        handler.setFormatter(JSONFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(config.log_level.upper())
+
+
+class _Handler(BaseHTTPRequestHandler):
+    daemon: "Daemon"
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            body, status, kind = generate_latest(self.daemon.registry), 200, CONTENT_TYPE_LATEST
+        elif path == "/healthz":
+            problems = self.daemon.problems()
+            body = ("ok\n" if not problems else "\n".join(problems) + "\n").encode()
+            status, kind = (200 if not problems else 503), "text/plain; charset=utf-8"
+        elif path == "/readyz":
+            ready = self.daemon.ready.is_set() and not self.daemon.problems()
+            body, status, kind = (b"ready\n", 200, "text/plain") if ready else (b"not ready\n", 503, "text/plain")
+        else:
+            body, status, kind = b"not found\n", 404, "text/plain"
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class Component:
+    """A part the daemon runs: started once, stopped with a grace period, asked whether it is healthy."""
+
+    name = "component"
+
+    def start(self) -> None: ...
+
+    def stop(self, grace: float) -> None: ...
+
+    def problem(self) -> str | None:
+        return None
+
+
+class Daemon:
+    def __init__(self, config: DaemonConfig, components_factory=None):
+        self.config = config
+        self.registry = CollectorRegistry()
+        self.metrics = NodeMetrics(self.registry)
+        self.ready = threading.Event()
+        self.stopped = threading.Event()
+        self.selinux = False
+        self.components: list[Component] = []
+        self._factory = components_factory or default_components
+        self._http: ThreadingHTTPServer | None = None
+
+    def start(self) -> None:
+        self.selinux = host.selinux_enabled()
+        self.metrics.selinux_enabled.set(1 if self.selinux else 0)
+        if not self.selinux:
+            # Like kubelet: start, say so once, and do no SELinux work.
+            log.warning("SELinux is not enabled on this node: volumes are served without labels and nothing is "
+                        "relabelled")
+        os.makedirs(self.config.state_dir, exist_ok=True)
+        host_name, port = split_address(self.config.metrics_address)
+        handler = type("Handler", (_Handler,), {"daemon": self})
+        self._http = ThreadingHTTPServer((host_name, port), handler)
+        self._http.daemon_threads = True
+        threading.Thread(target=self._http.serve_forever, name="metrics", daemon=True).start()
+        log.info("serving /metrics, /healthz and /readyz on %s", self.metrics_url)
+        self.components = list(self._factory(self))
+        for component in self.components:
+            component.start()
+            log.info("started %s", component.name)
+        self.ready.set()
+
+    @property
+    def metrics_url(self) -> str:
+        host_name, port = self._http.server_address[:2] if self._http else split_address(self.config.metrics_address)
+        return f"http://{host_name}:{port}"
+
+    def problems(self) -> list[str]:
+        return [f"{c.name}: {p}" for c in self.components if (p := c.problem())]
+
+    def reload(self, config: DaemonConfig) -> None:
+        """Apply a re-read configuration: what can change live changes, the rest is named and kept."""
+        changed = [f.name for f in dataclasses.fields(DaemonConfig)
+                   if getattr(config, f.name) != getattr(self.config, f.name)]
+        live = [name for name in changed if name in DaemonConfig.LIVE]
+        frozen = [name for name in changed if name not in DaemonConfig.LIVE]
+        self.config = dataclasses.replace(self.config, **{name: getattr(config, name) for name in live})
+        configure_logging(self.config)
+        if live:
+            log.info("configuration reloaded: %s", ", ".join(live))
+        if frozen:
+            log.warning("configuration changes that need a restart were not applied: %s", ", ".join(frozen))
+        if not changed:
+            log.info("configuration reloaded: nothing changed")
+
+    def stop(self, grace: float = 10.0) -> None:
+        if self.stopped.is_set():
+            return
+        self.ready.clear()
+        for component in reversed(self.components):
+            try:
+                component.stop(grace)
+                log.info("stopped %s", component.name)
+            except Exception:
+                log.exception("stopping %s failed", component.name)
+        if self._http:
+            self._http.shutdown()
+            self._http.server_close()
+        self.stopped.set()
+
+
+def default_components(daemon: Daemon) -> list[Component]:
+    """The CSI shim (built-in driver, or proxy with a backend endpoint)."""
+    from agent.daemon_parts import csi_component
+
+    return [csi_component(daemon)]

@@ -1,0 +1,126 @@
+"""agent/daemon.py: configuration layering, JSON logs, the metrics and health server, reload and stop."""
+
+import json
+import logging
+import urllib.error
+import urllib.request
+
+import pytest
+
+from agent.daemon import Component, Daemon, DaemonConfig, JSONFormatter, configure_logging, resolve_config
+from agent.errors import InvalidInput
+
+
+def test_defaults_work_on_a_laptop():
+    config = resolve_config({}, {})
+    assert config.metrics_address.startswith("127.0.0.1:")
+    assert config.csi_endpoint == "unix://state/csi.sock" and config.state_dir == "state"
+    assert config.backend_endpoint is None and config.log_format == "text"
+
+
+def test_layering_file_then_environment_then_flags():
+    text = "csi-endpoint: unix:///from/file.sock\nstate_dir: /file/state\nlog-level: debug\nstrip-context: yes\n"
+    env = {"SELINUX_MOUNT_AGENT_STATE_DIR": "/env/state", "SELINUX_MOUNT_AGENT_LOG_FORMAT": "json",
+           "SELINUX_MOUNT_AGENT_STRIP_CONTEXT": "false"}
+    flags = {"state_dir": "/flag/state", "node_id": None, "log_level": None}
+    config = resolve_config(flags, env, text, "agent.yaml")
+    assert config.csi_endpoint == "unix:///from/file.sock"  # file
+    assert config.log_level == "debug"                         # file, flag not given
+    assert config.log_format == "json"                         # environment
+    assert config.strip_context is False                       # environment over file
+    assert config.state_dir == "/flag/state"                   # flag over both
+
+
+@pytest.mark.parametrize("text, env, words", [
+    ("nonsense: 1\n", {}, "unknown option 'nonsense'"),
+    ("- a list\n", {}, "expected a mapping"),
+    ("log-format: xml\n", {}, "log_format must be text or json"),
+    ("", {"SELINUX_MOUNT_AGENT_STRIP_CONTEXT": "maybe"}, "must be true or false"),
+    ("metrics-address: nowhere\n", {}, "is not HOST:PORT"),
+    ("key: [unclosed\n", {}, "invalid YAML"),
+])
+def test_bad_configuration_is_named(text, env, words):
+    with pytest.raises(InvalidInput) as info:
+        resolve_config({}, env, text, "agent.yaml")
+    assert words in str(info.value)
+
+
+def test_json_log_lines():
+    record = logging.LogRecord("selinux-mount-agent", logging.INFO, __file__, 1, "staged %s", ("vol-1",), None)
+    record.volume = "vol-1"
+    entry = json.loads(JSONFormatter().format(record))
+    assert entry["msg"] == "staged vol-1" and entry["level"] == "info" and entry["volume"] == "vol-1"
+    assert entry["time"].endswith("Z")
+
+
+class Probe(Component):
+    name = "probe"
+
+    def __init__(self):
+        self.started = self.stopped_with = None
+        self.broken = None
+
+    def start(self):
+        self.started = True
+
+    def stop(self, grace):
+        self.stopped_with = grace
+
+    def problem(self):
+        return self.broken
+
+
+def fetch(url):
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+def test_metrics_health_ready_and_stop(tmp_path):
+    probe = Probe()
+    daemon = Daemon(DaemonConfig(metrics_address="127.0.0.1:0", state_dir=str(tmp_path / "state")),
+                    components_factory=lambda d: [probe])
+    daemon.start()
+    try:
+        url = daemon.metrics_url
+        status, body = fetch(url + "/metrics")
+        assert status == 200 and "volume_manager_selinux_volumes_admitted_total" in body
+        assert "selinux_mount_agent_selinux_enabled 0.0" in body  # this host has no SELinux
+        assert fetch(url + "/healthz") == (200, "ok\n") and fetch(url + "/readyz")[0] == 200
+        probe.broken = "socket gone"
+        assert fetch(url + "/healthz") == (503, "probe: socket gone\n") and fetch(url + "/readyz")[0] == 503
+        assert fetch(url + "/nothing")[0] == 404
+    finally:
+        daemon.stop(grace=3)
+    assert probe.started and probe.stopped_with == 3
+    assert (tmp_path / "state").is_dir()
+
+
+def test_without_selinux_it_says_so_once(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    daemon = Daemon(DaemonConfig(metrics_address="127.0.0.1:0", state_dir=str(tmp_path)),
+                    components_factory=lambda d: [])
+    daemon.start()
+    daemon.stop()
+    messages = [r.getMessage() for r in caplog.records if "SELinux is not enabled" in r.getMessage()]
+    assert len(messages) == 1
+
+
+def test_reload_applies_live_options_and_names_the_rest(tmp_path, capsys):
+    daemon = Daemon(DaemonConfig(metrics_address="127.0.0.1:0", state_dir=str(tmp_path)),
+                    components_factory=lambda d: [])
+    daemon.start()
+    try:
+        daemon.reload(DaemonConfig(metrics_address="127.0.0.1:0", state_dir=str(tmp_path), log_level="debug",
+                                   log_format="json", csi_endpoint="unix:///elsewhere.sock"))
+        assert daemon.config.log_level == "debug" and daemon.config.log_format == "json"
+        assert daemon.config.csi_endpoint == "unix://state/csi.sock"
+        lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+        text = " ".join(entry["msg"] for entry in lines)
+        assert "reloaded: log_format, log_level" in text
+        assert "need a restart were not applied: csi_endpoint" in text
+    finally:
+        daemon.stop()
+        configure_logging(DaemonConfig())
