@@ -52,3 +52,79 @@ class SELinuxUnavailable(AgentError):
     """A step that needs SELinux on this node, where it has none."""
 
     code = "FAILED_PRECONDITION"
+
+
+class RelabelFailed(AgentError):
+    """A recursive relabel that cannot go on: the volume's filesystem is read-only, keeps no SELinux labels,
+    or its root cannot be opened. `errno` and `path` say what failed where."""
+
+    code = "FAILED_PRECONDITION"
+
+    def __init__(self, message: str, errno: int | None = None, path: bytes | None = None):
+        self.errno = errno
+        self.path = path
+        super().__init__(message)
+
+
+class AuditUnavailable(AgentError):
+    """The kernel audit stream cannot be read here (no CAP_AUDIT_READ, no audit support, missing log)."""
+
+    code = "FAILED_PRECONDITION"
+
+
+class InvalidModuleName(InvalidInput):
+    """An SELinux policy module name that checkmodule or semodule would refuse, or that could escape a path."""
+
+
+class PolicyBuildError(AgentError):
+    """checkmodule, semodule_package or semodule failed, or a tool they need is missing."""
+
+    code = "FAILED_PRECONDITION"
+
+
+class VolumeNotFound(AgentError):
+    """A CSI volume id (or a path that should hold it) this node plugin does not know."""
+
+    code = "NOT_FOUND"
+
+
+class VolumeAlreadyExists(AgentError):
+    """A CSI request for a volume that exists, or is staged or published, with incompatible arguments."""
+
+    code = "ALREADY_EXISTS"
+
+
+class VolumeInUse(AgentError):
+    """A CSI step that cannot run yet: the volume is not staged, still published, or used elsewhere."""
+
+    code = "FAILED_PRECONDITION"
+
+
+class ContextNotApplied(AgentError):
+    """A `context=` mount whose label is not what mountinfo shows, with no fallback allowed or possible."""
+
+    code = "FAILED_PRECONDITION"
+
+
+class CapacityOutOfRange(AgentError):
+    """A capacity range the CSI driver cannot satisfy."""
+
+    code = "OUT_OF_RANGE"
+
+
+class MountFailed(AgentError):
+    """mount(2), umount(2), a loop device or mkfs failed; the message carries the errno text."""
+
+    code = "INTERNAL"
+
+    def __init__(self, message: str, errno: int | None = None):
+        self.errno = errno
+        super().__init__(message)
+
+
+class BackendError(AgentError):
+    """An error returned by the CSI node plugin behind the shim; `code` is the backend's own status."""
+
+    def __init__(self, code: str, message: str):
+        self.code = code
+        super().__init__(message)

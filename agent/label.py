@@ -3,7 +3,8 @@
 Pure code. Canonical form is the one the kernel prints (`security/selinux/ss/mls.c`, `mls_sid_to_context`):
 categories sorted, a run of two written `cA,cB`, a run of three or more `cA.cB`, and a range whose high level
 equals its low level written as the low level alone. Two labels are equal exactly when the kernel would store
-the same context for them, so `s0:c2,c1`, `s0:c1,c2` and `s0-s0:c1,c2` are one label.
+the same context for them, so `s0:c2,c1`, `s0:c1.c2` and `s0:c1,c2-s0:c1,c2` are one label (while
+`s0-s0:c1,c2` is the range from `s0` to `s0:c1,c2`, another label).
 
 The grammar is strict on purpose: a label ends up inside a mount option string, so anything that could
 close the quotes or start another option (quotes, commas outside the category list, `=`, whitespace, NUL)

@@ -1,0 +1,94 @@
+"""`selinux-mount-agent csi`: the CSI node shim for drivers with CSIDriver.spec.seLinuxMount: true.
+
+Contract (relied on elsewhere, keep stable):
+  csi --csi-endpoint unix:///PATH.sock [--backend-endpoint unix:///PATH.sock] [--state-dir DIR]
+      [--kubelet-root DIR] [--node-id ID] [--strip-context] [--on-context-dropped relabel|fail]
+      [--log-format text|json] [--log-level LEVEL]
+Without --backend-endpoint it serves the built-in loop-device driver; with it, it proxies to that plugin.
+Runs until SIGTERM or SIGINT; exit code 0 after a clean stop, 2 for bad flags.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import socket
+import sys
+import threading
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "csi", help="serve the CSI node shim that applies or verifies context= mounts",
+        description="Serve CSI (Identity, Controller, Node) on a unix socket. Without --backend-endpoint: a "
+                    "built-in driver of loop-backed ext4/xfs volumes that mounts with kubelet's context= flag "
+                    "through mount(2) and verifies it. With --backend-endpoint: a proxy in front of another CSI "
+                    "node plugin that checks each context= mount against /proc/self/mountinfo and relabels or "
+                    "fails when the context did not take.")
+    add_csi_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def add_csi_arguments(parser) -> None:
+    """The shim's flags; the `run` daemon adds the same ones."""
+    parser.add_argument("--csi-endpoint", required=True, metavar="unix:///PATH.sock",
+                        help="socket to serve CSI on (kubelet's plugin registration points here)")
+    parser.add_argument("--backend-endpoint", metavar="unix:///PATH.sock",
+                        help="forward every call to this CSI node plugin (proxy mode)")
+    parser.add_argument("--state-dir", default="/var/lib/selinux-mount-agent/csi",
+                        help="state file and, for the built-in driver, volume images (default: %(default)s)")
+    parser.add_argument("--kubelet-root", default="/var/lib/kubelet",
+                        help="kubelet --root-dir; staging and target paths must be below it (default: %(default)s)")
+    parser.add_argument("--node-id", default=socket.gethostname(),
+                        help="node id reported by NodeGetInfo (default: the host name)")
+    parser.add_argument("--strip-context", action="store_true",
+                        help="proxy mode: remove context= before forwarding, for backends that reject it; the "
+                             "shim then relabels (or fails, see --on-context-dropped)")
+    parser.add_argument("--on-context-dropped", choices=("relabel", "fail"), default="relabel",
+                        help="when mountinfo shows no context after a context= mount: relabel the published "
+                             "volume recursively, or fail with FAILED_PRECONDITION (default: %(default)s)")
+    parser.add_argument("--log-format", choices=("text", "json"), default="text")
+    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+
+
+def config_from_args(args):
+    from csi_shim.config import ShimConfig
+    return ShimConfig(csi_endpoint=args.csi_endpoint, backend_endpoint=args.backend_endpoint,
+                      state_dir=args.state_dir, kubelet_root=args.kubelet_root, node_id=args.node_id,
+                      strip_context=args.strip_context, on_context_dropped=args.on_context_dropped)
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"ts": round(record.created, 3), "level": record.levelname.lower(), "logger": record.name,
+                 "msg": record.getMessage()}
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def setup_logging(fmt: str, level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else
+                         logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def run(args) -> int:
+    setup_logging(args.log_format, args.log_level)
+    config = config_from_args(args)
+    from csi_shim.server import build_server
+    server = build_server(config).start()
+    done = threading.Event()
+
+    def stop(signum, frame):
+        done.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    done.wait()
+    server.stop()
+    return 0

@@ -1,0 +1,169 @@
+"""CSI Controller service of the built-in driver: loop-backed ext4 or xfs image files under the state dir.
+
+Each handler checks its arguments first, then answers a repeat of an earlier call with the earlier result
+(idempotency, CSI spec "CreateVolume ... MUST be idempotent"), then does the work. A volume is an image file
+`<state-dir>/volumes/<volume_id>.img`, sparse, formatted when created.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import uuid
+
+from agent.errors import CapacityOutOfRange, InvalidInput, VolumeAlreadyExists, VolumeInUse, VolumeNotFound
+from csi_shim import mounter, validate
+from csi_shim.plan import DEFAULT_FS_TYPE, SUPPORTED_FS_TYPES
+from csi_shim.proto import csi_pb2, csi_pb2_grpc
+from csi_shim.state import DONE, PENDING, State, VolumeLocks
+
+log = logging.getLogger(__name__)
+
+MiB = 1 << 20
+DEFAULT_CAPACITY = 64 * MiB
+# mkfs refuses smaller filesystems (xfsprogs >= 5.19 wants 300 MiB).
+MIN_CAPACITY = {"ext4": 8 * MiB, "xfs": 300 * MiB}
+FS_TYPE_PARAMETER = "fsType"
+# external-provisioner passes these through; they are not driver parameters.
+_PROVISIONER_PREFIX = "csi.storage.k8s.io/"
+
+
+def choose_capacity(required: int, limit: int, fs_type: str) -> int:
+    """Bytes for a new image: what was asked for, raised to the filesystem's minimum, whole MiB."""
+    size = max(required or DEFAULT_CAPACITY, MIN_CAPACITY[fs_type])
+    size = -(-size // MiB) * MiB
+    if limit and size > limit:
+        raise CapacityOutOfRange(f"capacity_range limit {limit} bytes is below the smallest {fs_type} volume "
+                                 f"this driver makes ({size} bytes)")
+    return size
+
+
+def fs_type_of(parameters) -> str:
+    for key in parameters:
+        if key != FS_TYPE_PARAMETER and not key.startswith(_PROVISIONER_PREFIX):
+            raise InvalidInput(f"unknown parameter {key!r}; this driver takes only {FS_TYPE_PARAMETER}")
+    fs_type = parameters.get(FS_TYPE_PARAMETER, "") or DEFAULT_FS_TYPE
+    if fs_type not in SUPPORTED_FS_TYPES:
+        raise InvalidInput(f"parameter {FS_TYPE_PARAMETER}={fs_type!r} is not supported; use one of "
+                           f"{', '.join(SUPPORTED_FS_TYPES)}")
+    return fs_type
+
+
+def capability_supported(capability, fs_type: str) -> str | None:
+    """Why this driver cannot give the capability, or None when it can."""
+    if capability.WhichOneof("access_type") != "mount":
+        return "only mount volumes are supported, not block"
+    if capability.mount.fs_type and capability.mount.fs_type != fs_type:
+        return f"the volume holds {fs_type}, not {capability.mount.fs_type}"
+    if capability.access_mode.mode not in validate.SINGLE_NODE_MODES:
+        mode = csi_pb2.VolumeCapability.AccessMode.Mode.Name(capability.access_mode.mode)
+        return f"access mode {mode} needs a volume shared between nodes; loop-backed volumes are node-local"
+    return None
+
+
+def volume_message(volume_id: str, record: dict) -> csi_pb2.Volume:
+    return csi_pb2.Volume(volume_id=volume_id, capacity_bytes=record["capacity_bytes"],
+                          volume_context={FS_TYPE_PARAMETER: record["fs_type"]})
+
+
+class ControllerService(csi_pb2_grpc.ControllerServicer):
+    """CreateVolume, DeleteVolume, ValidateVolumeCapabilities, ControllerGetCapabilities; the rest of the
+    service answers UNIMPLEMENTED (the generated base class does)."""
+
+    def __init__(self, state: State, image_dir: str, locks: VolumeLocks):
+        self.state = state
+        self.image_dir = image_dir
+        self.locks = locks
+        os.makedirs(image_dir, mode=0o700, exist_ok=True)
+
+    def ControllerGetCapabilities(self, request, context):
+        rpc = csi_pb2.ControllerServiceCapability.RPC
+        return csi_pb2.ControllerGetCapabilitiesResponse(capabilities=[
+            csi_pb2.ControllerServiceCapability(rpc=rpc(type=rpc.CREATE_DELETE_VOLUME))])
+
+    def CreateVolume(self, request, context):
+        validate.create_volume(request)
+        required, limit = validate.capacity_range(
+            request.capacity_range if request.HasField("capacity_range") else None)
+        fs_type = fs_type_of(request.parameters)
+        for capability in request.volume_capabilities:
+            why = capability_supported(capability, fs_type)
+            if why:
+                raise InvalidInput(f"volume_capabilities: {why}")
+        if request.HasField("volume_content_source"):
+            raise InvalidInput("volume_content_source is not supported (no snapshots or clones)")
+        capacity = choose_capacity(required, limit, fs_type)
+
+        with self.locks.hold(f"name:{request.name}"):
+            found = self.state.volume_by_name(request.name)
+            if found:
+                volume_id, record = found
+                fits = record["capacity_bytes"] >= required and (not limit or record["capacity_bytes"] <= limit)
+                if not fits or record["fs_type"] != fs_type:
+                    raise VolumeAlreadyExists(
+                        f"volume {request.name!r} exists as {volume_id} with {record['capacity_bytes']} bytes of "
+                        f"{record['fs_type']}, which does not match this request")
+                return csi_pb2.CreateVolumeResponse(volume=volume_message(volume_id, record))
+
+            volume_id = f"vol-{uuid.uuid4().hex}"
+            image = os.path.join(self.image_dir, f"{volume_id}.img")
+            record = {"name": request.name, "capacity_bytes": capacity, "fs_type": fs_type, "image": image,
+                      "status": PENDING}
+            with self.state.change():
+                self.state.volumes[volume_id] = record
+            try:
+                self._make_image(image, capacity, fs_type)
+            except BaseException:
+                with self.state.change():
+                    self.state.volumes.pop(volume_id, None)
+                raise
+            with self.state.change():
+                self.state.volumes[volume_id] = dict(record, status=DONE)
+            log.info("created volume %s (%s, %d bytes of %s)", volume_id, request.name, capacity, fs_type)
+            return csi_pb2.CreateVolumeResponse(volume=volume_message(volume_id, self.state.volumes[volume_id]))
+
+    @staticmethod
+    def _make_image(image: str, capacity: int, fs_type: str) -> None:
+        tmp = image + ".tmp"
+        try:
+            with open(tmp, "wb") as handle:
+                handle.truncate(capacity)
+            mounter.make_filesystem(tmp, fs_type)
+            with open(tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
+            os.replace(tmp, image)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+    def DeleteVolume(self, request, context):
+        validate.delete_volume(request)
+        with self.locks.hold(request.volume_id):
+            record = self.state.volumes.get(request.volume_id)
+            if record is None:
+                return csi_pb2.DeleteVolumeResponse()  # CSI: deleting a volume that is gone succeeds
+            if request.volume_id in self.state.staged or self.state.publishers(request.volume_id):
+                raise VolumeInUse(f"volume {request.volume_id} is still staged or published on this node")
+            mounter.detach_image(record["image"])
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(record["image"])
+            with self.state.change():
+                self.state.volumes.pop(request.volume_id, None)
+            log.info("deleted volume %s", request.volume_id)
+            return csi_pb2.DeleteVolumeResponse()
+
+    def ValidateVolumeCapabilities(self, request, context):
+        validate.validate_volume_capabilities(request)
+        record = self.state.volumes.get(request.volume_id)
+        if record is None or record.get("status") != DONE:
+            raise VolumeNotFound(f"volume {request.volume_id} does not exist")
+        for index, capability in enumerate(request.volume_capabilities):
+            validate.volume_capability(capability, f"volume_capabilities[{index}]", allow_block=True)
+            why = capability_supported(capability, record["fs_type"])
+            if why:
+                return csi_pb2.ValidateVolumeCapabilitiesResponse(message=why)
+        confirmed = csi_pb2.ValidateVolumeCapabilitiesResponse.Confirmed(
+            volume_context=request.volume_context, volume_capabilities=request.volume_capabilities,
+            parameters=request.parameters)
+        return csi_pb2.ValidateVolumeCapabilitiesResponse(confirmed=confirmed)

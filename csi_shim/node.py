@@ -1,0 +1,347 @@
+"""CSI Node service of the built-in driver: loop device + mount at the staging path, bind mount to targets.
+
+NodeStageVolume mounts the volume's filesystem with the request's mount flags, the `context=` flag exactly
+as kubelet sent it, through mount(2); NodePublishVolume bind-mounts the staging path to the target and honours
+readonly with a remount. Each mount with a context is read back from /proc/self/mountinfo: where the context
+did not take (a kernel without SELinux shows none), `--on-context-dropped` decides between the relabel walker
+on the published path and FAILED_PRECONDITION. Conflicts between labels on one node are refused the way
+kubelet words them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+
+from agent.errors import ContextNotApplied, InvalidInput, VolumeAlreadyExists, VolumeInUse, VolumeNotFound
+from agent.label import Label
+from csi_shim import mounter, validate
+from csi_shim.config import ShimConfig
+from csi_shim.plan import (FAIL, FS_GROUP, RELABEL, SUPPORTED_FS_TYPES, MountPlan, after_mount, label_conflict,
+                           plan_mount, pod_of)
+from csi_shim.proto import csi_pb2, csi_pb2_grpc
+from csi_shim.state import DONE, PENDING, State, VolumeLocks
+
+log = logging.getLogger(__name__)
+
+
+def _label(text: str | None) -> Label | None:
+    return Label.parse(text) if text else None
+
+
+def holders(state: State, volume_id: str) -> list[tuple[str, str]]:
+    """(namespace, name) of the pods a volume is published for, as far as volume_context told us."""
+    return [tuple(rec["pod"]) for _, rec in state.publishers(volume_id) if rec.get("pod")]
+
+
+def check_stage_label(state: State, volume_id: str, label: Label | None) -> None:
+    """A volume staged with one label cannot be staged or published with another (KEP-1710: a superblock has
+    one context; kubelet unstages before it mounts with a new label)."""
+    record = state.staged.get(volume_id)
+    if record is None or record.get("status") != DONE:
+        return
+    held = _label(record.get("label"))
+    if held != label:
+        raise label_conflict(volume_id, held, label, holders(state, volume_id))
+
+
+def check_publish_label(state: State, volume_id: str, label: Label | None, requester) -> None:
+    record = state.staged.get(volume_id)
+    if record is not None and record.get("status") == DONE:
+        held = _label(record.get("label"))
+        if held != label:
+            raise label_conflict(volume_id, held, label, holders(state, volume_id),
+                                 requester[0] if requester else None)
+
+
+# ---- after the mount: relabel walker or fsGroup ------------------------------------------------------------
+
+def relabel_walker():
+    """agent.relabel.relabel, imported when first needed."""
+    try:
+        from agent.relabel import relabel
+    except ImportError as err:
+        raise ContextNotApplied(f"the recursive relabel walker (agent.relabel) is not available: {err}") from None
+    return relabel
+
+
+def apply_fs_group(path: str, gid: int, read_only: bool) -> None:
+    """kubelet's fsGroup ownership (pkg/volume/volume_linux.go) for a volume the walker does not visit: a
+    context mount needs no relabel, and one without a label has none to apply. Group to `gid`, group
+    read/write (read on a read-only volume), setgid and group search on directories; one filesystem only."""
+    root_dev = os.lstat(path).st_dev
+    for top, dirs, files in os.walk(path):
+        dirs[:] = [d for d in dirs if os.lstat(os.path.join(top, d)).st_dev == root_dev]
+        for name in [None] + files + dirs:
+            full = top if name is None else os.path.join(top, name)
+            st = os.lstat(full)
+            os.lchown(full, -1, gid)
+            if os.path.islink(full):
+                continue
+            mode = st.st_mode & 0o7777 | (0o440 if read_only else 0o660)
+            if os.path.isdir(full):
+                mode |= 0o2000 | 0o010
+            elif st.st_mode & 0o100:
+                mode |= 0o010
+            os.chmod(full, mode)
+
+
+def finish_publish(path: str, verification: mounter.Verification, plan: MountPlan, config: ShimConfig,
+                   volume_id: str) -> str:
+    """Act on the verifier's result for a published path; returns what was done (for state and logs)."""
+    action = after_mount(verification.status, config.on_context_dropped, plan.context, plan.mount_group)
+    if action == FAIL:
+        hint = ("" if verification.status == "mismatch" else
+                "; the files were not relabelled (--on-context-dropped=fail), so the pod would start with "
+                "labels that do not match its context")
+        raise ContextNotApplied(f"volume {volume_id}: {verification.describe()}{hint}")
+    if action == RELABEL:
+        relabel = relabel_walker()
+        stats = relabel(path, plan.context, threads=config.relabel_threads, one_file_system=True,
+                        dry_run=False, fs_group=plan.mount_group, fs_group_policy="Always")
+        log.warning("volume %s: %s; relabelled %s recursively instead (%s)", volume_id, verification.describe(),
+                    path, getattr(stats, "changed", stats))
+    elif action == FS_GROUP:
+        apply_fs_group(path, plan.mount_group, plan.readonly)
+    return action
+
+
+class NodeService(csi_pb2_grpc.NodeServicer):
+    def __init__(self, state: State, config: ShimConfig, locks: VolumeLocks):
+        self.state = state
+        self.config = config
+        self.locks = locks
+
+    # ---- information ---------------------------------------------------------------------------------------
+
+    def NodeGetInfo(self, request, context):
+        return csi_pb2.NodeGetInfoResponse(node_id=self.config.node_id)
+
+    def NodeGetCapabilities(self, request, context):
+        rpc = csi_pb2.NodeServiceCapability.RPC
+        return csi_pb2.NodeGetCapabilitiesResponse(capabilities=[
+            csi_pb2.NodeServiceCapability(rpc=rpc(type=kind))
+            for kind in (rpc.STAGE_UNSTAGE_VOLUME, rpc.GET_VOLUME_STATS, rpc.VOLUME_MOUNT_GROUP)])
+
+    def _volume(self, volume_id: str) -> dict:
+        record = self.state.volumes.get(volume_id)
+        if record is None or record.get("status") != DONE:
+            raise VolumeNotFound(f"volume {volume_id} does not exist")
+        return record
+
+    # ---- stage -----------------------------------------------------------------------------------------------
+
+    def NodeStageVolume(self, request, context):
+        staging = validate.node_stage(request, self.config.kubelet_root)
+        with self.locks.hold(request.volume_id):
+            volume = self._volume(request.volume_id)
+            plan = plan_mount(request.volume_capability, default_fs_type=volume["fs_type"],
+                              fs_types=SUPPORTED_FS_TYPES)
+            if plan.fs_type != volume["fs_type"]:
+                raise InvalidInput(f"volume {request.volume_id} holds {volume['fs_type']}, not {plan.fs_type}")
+
+            record = self.state.staged.get(request.volume_id)
+            if record is not None and record.get("status") == DONE:
+                check_stage_label(self.state, request.volume_id, plan.context)
+                if record["staging_path"] != staging:
+                    raise VolumeAlreadyExists(f"volume {request.volume_id} is already staged at "
+                                              f"{record['staging_path']}")
+                if list(plan.flags_without_context) != [f for f in record["mount_flags"]
+                                                        if f.partition("=")[0] != "context"]:
+                    raise VolumeAlreadyExists(f"volume {request.volume_id} is already staged at {staging} with "
+                                              f"other mount flags")
+                if mounter.mounted_at(staging) is not None:
+                    return csi_pb2.NodeStageVolumeResponse()  # a repeat: already done
+            if not os.path.isdir(staging):
+                raise InvalidInput(f"staging_target_path {staging} is not a directory (the CO creates it)")
+
+            with self.state.change():
+                self.state.staged[request.volume_id] = {
+                    "staging_path": staging, "label": plan.context.text if plan.context else None,
+                    "mount_flags": list(plan.mount_flags), "fs_type": plan.fs_type, "device": None,
+                    "status": PENDING, "verification": None}
+            try:
+                verification, device = self._stage(volume, staging, plan)
+            except BaseException:
+                with self.state.change():
+                    self.state.staged.pop(request.volume_id, None)
+                raise
+            with self.state.change():
+                self.state.staged[request.volume_id].update(status=DONE, device=device,
+                                                            verification=verification.status)
+            log.info("staged volume %s at %s: %s", request.volume_id, staging, verification.describe())
+            return csi_pb2.NodeStageVolumeResponse()
+
+    def _stage(self, volume: dict, staging: str, plan: MountPlan) -> tuple[mounter.Verification, str]:
+        attached = not mounter.find_loop(volume["image"])
+        device = mounter.attach_loop(volume["image"])
+        mounted = False
+        try:
+            number = mounter.device_number(device)
+            existing = mounter.mounted_at(staging)
+            if existing is not None and existing.major_minor != number:
+                raise VolumeAlreadyExists(f"{staging} already holds another mount ({existing.source})")
+            if existing is None:
+                mounter.refuse_shared_superblock(device, plan.context, staging)
+                bits, data = plan.syscall()
+                mounter.mount_filesystem(device, staging, plan.fs_type, bits, data, plan.context_flag)
+                mounted = True
+            verification = mounter.verify(staging, plan.context)
+            if verification.status == mounter.MISMATCH or (
+                    verification.status == mounter.DROPPED and self.config.on_context_dropped == "fail"):
+                raise ContextNotApplied(f"volume staged at {staging}: {verification.describe()}")
+            return verification, device
+        except BaseException:
+            if mounted:
+                with contextlib.suppress(Exception):
+                    mounter.unmount(staging)
+            if attached:
+                with contextlib.suppress(Exception):
+                    mounter.detach_loop(device)
+            raise
+
+    def NodeUnstageVolume(self, request, context):
+        staging = validate.node_unstage(request, self.config.kubelet_root)
+        with self.locks.hold(request.volume_id):
+            volume = self._volume(request.volume_id)
+            published = [target for target, rec in self.state.publishers(request.volume_id)
+                         if mounter.mounted_at(target) is not None]
+            if published:
+                raise VolumeInUse(f"volume {request.volume_id} is still published at {', '.join(published)}")
+            record = self.state.staged.get(request.volume_id)
+            if record is not None and record["staging_path"] != staging:
+                raise VolumeNotFound(f"volume {request.volume_id} is staged at {record['staging_path']}, "
+                                     f"not {staging}")
+            # Unmount only what is ours: the volume's loop device, possibly stacked after a crash.
+            numbers = {mounter.device_number(dev) for dev in mounter.find_loop(volume["image"])}
+            while (top := mounter.mounted_at(staging)) is not None and top.major_minor in numbers:
+                mounter.unmount(staging)
+            mounter.detach_image(volume["image"])
+            if record is not None:
+                with self.state.change():
+                    self.state.staged.pop(request.volume_id, None)
+            log.info("unstaged volume %s from %s", request.volume_id, staging)
+            return csi_pb2.NodeUnstageVolumeResponse()
+
+    # ---- publish ---------------------------------------------------------------------------------------------
+
+    def NodePublishVolume(self, request, context):
+        target, staging = validate.node_publish(request, self.config.kubelet_root)
+        requester = pod_of(request.volume_context)
+        with self.locks.hold(request.volume_id):
+            volume = self._volume(request.volume_id)
+            plan = plan_mount(request.volume_capability, readonly=request.readonly,
+                              default_fs_type=volume["fs_type"], fs_types=SUPPORTED_FS_TYPES)
+            staged = self.state.staged.get(request.volume_id)
+            if staged is None or staged.get("status") != DONE:
+                raise VolumeInUse(f"volume {request.volume_id} is not staged (NodeStageVolume first)")
+            if staged["staging_path"] != staging:
+                raise VolumeInUse(f"volume {request.volume_id} is staged at {staged['staging_path']}, "
+                                  f"not {staging}")
+            check_publish_label(self.state, request.volume_id, plan.context, requester)
+
+            record = self.state.published.get(target)
+            if record is not None and record.get("status") == DONE and mounter.mounted_at(target) is not None:
+                if (record["volume_id"], record["readonly"], record["mount_flags"]) != (
+                        request.volume_id, plan.readonly, list(plan.mount_flags)):
+                    raise VolumeAlreadyExists(f"{target} is already published with other arguments "
+                                              f"(volume {record['volume_id']}, readonly={record['readonly']})")
+                return csi_pb2.NodePublishVolumeResponse()  # a repeat: already done
+
+            with self.state.change():
+                self.state.published[target] = {
+                    "volume_id": request.volume_id, "staging_path": staging,
+                    "label": plan.context.text if plan.context else None, "readonly": plan.readonly,
+                    "mount_flags": list(plan.mount_flags), "pod": list(requester) if requester else None,
+                    "status": PENDING, "verification": None, "action": None}
+            try:
+                verification, action = self._publish(staging, target, plan, request.volume_id)
+            except BaseException:
+                with self.state.change():
+                    self.state.published.pop(target, None)
+                raise
+            with self.state.change():
+                self.state.published[target].update(status=DONE, verification=verification.status, action=action)
+            log.info("published volume %s at %s (readonly=%s): %s%s", request.volume_id, target, plan.readonly,
+                     verification.describe(), f"; {action}" if action != "nothing" else "")
+            return csi_pb2.NodePublishVolumeResponse()
+
+    def _publish(self, staging: str, target: str, plan: MountPlan, volume_id: str):
+        created = False
+        try:
+            os.mkdir(target, 0o750)
+            created = True
+        except FileExistsError:
+            if not os.path.isdir(target):
+                raise InvalidInput(f"target_path {target} exists and is not a directory") from None
+        except FileNotFoundError:
+            raise InvalidInput(f"the parent directory of target_path {target} does not exist") from None
+        source = mounter.mounted_at(staging)
+        if source is None:
+            raise VolumeInUse(f"volume {volume_id} is not mounted at {staging}; stage it again")
+        existing = mounter.mounted_at(target)
+        mounted = False
+        try:
+            if existing is not None and existing.major_minor != source.major_minor:
+                raise VolumeAlreadyExists(f"{target} already holds another mount ({existing.source})")
+            if existing is None:
+                mounter.mount(staging, target, None, mounter.MS_BIND, None)
+                mounted = True
+            verification = mounter.verify(target, plan.context)
+            action = finish_publish(target, verification, plan, self.config, volume_id)
+            flags = plan.bind_flags()
+            if flags:
+                mounter.mount("none", target, None, mounter.MS_BIND | mounter.MS_REMOUNT | flags, None)
+            return verification, action
+        except BaseException:
+            if mounted:
+                with contextlib.suppress(Exception):
+                    mounter.unmount(target)
+            if created:
+                with contextlib.suppress(OSError):
+                    os.rmdir(target)
+            raise
+
+    def NodeUnpublishVolume(self, request, context):
+        target = validate.node_unpublish(request, self.config.kubelet_root)
+        with self.locks.hold(request.volume_id):
+            self._volume(request.volume_id)
+            record = self.state.published.get(target)
+            if record is not None and record["volume_id"] != request.volume_id:
+                raise VolumeNotFound(f"{target} holds volume {record['volume_id']}, not {request.volume_id}")
+            while mounter.mounted_at(target) is not None:
+                mounter.unmount(target)
+            try:
+                os.rmdir(target)
+            except FileNotFoundError:
+                pass
+            except OSError as err:
+                if err.errno != errno.ENOTEMPTY:
+                    raise
+                log.warning("%s is not empty after unmount; left in place", target)
+            if record is not None:
+                with self.state.change():
+                    self.state.published.pop(target, None)
+            log.info("unpublished volume %s from %s", request.volume_id, target)
+            return csi_pb2.NodeUnpublishVolumeResponse()
+
+    # ---- stats -----------------------------------------------------------------------------------------------
+
+    def NodeGetVolumeStats(self, request, context):
+        validate.required(request.volume_id, "volume_id")
+        validate.required(request.volume_path, "volume_path")
+        self._volume(request.volume_id)
+        path = os.path.normpath(request.volume_path)
+        record = self.state.published.get(path)
+        staged = self.state.staged.get(request.volume_id)
+        ours = (record is not None and record["volume_id"] == request.volume_id) or (
+            staged is not None and staged["staging_path"] == path)
+        if not ours or mounter.mounted_at(path) is None:
+            raise VolumeNotFound(f"volume {request.volume_id} is not mounted at {request.volume_path}")
+        available, total, used, inodes_free, inodes, inodes_used = mounter.statvfs_usage(path)
+        unit = csi_pb2.VolumeUsage
+        return csi_pb2.NodeGetVolumeStatsResponse(usage=[
+            unit(available=available, total=total, used=used, unit=unit.BYTES),
+            unit(available=inodes_free, total=inodes, used=inodes_used, unit=unit.INODES)])

@@ -1,0 +1,188 @@
+"""Proxy mode: the shim sits between kubelet and another CSI node plugin and makes `context=` trustworthy.
+
+Every call is forwarded to `--backend-endpoint` as raw bytes (fields this file does not know survive). The
+four calls that mount or unmount get the shim's own checks around the forward:
+
+  before: paths below --kubelet-root, the `context=` label parses, and the label agrees with the one the
+          volume is already staged with on this node (kubelet's conflict text); with --strip-context the
+          flag is removed before forwarding, for backends that refuse it;
+  after:  the mount at the staging path / target is read back from /proc/self/mountinfo and the context
+          compared canonically. A dropped context (mount(8) in the plugin's container, a FUSE or network
+          filesystem without context support, --strip-context) falls back to the relabel walker on the
+          published path, or fails with FAILED_PRECONDITION (--on-context-dropped=fail); a different context
+          always fails, and the backend's mount is rolled back so kubelet retries from a clean state.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+
+from agent.errors import BackendError, ContextNotApplied
+from csi_shim import mounter, validate
+from csi_shim.config import ShimConfig, socket_path
+from csi_shim.node import check_publish_label, check_stage_label, finish_publish
+from csi_shim.plan import plan_mount, pod_of, without_context
+from csi_shim.proto import csi_pb2
+from csi_shim.state import DONE, State, VolumeLocks
+
+log = logging.getLogger(__name__)
+
+NODE = "/csi.v1.Node/"
+# Long enough for any real mount; kubelet's own deadline (2 min 3 s for mount operations) still applies.
+_NO_DEADLINE = 24 * 3600.0
+
+
+class Proxy(grpc.GenericRpcHandler):
+    def __init__(self, config: ShimConfig, state: State, locks: VolumeLocks):
+        self.config = config
+        self.state = state
+        self.locks = locks
+        self.channel = grpc.insecure_channel(f"unix://{socket_path(config.backend_endpoint, '--backend-endpoint')}")
+        self._calls: dict[str, grpc.UnaryUnaryMultiCallable] = {}
+        self._hooks = {
+            NODE + "NodeStageVolume": (csi_pb2.NodeStageVolumeRequest, self.stage),
+            NODE + "NodeUnstageVolume": (csi_pb2.NodeUnstageVolumeRequest, self.unstage),
+            NODE + "NodePublishVolume": (csi_pb2.NodePublishVolumeRequest, self.publish),
+            NODE + "NodeUnpublishVolume": (csi_pb2.NodeUnpublishVolumeRequest, self.unpublish),
+        }
+
+    def close(self) -> None:
+        self.channel.close()
+
+    # ---- plumbing ----------------------------------------------------------------------------------------------
+
+    def service(self, handler_call_details):
+        method = handler_call_details.method
+        hook = self._hooks.get(method)
+        if hook is not None:
+            message, function = hook
+            return grpc.unary_unary_rpc_method_handler(function, request_deserializer=message.FromString)
+        return grpc.unary_unary_rpc_method_handler(lambda payload, context: self.forward(method, payload, context))
+
+    def forward(self, method: str, payload: bytes, context) -> bytes:
+        """Send raw request bytes to the backend, return its raw response; its errors keep their code."""
+        call = self._calls.get(method)
+        if call is None:
+            call = self._calls.setdefault(method, self.channel.unary_unary(method))
+        remaining = context.time_remaining() if context is not None else None
+        timeout = remaining if remaining is not None and remaining < _NO_DEADLINE else None
+        try:
+            return call(payload, timeout=timeout)
+        except grpc.RpcError as err:
+            name = method.rsplit("/", 1)[-1]
+            raise BackendError(err.code().name, f"backend {name}: {err.details()}") from None
+
+    def _undo(self, method: str, request, why: str) -> None:
+        try:
+            self.forward(NODE + method, request.SerializeToString(), None)
+        except BackendError as err:
+            log.error("could not roll back after %s: %s", why, err)
+
+    def _outgoing(self, request) -> bytes:
+        if not self.config.strip_context or request.volume_capability.WhichOneof("access_type") != "mount":
+            return request.SerializeToString()
+        copy = type(request)()
+        copy.CopyFrom(request)
+        flags = without_context(copy.volume_capability.mount.mount_flags)
+        del copy.volume_capability.mount.mount_flags[:]
+        copy.volume_capability.mount.mount_flags.extend(flags)
+        return copy.SerializeToString()
+
+    # ---- hooked node calls -----------------------------------------------------------------------------------
+
+    def stage(self, request, context) -> bytes:
+        staging = validate.node_stage(request, self.config.kubelet_root, allow_block=True)
+        if request.volume_capability.WhichOneof("access_type") != "mount":
+            return self.forward(NODE + "NodeStageVolume", request.SerializeToString(), context)
+        plan = plan_mount(request.volume_capability, check_options=False)
+        with self.locks.hold(request.volume_id):
+            check_stage_label(self.state, request.volume_id, plan.context)
+            # One state write, after the backend succeeded: the backend owns the mount, and a crash before the
+            # write leaves nothing to recover here (kubelet saw no success and repeats the call).
+            response = self.forward(NODE + "NodeStageVolume", self._outgoing(request), context)
+            verification = (mounter.verify(staging, plan.context) if plan.context is not None else
+                            mounter.Verification(mounter.NO_CONTEXT, None, None, staging))
+            if verification.status == mounter.MISMATCH or (
+                    verification.status == mounter.DROPPED and self.config.on_context_dropped == "fail"):
+                self._undo("NodeUnstageVolume", csi_pb2.NodeUnstageVolumeRequest(
+                    volume_id=request.volume_id, staging_target_path=request.staging_target_path), "stage")
+                raise ContextNotApplied(f"volume {request.volume_id}: {verification.describe()} (backend "
+                                        f"NodeStageVolume was rolled back with NodeUnstageVolume)")
+            with self.state.change():
+                # not-mounted: the backend stages without a mount (block-style); checked at publish instead.
+                self.state.staged[request.volume_id] = {
+                    "staging_path": staging, "label": plan.context.text if plan.context else None,
+                    "mount_flags": list(plan.mount_flags), "fs_type": plan.fs_type, "device": None,
+                    "status": DONE, "verification": verification.status}
+            if plan.context is not None:
+                log.info("staged volume %s at %s via backend: %s", request.volume_id, staging,
+                         verification.describe())
+            return response
+
+    def unstage(self, request, context) -> bytes:
+        validate.node_unstage(request, self.config.kubelet_root)
+        with self.locks.hold(request.volume_id):
+            response = self.forward(NODE + "NodeUnstageVolume", request.SerializeToString(), context)
+            if request.volume_id in self.state.staged:
+                with self.state.change():
+                    self.state.staged.pop(request.volume_id, None)
+            return response
+
+    def publish(self, request, context) -> bytes:
+        target, staging = validate.node_publish(request, self.config.kubelet_root, staging_required=False,
+                                                allow_block=True)
+        if request.volume_capability.WhichOneof("access_type") != "mount":
+            return self.forward(NODE + "NodePublishVolume", request.SerializeToString(), context)
+        plan = plan_mount(request.volume_capability, readonly=request.readonly, check_options=False)
+        # The backend applies volume_mount_group itself when it advertises VOLUME_MOUNT_GROUP.
+        plan = type(plan)(plan.fs_type, plan.mount_flags, plan.context, plan.context_flag, plan.readonly, None)
+        requester = pod_of(request.volume_context)
+        with self.locks.hold(request.volume_id):
+            check_publish_label(self.state, request.volume_id, plan.context, requester)
+            response = self.forward(NODE + "NodePublishVolume", self._outgoing(request), context)
+            verification, action = self._check_publish(request, target, staging, plan)
+            with self.state.change():
+                self.state.published[target] = {
+                    "volume_id": request.volume_id, "staging_path": staging,
+                    "label": plan.context.text if plan.context else None, "readonly": plan.readonly,
+                    "mount_flags": list(plan.mount_flags), "pod": list(requester) if requester else None,
+                    "status": DONE, "verification": verification.status, "action": action}
+            if plan.context is not None:
+                log.info("published volume %s at %s via backend: %s%s", request.volume_id, target,
+                         verification.describe(), f"; {action}" if action != "nothing" else "")
+            return response
+
+    def _check_publish(self, request, target, staging, plan):
+        if plan.context is None:
+            return mounter.Verification(mounter.NO_CONTEXT, None, None, target), "nothing"
+        table = mounter.mounts()
+        entry = mounter.find_mount(table, target)
+        verification = mounter.classify(entry, plan.context, target)
+        undo = csi_pb2.NodeUnpublishVolumeRequest(volume_id=request.volume_id, target_path=request.target_path)
+        if verification.status == mounter.NOT_MOUNTED:
+            self._undo("NodeUnpublishVolume", undo, "publish")
+            raise ContextNotApplied(f"volume {request.volume_id}: the backend reported NodePublishVolume done but "
+                                    f"nothing is mounted at {target}, so context= cannot have been applied")
+        # A read-only target cannot be relabelled; its staging mount (same filesystem) can, when writable.
+        relabel_path = target
+        if entry is not None and entry.read_only and staging:
+            staged = mounter.find_mount(table, staging)
+            if staged is not None and staged.major_minor == entry.major_minor and not staged.read_only:
+                relabel_path = staging
+        try:
+            action = finish_publish(relabel_path, verification, plan, self.config, request.volume_id)
+        except BaseException:
+            self._undo("NodeUnpublishVolume", undo, "publish")
+            raise
+        return verification, action
+
+    def unpublish(self, request, context) -> bytes:
+        target = validate.node_unpublish(request, self.config.kubelet_root)
+        with self.locks.hold(request.volume_id):
+            response = self.forward(NODE + "NodeUnpublishVolume", request.SerializeToString(), context)
+            if target in self.state.published:
+                with self.state.change():
+                    self.state.published.pop(target, None)
+            return response

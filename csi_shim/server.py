@@ -1,0 +1,145 @@
+"""The gRPC server on a unix socket: which services it carries, the one place errors become status codes,
+and the start-up reconciliation of state with mountinfo.
+
+`build_server(config)` is what the `csi` subcommand runs and what the `run` daemon will run: it returns a
+`ShimServer` that is started, stopped and waited on, so a caller can embed it next to other work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import stat
+import threading
+import time
+from concurrent import futures
+
+import grpc
+
+from agent.errors import AgentError, InvalidInput
+from csi_shim import mounter
+from csi_shim.config import ShimConfig
+from csi_shim.proto import csi_pb2_grpc
+from csi_shim.state import State, VolumeLocks, reconcile
+
+log = logging.getLogger(__name__)
+
+
+def status_code(error: AgentError) -> grpc.StatusCode:
+    """AgentError.code names the status (INVALID_ARGUMENT, NOT_FOUND, ...); unknown names become INTERNAL."""
+    return getattr(grpc.StatusCode, str(getattr(error, "code", "INTERNAL")), grpc.StatusCode.INTERNAL)
+
+
+class ErrorMapping(grpc.ServerInterceptor):
+    """Every unary handler runs inside this: typed errors become their status, anything else INTERNAL with
+    the traceback in the log. Handlers never build status codes themselves. Requests are never logged whole:
+    CSI secrets and mount flags may be sensitive (CSI spec, "csi_secret")."""
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        method = handler_call_details.method.rsplit("/", 1)[-1]
+        inner = handler.unary_unary
+
+        def call(request, context):
+            started = time.monotonic()
+            try:
+                response = inner(request, context)
+            except AgentError as err:
+                code = status_code(err)
+                log.info("%s -> %s: %s (%.1f ms)", method, code.name, err, (time.monotonic() - started) * 1e3)
+                context.abort(code, str(err))
+            except NotImplementedError:
+                context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented by this plugin")
+            except Exception as err:  # noqa: BLE001 - the last line of defence, logged with its traceback
+                log.exception("%s failed", method)
+                context.abort(grpc.StatusCode.INTERNAL, f"{method}: internal error: {err}")
+            log.debug("%s -> OK (%.1f ms)", method, (time.monotonic() - started) * 1e3)
+            return response
+
+        return grpc.unary_unary_rpc_method_handler(call, request_deserializer=handler.request_deserializer,
+                                                   response_serializer=handler.response_serializer)
+
+
+def recover(state: State, config: ShimConfig) -> list[str]:
+    """Reconcile the records with mountinfo and loop devices after a (re)start; returns what changed."""
+    table = mounter.mounts()
+    mount_points = {m.mount_point: m.major_minor for m in table}
+    with state.lock:
+        data, detach, remove, notes = reconcile(state.data, mount_points, mounter.loop_devices(), config.image_dir)
+        for device in detach:
+            try:
+                mounter.detach_loop(device)
+            except AgentError as err:
+                notes.append(f"{device}: could not detach: {err}")
+        for path in remove:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        state.data = data
+        state.commit()
+    for note in notes:
+        log.warning("recovery: %s", note)
+    return notes
+
+
+def _prepare_socket(path: str) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise InvalidInput(f"--csi-endpoint {path} exists and is not a socket")
+    os.unlink(path)  # left behind by a previous run; kubelet reconnects by path
+
+
+class ShimServer:
+    def __init__(self, config: ShimConfig):
+        self.config = config
+        self.state = State(config.state_file)
+        self.locks = VolumeLocks()
+        self.recovery_notes = recover(self.state, config)
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.max_workers,
+                                                             thread_name_prefix="csi"),
+                                  interceptors=[ErrorMapping()])
+        self.proxy = None
+        if config.proxy:
+            from csi_shim.proxy import Proxy
+            self.proxy = Proxy(config, self.state, self.locks)
+            self.server.add_generic_rpc_handlers([self.proxy])
+        else:
+            from csi_shim.controller import ControllerService
+            from csi_shim.identity import IdentityService
+            from csi_shim.node import NodeService
+            csi_pb2_grpc.add_IdentityServicer_to_server(IdentityService(config.driver_name), self.server)
+            csi_pb2_grpc.add_ControllerServicer_to_server(
+                ControllerService(self.state, config.image_dir, self.locks), self.server)
+            csi_pb2_grpc.add_NodeServicer_to_server(NodeService(self.state, self.config, self.locks), self.server)
+        _prepare_socket(config.socket)
+        self.server.add_insecure_port(f"unix://{config.socket}")
+        self._stopped = threading.Event()
+
+    def start(self) -> "ShimServer":
+        self.server.start()
+        os.chmod(self.config.socket, 0o660)
+        log.info("CSI %s listening on %s%s", "proxy" if self.proxy else "driver", self.config.csi_endpoint,
+                 f", forwarding to {self.config.backend_endpoint}" if self.proxy else "")
+        return self
+
+    def stop(self, grace: float | None = 5.0) -> None:
+        self.server.stop(grace).wait()
+        if self.proxy is not None:
+            self.proxy.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.config.socket)
+        self._stopped.set()
+
+    def wait(self) -> None:
+        self.server.wait_for_termination()
+
+
+def build_server(config: ShimConfig) -> ShimServer:
+    """The shim for these settings, state recovered, socket bound, not yet serving."""
+    return ShimServer(config)
