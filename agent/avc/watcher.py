@@ -1,0 +1,156 @@
+"""The AVC pipeline: a source of records → the parser and event assembler → attribution → metrics and a
+callback. A daemon runs it as a thread (`start` / `stop`); the CLI and tests drive it directly (`run`).
+
+A source is any iterable of `(record type or None, text)` items, with `None` items as idle ticks; the
+netlink and file sources both have that shape and a `stop()` method. Nothing here raises on bad input:
+unreadable lines are counted, and an exception in the callback is counted and does not stop the stream.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+from agent.avc.attribution import Attribution, Attributor
+from agent.avc.metrics import AvcMetrics
+from agent.avc.records import Denial, EventAssembler
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AttributedDenial:
+    """A denial and the pod it was tied to (or why it was not)."""
+
+    denial: Denial
+    attribution: Attribution
+
+    def to_json(self) -> dict:
+        out = self.denial.to_json()
+        out["attribution"] = self.attribution.to_json()
+        return out
+
+
+class AvcWatcher:
+    """Glue between a source and its consumers. `callback(AttributedDenial)` sees every AVC record,
+    denials and granted ones; metrics count denials only."""
+
+    def __init__(self, source: Iterable, attributor: Attributor | None = None, metrics: AvcMetrics | None = None,
+                 callback: Callable[[AttributedDenial], None] | None = None,
+                 assembler: EventAssembler | None = None, wall_clock: Callable[[], float] = time.time):
+        self.source = source
+        self.attributor = attributor
+        self.metrics = metrics
+        self.callback = callback
+        self.assembler = assembler or EventAssembler()
+        self.wall_clock = wall_clock
+        self.callback_errors = 0
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._seen_records: dict[str, int] = {}
+        self._seen_bad = 0
+        self._seen_drops = 0
+        self._sync_lock = threading.Lock()
+
+    # -- running ----------------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Consume the source until it ends or `stop()` is called; close open events at the end."""
+        feed = self.assembler.feed_line
+        handle = self._handle
+        since_sync = 0
+        try:
+            for item in self.source:
+                if item is None:
+                    for denial in self.assembler.expire(self.wall_clock()):
+                        handle(denial)
+                    self._sync_counters()
+                    since_sync = 0
+                else:
+                    for denial in feed(item[1], item[0]):
+                        handle(denial)
+                    since_sync += 1
+                    if since_sync >= 4096:  # a busy source has no idle ticks; keep counters fresh anyway
+                        self._sync_counters()
+                        since_sync = 0
+                if self._stop.is_set():
+                    break
+        finally:
+            for denial in self.assembler.finish():
+                handle(denial)
+            self._sync_counters()
+
+    def start(self) -> "AvcWatcher":
+        """Run in a daemon thread."""
+        if self._thread is not None:
+            return self
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run_logged, name="avc-watcher", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run_logged(self) -> None:
+        try:
+            self.run()
+        except BaseException as err:  # noqa: BLE001 - reported through `error` and the log
+            self.error = err
+            log.error("AVC watcher stopped: %s", err)
+
+    def stop(self, timeout: float | None = 5.0) -> None:
+        """Stop the source and wait for the thread (which ends within one source tick)."""
+        self._stop.set()
+        stop_source = getattr(self.source, "stop", None)
+        if stop_source is not None:
+            stop_source()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # -- per denial -------------------------------------------------------------------------------------
+
+    def _handle(self, denial: Denial) -> None:
+        attribution = self.attributor.attribute(denial) if self.attributor else Attribution()
+        if self.metrics is not None:
+            self.metrics.count_denial(denial, attribution if self.attributor else None)
+        if self.callback is not None:
+            try:
+                self.callback(AttributedDenial(denial, attribution))
+            except StopIteration:
+                self.stop(timeout=0)
+            except Exception:  # noqa: BLE001 - a consumer bug must not stop the watcher
+                self.callback_errors += 1
+                log.exception("AVC callback failed")
+
+    def _sync_counters(self) -> None:
+        """Move record, parse-error and drop counts into the metrics as deltas (cheap; on ticks and at end)."""
+        if self.metrics is None:
+            return
+        with self._sync_lock:
+            self._sync_locked()
+
+    def _sync_locked(self) -> None:
+        stats = self.assembler.stats
+        delta = {}
+        for rtype, count in stats.records.items():
+            before = self._seen_records.get(rtype, 0)
+            if count != before:
+                delta[rtype] = count - before
+                self._seen_records[rtype] = count
+        self.metrics.count_records(delta)
+        self.metrics.count_parse_errors(stats.bad_lines - self._seen_bad)
+        self._seen_bad = stats.bad_lines
+        drops = getattr(self.source, "drops", 0)
+        self.metrics.count_netlink_drops(drops - self._seen_drops)
+        self._seen_drops = drops
+
+    def sync_metrics(self) -> None:
+        """Bring counters up to date now (a scrape handler may call this)."""
+        self._sync_counters()

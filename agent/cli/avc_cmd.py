@@ -1,0 +1,137 @@
+"""`selinux-mount-agent avc watch`: print AVC denials, attributed to pods, as they arrive.
+
+  avc watch [--source netlink|file:PATH] [--from-beginning] [-o text|json] [--count N] [--duration S]
+            [--pod-map FILE] [--proc-root DIR] [--all]
+
+A debugging aid, bounded by design: it stops after `--count` denials (default 100) or `--duration` seconds
+(default: no limit besides the count). Exit code 0 when it ran, 2 when the source cannot be opened (no
+CAP_AUDIT_READ, missing log). Attribution: /proc (with `--proc-root`) for live pids, then the MCS level of
+the source context against `--pod-map`.
+
+The options that build the attribution are shared with `policy generate` (see `add_attribution_arguments`).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+
+from agent.avc.attribution import Attributor, PodDirectory, pods_from_json
+from agent.avc.filesource import AuditLogFollower
+from agent.avc.netlink import AuditNetlinkSource
+from agent.avc.watcher import AttributedDenial, AvcWatcher
+from agent.errors import InvalidInput
+
+
+def add_attribution_arguments(parser) -> None:
+    parser.add_argument("--pod-map", metavar="FILE",
+                        help="pods to attribute denials to: `kubectl get pods -A -o json` output, or a JSON "
+                             "list of {namespace, name, uid, level, workload, containers: {id: name}}; "
+                             "levels (seLinuxOptions.level) let denials of exited processes be attributed")
+    parser.add_argument("--proc-root", default="/proc", metavar="DIR",
+                        help="where to read /proc/<pid>/cgroup for live pids (default /proc)")
+
+
+def build_attributor(args) -> Attributor:
+    pods = PodDirectory()
+    if getattr(args, "pod_map", None):
+        try:
+            with open(args.pod_map, encoding="utf-8") as handle:
+                document = json.load(handle)
+        except OSError as err:
+            raise InvalidInput(f"cannot read pod map {args.pod_map}: {err.strerror}") from err
+        except ValueError as err:
+            raise InvalidInput(f"pod map {args.pod_map} is not JSON: {err}") from err
+        for pod in pods_from_json(document):
+            pods.add(pod)
+    return Attributor(proc_root=args.proc_root, pods=pods)
+
+
+def open_source(spec: str, from_beginning: bool = False):
+    """`netlink` or `file:PATH` → a source object (iterable with stop())."""
+    if spec == "netlink":
+        return AuditNetlinkSource().open()
+    if spec.startswith("file:") and len(spec) > 5:
+        return AuditLogFollower(spec[5:], from_beginning=from_beginning)
+    raise InvalidInput(f"unknown source {spec!r}: use 'netlink' or 'file:PATH'")
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "avc", help="watch SELinux AVC denials and the pods they come from",
+        description="Work with SELinux AVC denials as this node sees them.")
+    sub = parser.add_subparsers(dest="avc_command", metavar="ACTION")
+    sub.required = True
+    watch = sub.add_parser(
+        "watch", help="print denials, attributed to pods, as they arrive (bounded)",
+        description="Read audit records live from the kernel's audit multicast group (needs CAP_AUDIT_READ "
+                    "and the host network namespace) or by following an audit log, and print each AVC "
+                    "denial with the pod it came from. Stops after --count denials or --duration seconds.")
+    watch.add_argument("--source", default="netlink", metavar="netlink|file:PATH",
+                       help="netlink (default) or file:/var/log/audit/audit.log")
+    watch.add_argument("--from-beginning", action="store_true",
+                       help="with file:PATH, read the file from its start instead of from its end")
+    watch.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    watch.add_argument("--count", type=int, default=100, help="stop after this many denials (default 100)")
+    watch.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    watch.add_argument("--all", action="store_true", help="also print granted (auditallow) records")
+    add_attribution_arguments(watch)
+    watch.set_defaults(func=run_watch)
+
+
+def format_text(item: AttributedDenial) -> str:
+    denial, who = item.denial, item.attribution
+    if who.attributed:
+        pod = f"{who.namespace}/{who.pod}" if who.pod else f"pod {who.pod_uid}"
+        if who.container:
+            pod += f" [{who.container}]"
+        origin = f"{pod} (by {who.method})"
+    else:
+        origin = f"unattributed ({who.reason})"
+    result = "denied" if denial.denied else "granted"
+    mode = "" if denial.permissive is None else (" permissive" if denial.permissive else " enforcing")
+    target = denial.path or denial.name or ""
+    return (f"{result}{mode} {{ {' '.join(denial.permissions)} }} {denial.source_type} -> "
+            f"{denial.target_type}:{denial.tclass} pid={denial.pid} comm={denial.comm} "
+            f"{target + ' ' if target else ''}{origin}")
+
+
+def run_watch(args) -> int:
+    if args.count < 1:
+        raise InvalidInput("--count must be at least 1")
+    source = open_source(args.source, args.from_beginning)
+    out = sys.stdout
+    shown = 0
+    done = threading.Event()
+
+    def show(item: AttributedDenial) -> None:
+        nonlocal shown
+        if done.is_set() or (not item.denial.denied and not args.all):
+            return
+        if args.output == "json":
+            out.write(json.dumps(item.to_json(), sort_keys=True) + "\n")
+        else:
+            out.write(format_text(item) + "\n")
+        out.flush()
+        shown += 1
+        if shown >= args.count:
+            done.set()
+            raise StopIteration
+
+    watcher = AvcWatcher(source, attributor=build_attributor(args), callback=show)
+    timer = None
+    if args.duration is not None:
+        timer = threading.Timer(args.duration, watcher.stop, kwargs={"timeout": 0})
+        timer.daemon = True
+        timer.start()
+    try:
+        watcher.run()
+    finally:
+        if timer:
+            timer.cancel()
+        source.stop()
+    drops = getattr(source, "drops", 0)
+    if drops:
+        print(f"avc watch: the kernel dropped audit records {drops} time(s) (ENOBUFS)", file=sys.stderr)
+    return 0

@@ -1,0 +1,180 @@
+"""Build and install generated policy modules: the edge around `agent.policygen`.
+
+- `.te` → `.pp`: `checkmodule -M -m -o NAME.mod NAME.te`, then `semodule_package -o NAME.pp -m NAME.mod`, the
+  two steps `audit2allow -M` runs. `-M` builds for an MLS/MCS policy, which every container host uses.
+- install: `semodule -X PRIORITY -i FILE` for `.pp` or `.cil`. The default priority 350 is the one the
+  SELinux maintainers picked for container tooling (containers/selinuxd PR #32: 100 distribution, 200
+  packaged, 300 setroubleshoot, 400 local default); using it keeps our modules apart from an
+  administrator's local ones. A CIL module that inherits the `container` template also needs
+  container-selinux's `base_container.cil`, which is installed beside it when present.
+- semodule's exit status alone is not trusted (selinuxd issue #44 reports success on failure): the result is
+  checked in `semodule -lfull`.
+
+Tools are run with an argument list, never a shell, and every file name is derived from a validated module
+name.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.errors import InvalidInput, PolicyBuildError, SELinuxUnavailable
+from agent.policygen import validate_module_name
+
+DEFAULT_PRIORITY = 350
+TEMPLATE_DIR = "/usr/share/udica/templates"
+SELINUXFS = "/sys/fs/selinux"
+_MODULE_LINE = re.compile(r"^\s*module\s+([A-Za-z][A-Za-z0-9_.\-]*)\s+[0-9][0-9.]*\s*;", re.MULTILINE)
+_BLOCK_LINE = re.compile(r"^\s*\(block\s+([A-Za-z][A-Za-z0-9_]*)", re.MULTILINE)
+_TIMEOUT = 300
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name) or next((p for p in (f"/usr/sbin/{name}", f"/sbin/{name}", f"/usr/bin/{name}")
+                                       if os.access(p, os.X_OK)), None)
+    if path is None:
+        package = {"checkmodule": "checkpolicy", "semodule_package": "semodule-utils (Debian) or "
+                   "policycoreutils (Fedora)", "semodule": "policycoreutils"}.get(name, name)
+        raise PolicyBuildError(f"{name} is not installed (package {package})")
+    return path
+
+
+def _run(argv: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess:
+    try:
+        result = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=_TIMEOUT, check=False)
+    except subprocess.TimeoutExpired as err:
+        raise PolicyBuildError(f"{Path(argv[0]).name} did not finish in {_TIMEOUT} s") from err
+    except OSError as err:
+        raise PolicyBuildError(f"cannot run {argv[0]}: {err.strerror}") from err
+    return result
+
+
+def _failure(result: subprocess.CompletedProcess, what: str) -> PolicyBuildError:
+    detail = (result.stderr or result.stdout or "").strip().splitlines()
+    shown = "; ".join(detail[-5:]) if detail else f"exit status {result.returncode}"
+    return PolicyBuildError(f"{what} failed: {shown}")
+
+
+def module_name_of(path: Path) -> str:
+    """The module name declared in a .te (`module NAME 1.0;`) or .cil (`(block NAME`), checked against the
+    file's base name, so checkmodule's "Module name X is different than the output base filename Y" cannot
+    happen later."""
+    stem = validate_module_name(path.stem)
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError as err:
+        raise InvalidInput(f"cannot read {path}: {err.strerror}") from err
+    if path.suffix == ".te":
+        match = _MODULE_LINE.search(text)
+        if not match:
+            raise InvalidInput(f"{path} has no 'module NAME VERSION;' line")
+        if match.group(1) != stem:
+            raise InvalidInput(f"{path}: module name {match.group(1)!r} differs from the file base name {stem!r}; "
+                               "checkmodule would refuse it")
+    elif path.suffix == ".cil":
+        match = _BLOCK_LINE.search(text)
+        if match and match.group(1) != stem:
+            raise InvalidInput(f"{path}: block {match.group(1)!r} differs from the file base name {stem!r}")
+    return stem
+
+
+def build_pp(te_path: Path, output_dir: Path | None = None) -> Path:
+    """Compile NAME.te into NAME.pp (in `output_dir`, default beside the .te); returns the .pp path."""
+    te_path = Path(te_path)
+    if te_path.suffix != ".te":
+        raise InvalidInput(f"{te_path} is not a .te file")
+    name = module_name_of(te_path)
+    out = Path(output_dir) if output_dir else te_path.parent
+    out.mkdir(parents=True, exist_ok=True)
+    checkmodule, semodule_package = _tool("checkmodule"), _tool("semodule_package")
+    mod, pp = out / f"{name}.mod", out / f"{name}.pp"
+    result = _run([checkmodule, "-M", "-m", "-o", str(mod), str(te_path.resolve())], cwd=out)
+    if result.returncode != 0 or not mod.exists():
+        raise _failure(result, f"checkmodule {te_path.name}")
+    try:
+        result = _run([semodule_package, "-o", str(pp), "-m", str(mod)], cwd=out)
+        if result.returncode != 0 or not pp.exists():
+            raise _failure(result, f"semodule_package {mod.name}")
+    finally:
+        mod.unlink(missing_ok=True)  # intermediate, like audit2allow -M leaves only .te and .pp
+    return pp
+
+
+# --- installing ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InstalledModule:
+    priority: int
+    name: str
+    kind: str
+    disabled: bool = False
+
+
+def parse_module_list(text: str) -> list[InstalledModule]:
+    """`semodule -lfull` output (`350 name            pp`, `400 other cil disabled`)."""
+    out = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and parts[0].isdigit():
+            out.append(InstalledModule(int(parts[0]), parts[1], parts[2], "disabled" in parts[3:]))
+    return out
+
+
+def selinux_enabled(selinuxfs: str = SELINUXFS) -> bool:
+    return os.path.exists(os.path.join(selinuxfs, "enforce"))
+
+
+def installed_modules() -> list[InstalledModule]:
+    result = _run([_tool("semodule"), "-lfull"])
+    if result.returncode != 0:
+        raise _failure(result, "semodule -lfull")
+    return parse_module_list(result.stdout)
+
+
+def install(path: Path, priority: int = DEFAULT_PRIORITY, selinuxfs: str = SELINUXFS,
+            template_dir: str = TEMPLATE_DIR) -> InstalledModule:
+    """Install a .pp or .cil module with semodule and confirm it is listed at that priority."""
+    path = Path(path)
+    if path.suffix not in (".pp", ".cil"):
+        raise InvalidInput(f"{path}: install takes a .pp or .cil module (build a .te first with --build)")
+    if not path.is_file():
+        raise InvalidInput(f"{path} does not exist")
+    if not 1 <= priority <= 999:
+        raise InvalidInput(f"priority {priority} is outside semodule's range 1-999")
+    name = module_name_of(path) if path.suffix == ".cil" else validate_module_name(path.stem)
+    if not selinux_enabled(selinuxfs):
+        raise SELinuxUnavailable(
+            f"cannot install {path.name}: SELinux is not enabled on this host ({selinuxfs} is absent); "
+            "copy the module to an SELinux node and run `semodule -X "
+            f"{priority} -i {path.name}` there")
+    semodule = _tool("semodule")
+    argv = [semodule, "-X", str(priority), "-i", str(path)]
+    if path.suffix == ".cil" and "blockinherit container" in path.read_text(errors="replace"):
+        template = Path(template_dir) / "base_container.cil"
+        if not any(m.name == "base_container" for m in installed_modules()):
+            if not template.exists():
+                raise PolicyBuildError(f"{path.name} inherits the 'container' template, which is neither "
+                                       f"installed nor found at {template} (package container-selinux)")
+            argv.append(str(template))
+    result = _run(argv)
+    if result.returncode != 0:
+        raise _failure(result, f"semodule -i {path.name}")
+    for module in installed_modules():
+        if module.name == name and module.priority == priority:
+            return module
+    raise PolicyBuildError(f"semodule reported success but {name} is not listed at priority {priority} "
+                           "in `semodule -lfull`")
+
+
+def remove(name: str, priority: int = DEFAULT_PRIORITY) -> None:
+    """Remove a module installed at `priority` (used to undo an install)."""
+    validate_module_name(name)
+    result = _run([_tool("semodule"), "-X", str(priority), "-r", name])
+    if result.returncode != 0:
+        raise _failure(result, f"semodule -r {name}")

@@ -1,0 +1,169 @@
+"""AVC pipeline end to end on an enforcing SELinux host: provoke denials from a confined process, see them
+arrive over netlink attributed by MCS level to the right pod, generate + build + install a module, and see
+the access succeed.
+
+Two files are read from `container_t:s0:c1,c2` (the "pod" `enforce-test/reader`):
+
+- one at `container_file_t:s0:c3,c4`: another pod's categories. That is an MCS constraint violation; no
+  allow rule can fix it, and the generator must say so instead of writing a rule;
+- one at `user_home_t:s0`: a type the container domain has no TE access to, at a level it dominates. Here
+  the audit2allow loop works: denials → module → install → retry, until the read succeeds.
+
+Needs root, an enforcing kernel, runcon/chcon, checkmodule, semodule_package and semodule. The module is
+removed afterwards.
+"""
+
+import os
+import queue
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from agent.avc.attribution import Attributor, PodRef
+from agent.avc.netlink import AuditNetlinkSource
+from agent.avc.watcher import AvcWatcher
+from agent.errors import AuditUnavailable
+from agent.policybuild import build_pp, install, installed_modules, remove
+from agent.policygen import build_ruleset, generate
+
+CONTEXT = "system_u:system_r:container_t:s0:c1,c2"
+POD = PodRef("enforce-test", "reader", "00000000-0000-0000-0000-0000000000e1", "s0:c1,c2", "reader")
+MODULE = "selinux_mount_agent_avc_e2e"
+PRIORITY = 350
+
+
+def _why_not() -> str | None:
+    try:
+        enforce = Path("/sys/fs/selinux/enforce").read_text().strip()
+    except OSError:
+        return "/sys/fs/selinux/enforce is absent: SELinux is not enabled on this host"
+    if enforce != "1":
+        return "SELinux is not enforcing (/sys/fs/selinux/enforce is 0)"
+    if os.geteuid() != 0:
+        return "needs root to label files and install modules"
+    for tool in ("runcon", "chcon", "checkmodule", "semodule_package", "semodule"):
+        if not shutil.which(tool) and not os.path.exists(f"/usr/sbin/{tool}"):
+            return f"{tool} is not installed"
+    return None
+
+
+pytestmark = [pytest.mark.enforcing, pytest.mark.skipif(_why_not() is not None, reason=_why_not() or "")]
+
+
+def confined(*argv) -> subprocess.CompletedProcess:
+    """Run a command in the pod's domain and level, as a container runtime would."""
+    return subprocess.run(["runcon", CONTEXT, *argv], capture_output=True, text=True, timeout=30)
+
+
+class Denials:
+    """Watches the audit multicast group and keeps the denials attributed to our pod."""
+
+    def __init__(self):
+        self.queue = queue.Queue()
+        self.source = AuditNetlinkSource(tick=0.05)
+        try:
+            self.source.open()
+        except AuditUnavailable as err:
+            pytest.skip(str(err))
+        attributor = Attributor(levels={POD.level: POD})
+        self.watcher = AvcWatcher(self.source, attributor=attributor, callback=self._keep)
+        self.watcher.assembler.linger = 0.2
+
+    def _keep(self, item):
+        if item.denial.denied and item.denial.source_level == POD.level:
+            self.queue.put(item)
+
+    def __enter__(self):
+        self.watcher.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.watcher.stop()
+
+    def collect(self, name: str, timeout: float = 5.0) -> list:
+        """Denials up to and shortly after the first one naming `name`."""
+        out, seen_name = [], False
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                item = self.queue.get(timeout=0.1)
+            except queue.Empty:
+                if seen_name:
+                    break
+                continue
+            out.append(item)
+            if item.denial.name == name or (item.denial.path or "").endswith("/" + name):
+                seen_name = True
+                deadline = min(deadline, time.monotonic() + 1.0)
+        return out
+
+
+@pytest.fixture
+def files():
+    directory = Path(tempfile.mkdtemp(prefix="avc-e2e-", dir="/var/tmp"))
+    ours, theirs = directory / "ours.txt", directory / "theirs.txt"
+    ours.write_text("ours\n")
+    theirs.write_text("theirs\n")
+    for path, label in ((directory, "system_u:object_r:container_file_t:s0"),
+                        (ours, "system_u:object_r:user_home_t:s0"),
+                        (theirs, "system_u:object_r:container_file_t:s0:c3,c4")):
+        result = subprocess.run(["chcon", label, str(path)], capture_output=True, text=True)
+        if result.returncode != 0:
+            pytest.skip(f"cannot label {path}: {result.stderr.strip()}")
+    probe = confined("true")
+    if probe.returncode != 0:
+        pytest.skip(f"cannot run a process as {CONTEXT} here: {probe.stderr.strip()}")
+    yield ours, theirs
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def module_cleanup():
+    yield
+    if any(m.name == MODULE for m in installed_modules()):
+        remove(MODULE, PRIORITY)
+
+
+def test_cross_pod_read_is_attributed_and_not_turned_into_a_rule(files):
+    _, theirs = files
+    with Denials() as denials:
+        result = confined("cat", str(theirs))
+        assert result.returncode != 0, "a container read another level's file"
+        seen = denials.collect(theirs.name)
+    assert seen, "no AVC arrived over netlink for the denied read"
+    item = next(i for i in seen if i.denial.name == theirs.name)
+    assert item.attribution.method == "mcs"
+    assert (item.attribution.namespace, item.attribution.pod) == ("enforce-test", "reader")
+    assert item.denial.target_level == "s0:c3,c4"
+    ruleset = build_ruleset([i.denial for i in seen if i.denial.name == theirs.name])
+    assert ruleset.rules == () and ruleset.skipped[0].reason == "mcs constraint"
+
+
+def test_generate_build_install_until_the_read_succeeds(files, tmp_path, module_cleanup):
+    ours, _ = files
+    collected = []
+    with Denials() as denials:
+        for _round in range(5):
+            result = confined("cat", str(ours))
+            if result.returncode == 0:
+                break
+            seen = denials.collect(ours.name)
+            if not seen:
+                pytest.skip("the read was refused without an AVC record (a dontaudit rule hides it)")
+            assert all(i.attribution.pod == "reader" for i in seen)
+            collected.extend(i.denial for i in seen)
+            module = generate(MODULE, collected, ("te",))
+            assert module.ruleset.rules, f"nothing to allow: {module.ruleset}"
+            te = tmp_path / f"{MODULE}.te"
+            te.write_text(module.te)
+            installed = install(build_pp(te), priority=PRIORITY)
+            assert installed.name == MODULE and installed.priority == PRIORITY
+        else:
+            result = confined("cat", str(ours))
+    assert result.returncode == 0, f"still denied after the module: {result.stderr}"
+    assert result.stdout == "ours\n"
+    assert any(r.target == "user_home_t" and r.permission == "read" for r in build_ruleset(collected).rules)

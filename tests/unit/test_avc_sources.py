@@ -1,0 +1,324 @@
+"""agent/avc/netlink.py (a real NETLINK_AUDIT socket), filesource.py (rotation, truncation), watcher.py and
+metrics.py."""
+
+import errno
+import os
+import queue
+import socket
+import struct
+import threading
+import time
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from agent.avc.attribution import Attributor, PodDirectory, PodRef
+from agent.avc.filesource import AuditLogFollower, read_lines
+from agent.avc.metrics import AvcMetrics
+from agent.avc.netlink import AUDIT_NLGRP_READLOG, NETLINK_AUDIT, AuditNetlinkSource, split_datagram
+from agent.avc.records import parse_lines
+from agent.avc.watcher import AvcWatcher
+from agent.errors import AuditUnavailable
+
+AUDIT_USER_AVC = 1107
+SCON = "system_u:system_r:container_t:s0:c1,c2"
+
+
+def avc_text(comm="probe", perms="read", target="system_u:object_r:etc_t:s0", permissive=0):
+    return (f'avc:  denied  {{ {perms} }} for pid=1 comm="{comm}" scontext={SCON} tcontext={target} '
+            f"tclass=file permissive={permissive}")
+
+
+# --- netlink: pure datagram splitting ----------------------------------------------------------------
+
+def nlmsg(mtype, text, seq=0, pid=0):
+    payload = text.encode() + b"\0"
+    header = struct.pack("=LHHLL", 16 + len(payload), mtype, 0, seq, pid)
+    raw = header + payload
+    return raw + b"\0" * ((4 - len(raw) % 4) % 4)
+
+
+def test_split_datagram_walks_aligned_messages():
+    data = nlmsg(1400, "audit(1.0:1): " + avc_text()) + nlmsg(1, "") + nlmsg(1300, "audit(1.0:1): arch=c000003e")
+    items = split_datagram(data)
+    assert [t for t, _ in items] == [1400, 1300]
+    assert items[0][1].startswith("audit(1.0:1): avc:")
+
+
+def test_split_datagram_survives_truncation_and_bad_lengths():
+    good = nlmsg(1400, "audit(1.0:1): x")
+    assert split_datagram(good[:10]) == []
+    assert split_datagram(struct.pack("=LHHLL", 3, 1400, 0, 0, 0) + b"junk") == []
+    assert split_datagram(good[:-4])[0][0] == 1400  # a short tail still gives its text
+
+
+# --- netlink: the real socket ------------------------------------------------------------------------
+
+def open_or_skip(**kwargs):
+    source = AuditNetlinkSource(**kwargs)
+    try:
+        return source.open()
+    except AuditUnavailable as err:
+        cause = err.__cause__
+        if isinstance(cause, OSError) and cause.errno in (errno.EPERM, errno.EACCES, errno.EPROTONOSUPPORT,
+                                                           errno.EAFNOSUPPORT, errno.ECONNREFUSED):
+            pytest.skip(f"audit multicast group not readable here: {err}")
+        raise
+
+
+def inject_user_avc(text):
+    """Send a USER_AVC the way a user-space object manager does; the kernel relays it to the group."""
+    sender = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_AUDIT)
+    try:
+        sender.bind((0, 0))
+        payload = text.encode() + b"\0"
+        flags = 0x1 | 0x4  # NLM_F_REQUEST | NLM_F_ACK
+        sender.sendto(struct.pack("=LHHLL", 16 + len(payload), AUDIT_USER_AVC, flags, 1, 0) + payload, (0, 0))
+        sender.settimeout(1)
+        try:
+            ack = sender.recv(4096)
+        except socket.timeout:
+            return
+        # NLMSG_ERROR with a negative errno means the kernel refused (no CAP_AUDIT_WRITE).
+        if len(ack) >= 20 and struct.unpack_from("=H", ack, 4)[0] == 2:
+            code = struct.unpack_from("=i", ack, 16)[0]
+            if code < 0:
+                pytest.skip(f"cannot inject USER_AVC records: {os.strerror(-code)}")
+    finally:
+        sender.close()
+
+
+def test_netlink_socket_binds_and_stops_cleanly():
+    source = open_or_skip(tick=0.05)
+    assert source.receive_buffer > 0
+    watcher = AvcWatcher(source).start()
+    time.sleep(0.2)
+    started = time.monotonic()
+    watcher.stop(timeout=2)
+    assert time.monotonic() - started < 1.5
+    assert not watcher.running and watcher.error is None
+
+
+def test_netlink_delivers_a_user_avc_record():
+    source = open_or_skip(tick=0.05)
+    seen = queue.Queue()
+    marker = f"probe{os.getpid()}"
+    watcher = AvcWatcher(source, callback=lambda item: seen.put(item) if item.denial.comm == marker else None)
+    watcher.assembler.linger = 0.0
+    watcher.start()
+    try:
+        inject_user_avc(avc_text(comm=marker))
+        item = seen.get(timeout=5)
+    finally:
+        watcher.stop()
+    assert item.denial.record_type == "USER_AVC"
+    assert item.denial.permissions == ("read",) and item.denial.source_type == "container_t"
+    assert source.foreign == 0
+
+
+def test_netlink_ignores_messages_not_from_the_kernel():
+    # A process may send to our port directly; only port 0 (the kernel) is trusted.
+    source = open_or_skip(tick=0.05)
+    port = source._sock.getsockname()[0]
+    sender = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_AUDIT)
+    try:
+        sender.bind((0, 0))
+        try:
+            sender.sendto(nlmsg(1400, "audit(1.0:1): " + avc_text()), (port, 0))
+        except OSError as err:
+            pytest.skip(f"cannot send between netlink audit sockets: {err}")
+        got = []
+        for item in source:
+            if item is None:
+                break
+            got.append(item)
+        assert got == [] and source.foreign == 1
+    finally:
+        sender.close()
+        source.close()
+
+
+def test_netlink_overflow_is_counted_and_reading_goes_on():
+    source = open_or_skip(rcvbuf=1, tick=0.05)  # the kernel rounds up to its minimum
+    marker = f"flood{os.getpid()}"
+    for _ in range(300):
+        inject_user_avc(avc_text(comm=marker))
+    got = 0
+    for item in source:
+        if item is None:
+            break
+        got += 1
+    source.close()
+    if source.drops == 0:
+        pytest.skip("the receive buffer did not overflow on this kernel")
+    assert source.drops >= 1 and got >= 1
+
+
+def test_constants():
+    assert NETLINK_AUDIT == 9 and AUDIT_NLGRP_READLOG == 1
+
+
+# --- file source -------------------------------------------------------------------------------------
+
+def follow(path, **kwargs):
+    follower = AuditLogFollower(str(path), tick=0.02, **kwargs)
+    lines = queue.Queue()
+
+    def run():
+        for item in follower:
+            if item is not None:
+                lines.put(item[1])
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return follower, lines, thread
+
+
+def take(lines, count, timeout=5):
+    out = []
+    deadline = time.monotonic() + timeout
+    while len(out) < count and time.monotonic() < deadline:
+        try:
+            out.append(lines.get(timeout=0.1))
+        except queue.Empty:
+            pass
+    return out
+
+
+def test_follower_starts_at_end_and_survives_rotation_and_truncation(tmp_path):
+    log = tmp_path / "audit.log"
+    log.write_text("old-1\nold-2\n")
+    follower, lines, thread = follow(log)
+    time.sleep(0.1)
+    with open(log, "a") as handle:
+        handle.write("new-1\npart")
+        handle.flush()
+        time.sleep(0.1)
+        handle.write("ial\n")
+    assert take(lines, 2) == ["new-1", "partial"]
+    # auditd-style rotation: rename, then a new file (with a last line written to the old one first).
+    with open(log, "a") as handle:
+        handle.write("before-rotate\n")
+    os.rename(log, tmp_path / "audit.log.1")
+    log.write_text("rotated-1\n")
+    assert take(lines, 2) == ["before-rotate", "rotated-1"]
+    assert follower.rotations == 1
+    # copytruncate-style: the same inode emptied in place.
+    with open(log, "r+") as handle:
+        handle.truncate(0)
+    time.sleep(0.1)
+    log.write_text("after-truncate\n")
+    assert take(lines, 1) == ["after-truncate"]
+    assert follower.truncations == 1
+    follower.stop()
+    thread.join(2)
+    assert not thread.is_alive()
+
+
+def test_follower_from_beginning_and_late_file(tmp_path):
+    log = tmp_path / "audit.log"
+    follower, lines, thread = follow(log, from_beginning=True)
+    time.sleep(0.1)
+    log.write_text("first\nsecond\n")
+    assert take(lines, 2) == ["first", "second"]
+    follower.stop()
+    thread.join(2)
+
+
+def test_read_lines_once(tmp_path):
+    log = tmp_path / "audit.log"
+    log.write_bytes(b"a\r\nb\xff\n")
+    assert list(read_lines(str(log))) == ["a", "b\ufffd"]
+    with pytest.raises(AuditUnavailable):
+        list(read_lines(str(tmp_path / "missing")))
+
+
+# --- watcher and metrics -----------------------------------------------------------------------------
+
+LOG = [
+    f"type=AVC msg=audit(1.000:1): {avc_text(comm='a', perms='read open')}",
+    "type=SYSCALL msg=audit(1.000:1): arch=c000003e syscall=257 success=no exit=-13 pid=1 comm=\"a\"",
+    f"type=AVC msg=audit(1.000:2): {avc_text(comm='b', permissive=1)}",
+    "not an audit line",
+    f"type=AVC msg=audit(1.000:3): {avc_text(comm='c').replace('denied', 'granted')}",
+]
+
+
+def test_watcher_feeds_metrics_and_callback(tmp_path):
+    registry = CollectorRegistry()
+    metrics = AvcMetrics(registry)
+    pods = PodDirectory([PodRef("shop", "web-1", "uid-1", "s0:c1,c2", "web")])
+    seen = []
+    watcher = AvcWatcher([(None, line) for line in LOG], attributor=Attributor(str(tmp_path), pods=pods),
+                         metrics=metrics, callback=seen.append)
+    watcher.run()
+    assert [item.denial.comm for item in seen] == ["a", "b", "c"]
+    assert all(item.attribution.pod == "web-1" for item in seen)
+    labels = dict(namespace="shop", pod="web-1", container="", source_type="container_t", target_type="etc_t",
+                  tclass="file", permission="read", permissive="0")
+    value = registry.get_sample_value
+    assert value("selinux_avc_denials_total", labels) == 1
+    assert value("selinux_avc_denials_total", {**labels, "permission": "open"}) == 1
+    assert value("selinux_avc_denials_total", {**labels, "permissive": "1"}) == 1
+    assert value("selinux_avc_records_total", {"type": "AVC"}) == 3
+    assert value("selinux_avc_records_total", {"type": "SYSCALL"}) == 1
+    assert value("selinux_avc_parse_errors_total") == 1
+    text = generate_latest(registry).decode()
+    assert "s0:c1" not in text  # categories never become label values
+
+
+def test_unattributed_reasons_are_counted(tmp_path):
+    registry = CollectorRegistry()
+    watcher = AvcWatcher([(None, LOG[0])], attributor=Attributor(str(tmp_path)), metrics=AvcMetrics(registry))
+    watcher.run()
+    assert registry.get_sample_value("selinux_avc_unattributed_total", {"reason": "pid_gone"}) == 1
+
+
+def test_series_are_bounded_with_an_other_bucket():
+    registry = CollectorRegistry()
+    metrics = AvcMetrics(registry, max_series=3)
+    lines = [f"type=AVC msg=audit(1.000:{n}): {avc_text(target=f'system_u:object_r:t{n}_t:s0')}"
+             for n in range(10)]
+    denials, _ = parse_lines(lines)
+    for denial in denials:
+        metrics.count_denial(denial)
+    other = dict(namespace="other", pod="other", container="other", source_type="other", target_type="other",
+                 tclass="other", permission="other", permissive="0")
+    assert registry.get_sample_value("selinux_avc_denials_total", other) == 7
+    assert registry.get_sample_value("selinux_avc_denial_series_overflow_total") == 7
+    series = [s for f in registry.collect() if f.name == "selinux_avc_denials" for s in f.samples
+              if s.name.endswith("_total")]
+    assert len(series) == 4
+
+
+def test_no_global_registry_side_effects():
+    from prometheus_client import REGISTRY
+
+    before = set(REGISTRY._names_to_collectors)
+    AvcMetrics(CollectorRegistry())
+    assert set(REGISTRY._names_to_collectors) == before
+
+
+def test_callback_errors_do_not_stop_the_watcher():
+    def broken(item):
+        raise RuntimeError("consumer bug")
+
+    watcher = AvcWatcher([(None, line) for line in LOG], callback=broken)
+    watcher.run()
+    assert watcher.callback_errors == 3
+
+
+def test_watcher_thread_over_a_file(tmp_path):
+    log = tmp_path / "audit.log"
+    log.write_text("")
+    seen = queue.Queue()
+    source = AuditLogFollower(str(log), tick=0.02)
+    watcher = AvcWatcher(source, callback=seen.put)
+    watcher.assembler.linger = 0.0
+    watcher.start()
+    time.sleep(0.1)
+    with open(log, "a") as handle:
+        handle.write(LOG[0] + "\n")
+    item = seen.get(timeout=5)
+    watcher.stop()
+    assert item.denial.permissions == ("read", "open") and not watcher.running
