@@ -8,7 +8,7 @@ APT_PACKAGES  := python3-venv python3-dev python3-selinux gcc make
 SUDO          := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP         := $(VENV)/.installed
 
-.PHONY: deps run test test-unit vm-test bench clean
+.PHONY: deps run explain test test-unit vm-test bench clean
 
 # Debian's python3-selinux holds the libselinux bindings; a --system-site-packages venv built from
 # the system interpreter sees them, so no bindings need compiling.
@@ -25,8 +25,13 @@ $(STAMP): pyproject.toml $(wildcard setup.py)
 
 deps: $(STAMP)
 
-# The main job on the bundled example: what kubelet would do with each volume of each pod.
+# The main job with its embedded defaults: the node agent (built-in CSI driver on ./state/csi.sock,
+# metrics and health on http://127.0.0.1:9808). Ctrl-C stops it.
 run: $(STAMP)
+	$(VENV)/bin/selinux-mount-agent run
+
+# What kubelet would do with each volume of each pod of the bundled example cluster.
+explain: $(STAMP)
 	$(VENV)/bin/selinux-mount-agent explain -f examples/cluster.yaml
 
 test: $(STAMP)

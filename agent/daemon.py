@@ -38,6 +38,7 @@ class DaemonConfig:
     kubelet_root: str = "/var/lib/kubelet"
     node_id: str = field(default_factory=socket.gethostname)
     strip_context: bool = False
+    on_context_dropped: str = "relabel"
     metrics_address: str = "127.0.0.1:9808"
     log_format: str = "text"
     log_level: str = "info"
@@ -91,6 +92,8 @@ def resolve_config(flags: dict, environ: dict, file_text: str | None = None, fil
     config = DaemonConfig(**values)
     if config.log_format not in ("text", "json"):
         raise InvalidInput(f"log_format must be text or json, not {config.log_format!r}")
+    if config.on_context_dropped not in ("relabel", "fail"):
+        raise InvalidInput(f"on_context_dropped must be relabel or fail, not {config.on_context_dropped!r}")
     if config.log_level not in ("debug", "info", "warning", "error"):
         raise InvalidInput(f"log_level must be debug, info, warning or error, not {config.log_level!r}")
     split_address(config.metrics_address)
@@ -121,9 +124,10 @@ class JSONFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
-def configure_logging(config: DaemonConfig, stream=None) -> None:
+def configure_logging(log_format: str = "text", log_level: str = "info", stream=None) -> None:
+    """Text or JSON lines on stderr for every logger of the process (`csi`, `run`)."""
     handler = logging.StreamHandler(stream or sys.stderr)
-    if config.log_format == "json":
+    if log_format == "json":
         handler.setFormatter(JSONFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -131,7 +135,7 @@ def configure_logging(config: DaemonConfig, stream=None) -> None:
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(handler)
-    root.setLevel(config.log_level.upper())
+    root.setLevel(log_level.upper())
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -220,7 +224,7 @@ class Daemon:
         live = [name for name in changed if name in DaemonConfig.LIVE]
         frozen = [name for name in changed if name not in DaemonConfig.LIVE]
         self.config = dataclasses.replace(self.config, **{name: getattr(config, name) for name in live})
-        configure_logging(self.config)
+        configure_logging(self.config.log_format, self.config.log_level)
         if live:
             log.info("configuration reloaded: %s", ", ".join(live))
         if frozen:
@@ -244,8 +248,39 @@ class Daemon:
         self.stopped.set()
 
 
-def default_components(daemon: Daemon) -> list[Component]:
-    """The CSI shim (built-in driver, or proxy with a backend endpoint)."""
-    from agent.daemon_parts import csi_component
+class CSIComponent(Component):
+    """The CSI shim: the built-in driver, or a proxy when a backend endpoint is set."""
 
-    return [csi_component(daemon)]
+    name = "csi"
+
+    def __init__(self, daemon: "Daemon"):
+        from csi_shim.config import ShimConfig, socket_path
+
+        config = daemon.config
+        path = config.csi_endpoint.removeprefix("unix://").removeprefix("unix:")
+        self.shim_config = ShimConfig(
+            csi_endpoint="unix://" + os.path.abspath(path), backend_endpoint=config.backend_endpoint,
+            state_dir=os.path.join(os.path.abspath(config.state_dir), "csi"),
+            kubelet_root=os.path.abspath(config.kubelet_root), node_id=config.node_id,
+            strip_context=config.strip_context, on_context_dropped=config.on_context_dropped)
+        self.socket = socket_path(self.shim_config.csi_endpoint, "--csi-endpoint")
+        self.metrics = daemon.metrics
+        self.server = None
+
+    def start(self) -> None:
+        from csi_shim.server import build_server
+
+        self.server = build_server(self.shim_config, self.metrics).start()
+
+    def stop(self, grace: float) -> None:
+        if self.server is not None:
+            self.server.stop(grace)
+
+    def problem(self) -> str | None:
+        if self.server is not None and not os.path.exists(self.socket):
+            return f"socket {self.socket} is gone"
+        return None
+
+
+def default_components(daemon: Daemon) -> list[Component]:
+    return [CSIComponent(daemon)]

@@ -119,5 +119,28 @@ class NodeMetrics:
     def observe_csi(self, method: str, code: str, seconds: float) -> None:
         self.csi_seconds.labels(method if method in CSI_METHODS else "other", code).observe(seconds)
 
+    def verified(self, status: str) -> None:
+        """A context mount checked against mountinfo: `applied` is ok; `dropped` and `mismatch` failed."""
+        if status == "applied":
+            self.verifications.labels("ok").inc()
+        elif status in ("dropped", "mismatch"):
+            self.verifications.labels("failed").inc()
+
+    def relabelled(self, stats, seconds: float, fs_group: bool) -> None:
+        self.relabel_seconds.observe(seconds)
+        self.relabel_entries.labels("changed").inc(getattr(stats, "changed", 0))
+        self.relabel_entries.labels("already_correct").inc(getattr(stats, "already_correct", 0))
+        if fs_group:
+            self.fs_group_passes.labels("true").inc()
+
+    def fs_group_pass(self) -> None:
+        self.fs_group_passes.labels("false").inc()
+
+    def context_mount(self, admitted: bool, volume_plugin: str, access_mode: str) -> None:
+        """kubelet's view of one volume: admitted with a context, or refused for another context."""
+        name = ("volume_manager_selinux_volumes_admitted_total" if admitted else
+                "volume_manager_selinux_volume_context_mismatch_errors_total")
+        self.kubelet[name].labels(volume_plugin, access_mode).inc()
+
     def kubelet_gauge(self, name: str):
         return self.kubelet[name]

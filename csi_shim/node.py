@@ -14,6 +14,7 @@ import contextlib
 import errno
 import logging
 import os
+import time
 
 from agent.errors import ContextNotApplied, InvalidInput, VolumeAlreadyExists, VolumeInUse, VolumeNotFound
 from agent.label import Label
@@ -89,8 +90,10 @@ def apply_fs_group(path: str, gid: int, read_only: bool) -> None:
 
 
 def finish_publish(path: str, verification: mounter.Verification, plan: MountPlan, config: ShimConfig,
-                   volume_id: str) -> str:
+                   volume_id: str, metrics=None) -> str:
     """Act on the verifier's result for a published path; returns what was done (for state and logs)."""
+    if metrics is not None:
+        metrics.verified(verification.status)
     action = after_mount(verification.status, config.on_context_dropped, plan.context, plan.mount_group)
     if action == FAIL:
         hint = ("" if verification.status == "mismatch" else
@@ -99,17 +102,23 @@ def finish_publish(path: str, verification: mounter.Verification, plan: MountPla
         raise ContextNotApplied(f"volume {volume_id}: {verification.describe()}{hint}")
     if action == RELABEL:
         relabel = relabel_walker()
+        started = time.monotonic()
         stats = relabel(path, plan.context, threads=config.relabel_threads, one_file_system=True,
                         dry_run=False, fs_group=plan.mount_group, fs_group_policy="Always")
+        if metrics is not None:
+            metrics.relabelled(stats, time.monotonic() - started, plan.mount_group is not None)
         log.warning("volume %s: %s; relabelled %s recursively instead (%s)", volume_id, verification.describe(),
                     path, getattr(stats, "changed", stats))
     elif action == FS_GROUP:
         apply_fs_group(path, plan.mount_group, plan.readonly)
+        if metrics is not None:
+            metrics.fs_group_pass()
     return action
 
 
 class NodeService(csi_pb2_grpc.NodeServicer):
-    def __init__(self, state: State, config: ShimConfig, locks: VolumeLocks):
+    def __init__(self, state: State, config: ShimConfig, locks: VolumeLocks, metrics=None):
+        self.metrics = metrics
         self.state = state
         self.config = config
         self.locks = locks
@@ -290,7 +299,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
                 mounter.mount(staging, target, None, mounter.MS_BIND, None)
                 mounted = True
             verification = mounter.verify(target, plan.context)
-            action = finish_publish(target, verification, plan, self.config, volume_id)
+            action = finish_publish(target, verification, plan, self.config, volume_id, self.metrics)
             flags = plan.bind_flags()
             if flags:
                 mounter.mount("none", target, None, mounter.MS_BIND | mounter.MS_REMOUNT | flags, None)

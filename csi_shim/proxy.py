@@ -35,7 +35,8 @@ _NO_DEADLINE = 24 * 3600.0
 
 
 class Proxy(grpc.GenericRpcHandler):
-    def __init__(self, config: ShimConfig, state: State, locks: VolumeLocks):
+    def __init__(self, config: ShimConfig, state: State, locks: VolumeLocks, metrics=None):
+        self.metrics = metrics
         self.config = config
         self.state = state
         self.locks = locks
@@ -172,7 +173,7 @@ class Proxy(grpc.GenericRpcHandler):
             if staged is not None and staged.major_minor == entry.major_minor and not staged.read_only:
                 relabel_path = staging
         try:
-            action = finish_publish(relabel_path, verification, plan, self.config, request.volume_id)
+            action = finish_publish(relabel_path, verification, plan, self.config, request.volume_id, self.metrics)
         except BaseException:
             self._undo("NodeUnpublishVolume", undo, "publish")
             raise

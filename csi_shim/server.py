@@ -17,7 +17,7 @@ from concurrent import futures
 
 import grpc
 
-from agent.errors import AgentError, InvalidInput
+from agent.errors import AgentError, InvalidInput, LabelConflict
 from csi_shim import mounter
 from csi_shim.config import ShimConfig
 from csi_shim.proto import csi_pb2_grpc
@@ -31,10 +31,35 @@ def status_code(error: AgentError) -> grpc.StatusCode:
     return getattr(grpc.StatusCode, str(getattr(error, "code", "INTERNAL")), grpc.StatusCode.INTERNAL)
 
 
+# csi.v1 VolumeCapability.AccessMode.Mode -> kubelet's access_mode metric label.
+ACCESS_MODE_LABELS = {1: "RWO", 2: "ROX", 3: "ROX", 4: "RWX", 5: "RWX", 6: "RWOP", 7: "RWO"}
+
+
+def access_mode_label(request) -> str:
+    capability = getattr(request, "volume_capability", None)
+    return ACCESS_MODE_LABELS.get(capability.access_mode.mode, "") if capability is not None else ""
+
+
 class ErrorMapping(grpc.ServerInterceptor):
     """Every unary handler runs inside this: typed errors become their status, anything else INTERNAL with
     the traceback in the log. Handlers never build status codes themselves. Requests are never logged whole:
-    CSI secrets and mount flags may be sensitive (CSI spec, "csi_secret")."""
+    CSI secrets and mount flags may be sensitive (CSI spec, "csi_secret"). With metrics, it also records each
+    call's latency and status, and the context mounts kubelet would count as admitted or refused."""
+
+    def __init__(self, metrics=None, driver_name: str = ""):
+        self.metrics = metrics
+        self.plugin = f"kubernetes.io/csi/{driver_name}"
+
+    def _record(self, method: str, request, code: grpc.StatusCode, error, started: float) -> None:
+        if self.metrics is None:
+            return
+        self.metrics.observe_csi(method, code.name, time.monotonic() - started)
+        if method == "NodeStageVolume" or method == "NodePublishVolume":
+            if isinstance(error, LabelConflict):
+                self.metrics.context_mount(False, self.plugin, access_mode_label(request))
+            elif code == grpc.StatusCode.OK and method == "NodeStageVolume" and any(
+                    flag.startswith("context=") for flag in request.volume_capability.mount.mount_flags):
+                self.metrics.context_mount(True, self.plugin, access_mode_label(request))
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
@@ -50,13 +75,17 @@ class ErrorMapping(grpc.ServerInterceptor):
             except AgentError as err:
                 code = status_code(err)
                 log.info("%s -> %s: %s (%.1f ms)", method, code.name, err, (time.monotonic() - started) * 1e3)
+                self._record(method, request, code, err, started)
                 context.abort(code, str(err))
-            except NotImplementedError:
+            except NotImplementedError as err:
+                self._record(method, request, grpc.StatusCode.UNIMPLEMENTED, err, started)
                 context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented by this plugin")
             except Exception as err:  # noqa: BLE001 - the last line of defence, logged with its traceback
                 log.exception("%s failed", method)
+                self._record(method, request, grpc.StatusCode.INTERNAL, err, started)
                 context.abort(grpc.StatusCode.INTERNAL, f"{method}: internal error: {err}")
             log.debug("%s -> OK (%.1f ms)", method, (time.monotonic() - started) * 1e3)
+            self._record(method, request, grpc.StatusCode.OK, None, started)
             return response
 
         return grpc.unary_unary_rpc_method_handler(call, request_deserializer=handler.request_deserializer,
@@ -96,18 +125,19 @@ def _prepare_socket(path: str) -> None:
 
 
 class ShimServer:
-    def __init__(self, config: ShimConfig):
+    def __init__(self, config: ShimConfig, metrics=None):
         self.config = config
+        self.metrics = metrics
         self.state = State(config.state_file)
         self.locks = VolumeLocks()
         self.recovery_notes = recover(self.state, config)
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.max_workers,
                                                              thread_name_prefix="csi"),
-                                  interceptors=[ErrorMapping()])
+                                  interceptors=[ErrorMapping(metrics, config.driver_name)])
         self.proxy = None
         if config.proxy:
             from csi_shim.proxy import Proxy
-            self.proxy = Proxy(config, self.state, self.locks)
+            self.proxy = Proxy(config, self.state, self.locks, metrics)
             self.server.add_generic_rpc_handlers([self.proxy])
         else:
             from csi_shim.controller import ControllerService
@@ -116,7 +146,8 @@ class ShimServer:
             csi_pb2_grpc.add_IdentityServicer_to_server(IdentityService(config.driver_name), self.server)
             csi_pb2_grpc.add_ControllerServicer_to_server(
                 ControllerService(self.state, config.image_dir, self.locks), self.server)
-            csi_pb2_grpc.add_NodeServicer_to_server(NodeService(self.state, self.config, self.locks), self.server)
+            csi_pb2_grpc.add_NodeServicer_to_server(NodeService(self.state, self.config, self.locks, metrics),
+                                                    self.server)
         _prepare_socket(config.socket)
         self.server.add_insecure_port(f"unix://{config.socket}")
         self._stopped = threading.Event()
@@ -140,6 +171,7 @@ class ShimServer:
         self.server.wait_for_termination()
 
 
-def build_server(config: ShimConfig) -> ShimServer:
-    """The shim for these settings, state recovered, socket bound, not yet serving."""
-    return ShimServer(config)
+def build_server(config: ShimConfig, metrics=None) -> ShimServer:
+    """The shim for these settings, state recovered, socket bound, not yet serving. `metrics` (an
+    agent.metrics.NodeMetrics) receives what the shim does; None records nothing."""
+    return ShimServer(config, metrics)

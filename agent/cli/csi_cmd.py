@@ -10,12 +10,11 @@ Runs until SIGTERM or SIGINT; exit code 0 after a clean stop, 2 for bad flags.
 
 from __future__ import annotations
 
-import json
-import logging
 import signal
 import socket
-import sys
 import threading
+
+from agent.daemon import configure_logging
 
 
 def register(subparsers) -> None:
@@ -30,26 +29,33 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def add_csi_arguments(parser) -> None:
-    """The shim's flags; the `run` daemon adds the same ones."""
-    parser.add_argument("--csi-endpoint", required=True, metavar="unix:///PATH.sock",
-                        help="socket to serve CSI on (kubelet's plugin registration points here)")
+def add_csi_arguments(parser, daemon: bool = False) -> None:
+    """The shim's flags (a contract, shared with `run`). For `run` nothing is required and nothing has a default
+    here, so its environment and config file can fill what the flags leave out."""
+    def default(value):
+        return None if daemon else value
+
+    parser.add_argument("--csi-endpoint", required=not daemon, metavar="unix:///PATH.sock",
+                        help="socket to serve CSI on (kubelet's plugin registration points here)"
+                             + (" (default unix://state/csi.sock)" if daemon else ""))
     parser.add_argument("--backend-endpoint", metavar="unix:///PATH.sock",
                         help="forward every call to this CSI node plugin (proxy mode)")
-    parser.add_argument("--state-dir", default="/var/lib/selinux-mount-agent/csi",
-                        help="state file and, for the built-in driver, volume images (default: %(default)s)")
-    parser.add_argument("--kubelet-root", default="/var/lib/kubelet",
-                        help="kubelet --root-dir; staging and target paths must be below it (default: %(default)s)")
-    parser.add_argument("--node-id", default=socket.gethostname(),
+    parser.add_argument("--state-dir", default=default("/var/lib/selinux-mount-agent/csi"),
+                        help="state file and, for the built-in driver, volume images (default: "
+                             + ("./state" if daemon else "%(default)s") + ")")
+    parser.add_argument("--kubelet-root", default=default("/var/lib/kubelet"),
+                        help="kubelet --root-dir; staging and target paths must be below it (default: "
+                             "/var/lib/kubelet)")
+    parser.add_argument("--node-id", default=default(socket.gethostname()),
                         help="node id reported by NodeGetInfo (default: the host name)")
-    parser.add_argument("--strip-context", action="store_true",
+    parser.add_argument("--strip-context", action="store_const", const=True, default=default(False),
                         help="proxy mode: remove context= before forwarding, for backends that reject it; the "
                              "shim then relabels (or fails, see --on-context-dropped)")
-    parser.add_argument("--on-context-dropped", choices=("relabel", "fail"), default="relabel",
+    parser.add_argument("--on-context-dropped", choices=("relabel", "fail"), default=default("relabel"),
                         help="when mountinfo shows no context after a context= mount: relabel the published "
-                             "volume recursively, or fail with FAILED_PRECONDITION (default: %(default)s)")
-    parser.add_argument("--log-format", choices=("text", "json"), default="text")
-    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+                             "volume recursively, or fail with FAILED_PRECONDITION (default: relabel)")
+    parser.add_argument("--log-format", choices=("text", "json"), default=default("text"))
+    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default=default("info"))
 
 
 def config_from_args(args):
@@ -59,26 +65,8 @@ def config_from_args(args):
                       strip_context=args.strip_context, on_context_dropped=args.on_context_dropped)
 
 
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {"ts": round(record.created, 3), "level": record.levelname.lower(), "logger": record.name,
-                 "msg": record.getMessage()}
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
-
-
-def setup_logging(fmt: str, level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else
-                         logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-
-
 def run(args) -> int:
-    setup_logging(args.log_format, args.log_level)
+    configure_logging(args.log_format, args.log_level)
     config = config_from_args(args)
     from csi_shim.server import build_server
     server = build_server(config).start()

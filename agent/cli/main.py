@@ -13,10 +13,14 @@ from agent.errors import AgentError
 
 # Each module has `register(subparsers)`, which adds its parser and sets `func(args) -> int`.
 SUBCOMMANDS = [
+    "agent.cli.run_cmd",
+    "agent.cli.csi_cmd",
     "agent.cli.explain_cmd",
     "agent.cli.audit_cmd",
-    "agent.cli.relabel_cmd",
     "agent.cli.controller_cmd",
+    "agent.cli.relabel_cmd",
+    "agent.cli.avc_cmd",
+    "agent.cli.policy_cmd",
 ]
 
 

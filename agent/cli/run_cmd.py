@@ -8,24 +8,11 @@ import os
 import signal
 import threading
 
+from agent.cli.csi_cmd import add_csi_arguments
 from agent.daemon import Daemon, DaemonConfig, configure_logging, resolve_config
 from agent.errors import InvalidInput
 
 log = logging.getLogger("selinux-mount-agent")
-
-
-def add_csi_arguments(parser, defaults: DaemonConfig) -> None:
-    """The CSI flags `csi` and `run` share (a contract: keep them stable)."""
-    parser.add_argument("--csi-endpoint", metavar="unix:///PATH.sock",
-                        help=f"socket kubelet calls (default {defaults.csi_endpoint})")
-    parser.add_argument("--backend-endpoint", metavar="unix:///PATH.sock",
-                        help="proxy mode: the existing node plugin to forward to (default: the built-in driver)")
-    parser.add_argument("--state-dir", metavar="DIR", help=f"volume images and state (default {defaults.state_dir})")
-    parser.add_argument("--kubelet-root", metavar="DIR",
-                        help=f"staging and target paths must be below it (default {defaults.kubelet_root})")
-    parser.add_argument("--node-id", metavar="ID", help="node name reported to kubelet (default: the host name)")
-    parser.add_argument("--strip-context", action="store_const", const=True,
-                        help="proxy mode: remove context= before forwarding, for backends that reject it")
 
 
 def register(subparsers) -> None:
@@ -36,12 +23,10 @@ def register(subparsers) -> None:
                     "front of --backend-endpoint) and /metrics, /healthz and /readyz. Every option has a default "
                     "that works on a laptop; each can also be set in the environment as SELINUX_MOUNT_AGENT_<NAME> "
                     "or in a YAML file given with --config. SIGTERM stops after in-flight calls; SIGHUP reloads.")
-    add_csi_arguments(parser, defaults)
+    add_csi_arguments(parser, daemon=True)
     parser.add_argument("--metrics-address", metavar="HOST:PORT",
                         help=f"metrics and health (default {defaults.metrics_address})")
     parser.add_argument("--config", dest="config_file", metavar="FILE", help="YAML file of options")
-    parser.add_argument("--log-format", choices=("text", "json"), help="default text")
-    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="default info")
     parser.set_defaults(func=run)
 
 
@@ -61,7 +46,7 @@ def load(args) -> DaemonConfig:
 
 def run(args) -> int:
     config = load(args)
-    configure_logging(config)
+    configure_logging(config.log_format, config.log_level)
     daemon = Daemon(config)
     stop = threading.Event()
 

@@ -123,4 +123,4 @@ def test_reload_applies_live_options_and_names_the_rest(tmp_path, capsys):
         assert "need a restart were not applied: csi_endpoint" in text
     finally:
         daemon.stop()
-        configure_logging(DaemonConfig())
+        configure_logging()
