@@ -39,6 +39,7 @@ class DaemonConfig:
     node_id: str = field(default_factory=socket.gethostname)
     strip_context: bool = False
     on_context_dropped: str = "relabel"
+    avc: str = "off"  # off, netlink, or file:/var/log/audit/audit.log
     metrics_address: str = "127.0.0.1:9808"
     log_format: str = "text"
     log_level: str = "info"
@@ -96,6 +97,8 @@ def resolve_config(flags: dict, environ: dict, file_text: str | None = None, fil
         raise InvalidInput(f"on_context_dropped must be relabel or fail, not {config.on_context_dropped!r}")
     if config.log_level not in ("debug", "info", "warning", "error"):
         raise InvalidInput(f"log_level must be debug, info, warning or error, not {config.log_level!r}")
+    if config.avc != "off" and config.avc != "netlink" and not config.avc.startswith("file:"):
+        raise InvalidInput(f"avc must be off, netlink or file:PATH, not {config.avc!r}")
     split_address(config.metrics_address)
     return config
 
@@ -282,5 +285,36 @@ class CSIComponent(Component):
         return None
 
 
+class AVCComponent(Component):
+    """The AVC denial watcher: kernel audit multicast (netlink) or an audit log, attributed to pods, counted in
+    selinux_avc_denials_total."""
+
+    name = "avc"
+
+    def __init__(self, daemon: "Daemon"):
+        self.spec = daemon.config.avc
+        self.registry = daemon.registry
+        self.watcher = None
+
+    def start(self) -> None:
+        from agent.avc.attribution import Attributor
+        from agent.avc.metrics import AvcMetrics
+        from agent.avc.watcher import AvcWatcher, open_source
+
+        self.watcher = AvcWatcher(open_source(self.spec), Attributor(), AvcMetrics(self.registry)).start()
+
+    def stop(self, grace: float) -> None:
+        if self.watcher is not None:
+            self.watcher.stop(grace)
+
+    def problem(self) -> str | None:
+        if self.watcher is not None and self.watcher.error is not None:
+            return f"watcher stopped: {self.watcher.error}"
+        return None
+
+
 def default_components(daemon: Daemon) -> list[Component]:
-    return [CSIComponent(daemon)]
+    parts: list[Component] = [CSIComponent(daemon)]
+    if daemon.config.avc != "off":
+        parts.append(AVCComponent(daemon))
+    return parts

@@ -15,8 +15,11 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from agent.avc.attribution import Attribution, Attributor
+from agent.avc.filesource import AuditLogFollower
 from agent.avc.metrics import AvcMetrics
+from agent.avc.netlink import AuditNetlinkSource
 from agent.avc.records import Denial, EventAssembler
+from agent.errors import InvalidInput
 
 log = logging.getLogger(__name__)
 
@@ -154,3 +157,12 @@ class AvcWatcher:
     def sync_metrics(self) -> None:
         """Bring counters up to date now (a scrape handler may call this)."""
         self._sync_counters()
+
+
+def open_source(spec: str, from_beginning: bool = False):
+    """`netlink` or `file:PATH` → a source object (iterable with stop())."""
+    if spec == "netlink":
+        return AuditNetlinkSource().open()
+    if spec.startswith("file:") and len(spec) > 5:
+        return AuditLogFollower(spec[5:], from_beginning=from_beginning)
+    raise InvalidInput(f"unknown source {spec!r}: use 'netlink' or 'file:PATH'")

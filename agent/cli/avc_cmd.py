@@ -18,9 +18,7 @@ import sys
 import threading
 
 from agent.avc.attribution import Attributor, PodDirectory, pods_from_json
-from agent.avc.filesource import AuditLogFollower
-from agent.avc.netlink import AuditNetlinkSource
-from agent.avc.watcher import AttributedDenial, AvcWatcher
+from agent.avc.watcher import AttributedDenial, AvcWatcher, open_source
 from agent.errors import InvalidInput
 
 
@@ -46,15 +44,6 @@ def build_attributor(args) -> Attributor:
         for pod in pods_from_json(document):
             pods.add(pod)
     return Attributor(proc_root=args.proc_root, pods=pods)
-
-
-def open_source(spec: str, from_beginning: bool = False):
-    """`netlink` or `file:PATH` → a source object (iterable with stop())."""
-    if spec == "netlink":
-        return AuditNetlinkSource().open()
-    if spec.startswith("file:") and len(spec) > 5:
-        return AuditLogFollower(spec[5:], from_beginning=from_beginning)
-    raise InvalidInput(f"unknown source {spec!r}: use 'netlink' or 'file:PATH'")
 
 
 def register(subparsers) -> None:

@@ -27,6 +27,9 @@ def register(subparsers) -> None:
     parser.add_argument("--metrics-address", metavar="HOST:PORT",
                         help=f"metrics and health (default {defaults.metrics_address})")
     parser.add_argument("--config", dest="config_file", metavar="FILE", help="YAML file of options")
+    parser.add_argument("--avc", metavar="off|netlink|file:PATH",
+                        help="watch AVC denials from the kernel audit multicast group (needs CAP_AUDIT_READ) or "
+                             "an audit log, attribute them to pods and count them (default off)")
     parser.set_defaults(func=run)
 
 

@@ -2,6 +2,7 @@
 
 import json
 import logging
+import time
 import urllib.error
 import urllib.request
 
@@ -124,3 +125,39 @@ def test_reload_applies_live_options_and_names_the_rest(tmp_path, capsys):
     finally:
         daemon.stop()
         configure_logging()
+
+
+def test_avc_watcher_runs_inside_the_daemon_from_an_audit_log(tmp_path):
+    log_file = tmp_path / "audit.log"
+    log_file.write_text("")
+    config = resolve_config({"avc": f"file:{log_file}", "metrics_address": "127.0.0.1:0",
+                             "state_dir": str(tmp_path / "state")}, {})
+    from agent.daemon import AVCComponent
+
+    daemon = Daemon(config, components_factory=lambda d: [AVCComponent(d)])
+    daemon.start()
+    try:
+        def denied():
+            body = fetch(daemon.metrics_url + "/metrics")[1]
+            return 'permission="read"' in body and "selinux_avc_denials_total{" in body
+
+        # The follower starts at the end of the log, like tail -F, once its thread has opened it: append one
+        # event at a time until one is counted.
+        deadline, serial = time.monotonic() + 10, 456
+        while not denied() and time.monotonic() < deadline:
+            with open(log_file, "a") as handle:
+                handle.write(f'type=AVC msg=audit(1700000000.123:{serial}): avc:  denied  {{ read }} for  pid=4242 '
+                             'comm="cat" name="secret" dev="loop0" ino=12 '
+                             'scontext=system_u:system_r:container_t:s0:c1,c2 '
+                             'tcontext=system_u:object_r:container_file_t:s0:c3,c4 tclass=file permissive=0\n')
+            serial += 1
+            time.sleep(0.3)
+        assert denied()
+        assert fetch(daemon.metrics_url + "/healthz") == (200, "ok\n")
+    finally:
+        daemon.stop()
+
+
+def test_avc_option_is_checked():
+    with pytest.raises(InvalidInput, match="avc must be off, netlink or file:PATH"):
+        resolve_config({"avc": "syslog"}, {})
