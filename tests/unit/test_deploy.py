@@ -211,3 +211,17 @@ def test_dockerfile_best_practices():
     ports = {p["containerPort"] for c in _agent_daemonset()["spec"]["template"]["spec"]["containers"]
              for p in c.get("ports", [])}
     assert exposed <= ports
+
+
+def test_daemonset_args_are_accepted_by_run():
+    from agent.cli.main import build_parser
+
+    agent = next(c for c in _agent_daemonset()["spec"]["template"]["spec"]["containers"] if c["name"] == "agent")
+    args = [a.replace("$(NODE_NAME)", "node-1") for a in agent["args"]]
+    parsed = build_parser().parse_args(args)
+    assert parsed.command == "run" and parsed.avc == "netlink"
+    assert _agent_daemonset()["spec"]["template"]["spec"]["hostNetwork"] is True
+    (patch,) = documents(DEPLOY / "proxy-sidecar" / "sidecar-patch.yaml")
+    sidecar = patch["spec"]["template"]["spec"]["containers"][0]
+    parsed = build_parser().parse_args([a.replace("$(NODE_NAME)", "node-1") for a in sidecar["args"]])
+    assert parsed.command == "csi" and parsed.backend_endpoint == "unix:///csi/backend.sock"
