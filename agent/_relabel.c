@@ -1,0 +1,1452 @@
+/*
+ * agent._relabel: the parallel tree walker behind agent.relabel.
+ *
+ * Thin on purpose (psutil style): this file walks, compares, sets, counts and reports errors per path.
+ * It does not parse labels, pick roots or decide what an error means; agent/relabel.py does that.
+ *
+ * Safety rules, all enforced here:
+ *   - every lookup is relative to an open directory fd, and every directory is opened with O_NOFOLLOW, so a
+ *     symlink swapped in during the walk is never followed (the link itself gets the label);
+ *   - xattrs of non-directories are read and written with getxattrat/setxattrat(dirfd, name,
+ *     AT_SYMLINK_NOFOLLOW) (Linux 6.13+), falling back to l{get,set}xattr("/proc/self/fd/<dirfd>/<name>");
+ *     directories are labelled through their own (non-O_PATH) fd;
+ *   - with one_file_system, a directory whose st_dev differs from the root's is neither labelled nor entered;
+ *   - the root is labelled last, so "root carries the label" means "the walk finished".
+ *
+ * Work distribution: one shared LIFO stack of work items (a directory to open, or a chunk of entries of an
+ * already open directory) under one mutex. Items are directories or chunks of up to CHUNK_ENTRIES entries,
+ * so the lock is taken per directory or per chunk, never per file. A huge directory is split: its reader
+ * reads up to 1Mi entries ahead (12 bytes each plus the names, only for directories that large), sorts
+ * them by inode number when there are 4Ki or more (ext4 lists names in hash order; labelling in that order
+ * scatters inode-table writes over the journal: 1M files took 4-8x longer), hands full chunks to the stack while
+ * fewer than 2 per thread wait there, and labels the rest itself. Memory stays at one read-ahead batch and
+ * a few chunks per thread however large the directory is.
+ *
+ * Memory and fds: no path list is kept. Each open directory is a node {parent, name, fd}; a node lives while
+ * work items or child nodes refer to it, so memory follows the depth of the walk and the number of pending
+ * subdirectories, and there is no recursion, so depth is unlimited. A directory fd is closed as soon as no
+ * pending item needs it. When more fds than the budget are open, idle ones are closed and reopened on
+ * demand from the nearest open ancestor, one O_NOFOLLOW component at a time, checking st_dev/st_ino.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/types.h>
+#include <sys/xattr.h>
+#include <time.h>
+#include <unistd.h>
+
+/* Syscall numbers shared by x86_64 and the asm-generic table (aarch64, riscv64). */
+#ifndef __NR_fchmodat2
+#define __NR_fchmodat2 452
+#endif
+#ifndef __NR_setxattrat
+#define __NR_setxattrat 463
+#endif
+#ifndef __NR_getxattrat
+#define __NR_getxattrat 464
+#endif
+
+/* include/uapi/linux/xattr.h, Linux 6.13 */
+struct rl_xattr_args {
+    uint64_t value;
+    uint32_t size;
+    uint32_t flags;
+};
+
+#define XATTR_NAME "security.selinux"
+
+#define F_ONE_FS 0x01      /* do not label or enter directories on another filesystem */
+#define F_DRY_RUN 0x02     /* count what would change, write nothing */
+#define F_FORCE_PROC 0x04  /* use the /proc/self/fd fallback even where *xattrat exists */
+#define F_ABORT_FATAL 0x08 /* stop at the first EROFS/ENOTSUP on the root's filesystem */
+#define F_RO_GROUP 0x10    /* fs_group on a read-only volume: group r (0440) instead of rw (0660) */
+#define F_BLIND 0x20       /* write without reading first (benchmark comparison only) */
+
+#define CHUNK_ENTRIES 512
+#define CHUNK_BYTES (CHUNK_ENTRIES * 48)
+#define BATCH_ENTRIES (1 << 20)
+#define BATCH_BYTES (32 << 20)
+#define SORT_MIN_ENTRIES 4096
+#define DENTS_BYTES (64 * 1024)
+#define MAX_SAMPLES 8
+#define ERRNO_SLOTS 160
+#define PROC_PATH_MAX (32 + 256)
+
+struct linux_dirent64 {
+    uint64_t d_ino;
+    int64_t d_off;
+    unsigned short d_reclen;
+    unsigned char d_type;
+    char d_name[];
+};
+
+struct node {
+    struct node *parent;
+    int fd;       /* -1 when closed */
+    int items;    /* queued or running work items that refer to this node */
+    int users;    /* threads using fd right now */
+    int children; /* child nodes alive */
+    int dead;     /* reopen found another directory at this name */
+    dev_t dev;
+    ino_t ino;
+    unsigned short namelen;
+    char name[];
+};
+
+enum { IT_READ, IT_DIR, IT_CHUNK };
+
+struct item {
+    int kind;
+    struct node *node; /* IT_DIR: the parent; IT_READ, IT_CHUNK: the directory itself */
+    uint32_t count;    /* IT_CHUNK: entries */
+    uint32_t used;     /* IT_CHUNK: bytes of data used */
+    unsigned short namelen;
+    char data[]; /* IT_DIR: name; IT_CHUNK: entries packed as {d_type, name, NUL} */
+};
+
+struct sample {
+    int err;
+    const char *op;
+    char *path;
+    size_t pathlen;
+};
+
+struct walk {
+    /* constant during the walk */
+    const char *label;
+    size_t label_len; /* without the NUL */
+    int flags;
+    long gid; /* -1: no fs_group */
+    dev_t root_dev;
+    struct node *root;
+    int use_xattrat;
+    int nthreads;
+    int fd_budget;
+
+    /* the work stack */
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    pthread_cond_t cdone;
+    struct item **stack;
+    size_t n, cap;
+    size_t queued_chunks;
+    int active;
+    int exited;
+    int oom;
+    atomic_int cancel;
+
+    /* node and fd state */
+    pthread_mutex_t fdlock;
+    int open_fds;
+
+    /* counters */
+    atomic_ullong seen, changed, correct, other_fs, vanished, owner_changed, mode_changed, errors, reopened;
+    atomic_ullong by_errno[ERRNO_SLOTS];
+
+    pthread_mutex_t errlock;
+    struct sample samples[MAX_SAMPLES];
+    int nsamples;
+    int fatal_errno;
+};
+
+/* Per-thread counters, flushed once per work item. */
+struct tally {
+    unsigned long long seen, changed, correct, other_fs, vanished, owner_changed, mode_changed;
+};
+
+static void tally_flush(struct walk *w, struct tally *t)
+{
+#define FLUSH(f)                                                      \
+    if (t->f) {                                                       \
+        atomic_fetch_add_explicit(&w->f, t->f, memory_order_relaxed); \
+        t->f = 0;                                                     \
+    }
+    FLUSH(seen)
+    FLUSH(changed)
+    FLUSH(correct)
+    FLUSH(other_fs)
+    FLUSH(vanished)
+    FLUSH(owner_changed)
+    FLUSH(mode_changed)
+#undef FLUSH
+}
+
+/* ------------------------------------------------------------------------------------------------------ */
+/* xattr primitives                                                                                       */
+
+static atomic_int xattrat_state = -1; /* -1 unknown, 0 absent, 1 present */
+
+static int probe_xattrat(void)
+{
+    int state = atomic_load(&xattrat_state);
+    if (state >= 0)
+        return state;
+    char buf[8];
+    struct rl_xattr_args args = {.value = (uintptr_t)buf, .size = sizeof buf, .flags = 0};
+    long r = syscall(__NR_getxattrat, AT_FDCWD, "/", AT_SYMLINK_NOFOLLOW, XATTR_NAME, &args, sizeof args);
+    /* ENOSYS: kernel before 6.13. EPERM: a seccomp filter that refuses syscalls it does not know. */
+    state = !(r < 0 && (errno == ENOSYS || errno == EPERM));
+    atomic_store(&xattrat_state, state);
+    return state;
+}
+
+static int proc_path(char *out, int dirfd, const char *name)
+{
+    int n = snprintf(out, PROC_PATH_MAX, "/proc/self/fd/%d/%s", dirfd, name);
+    if (n < 0 || n >= PROC_PATH_MAX) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    return 0;
+}
+
+/* Read the label of `name` in `dirfd` (never following a symlink). dirfd AT_FDCWD: name is a path. */
+static ssize_t xget_at(struct walk *w, int dirfd, const char *name, char *buf, size_t size)
+{
+    ssize_t r;
+    if (w->use_xattrat) {
+        struct rl_xattr_args args = {.value = (uintptr_t)buf, .size = (uint32_t)size, .flags = 0};
+        do
+            r = syscall(__NR_getxattrat, dirfd, name, AT_SYMLINK_NOFOLLOW, XATTR_NAME, &args, sizeof args);
+        while (r < 0 && errno == EINTR);
+        return r;
+    }
+    if (dirfd == AT_FDCWD) {
+        do
+            r = lgetxattr(name, XATTR_NAME, buf, size);
+        while (r < 0 && errno == EINTR);
+        return r;
+    }
+    char path[PROC_PATH_MAX];
+    if (proc_path(path, dirfd, name) < 0)
+        return -1;
+    do
+        r = lgetxattr(path, XATTR_NAME, buf, size);
+    while (r < 0 && errno == EINTR);
+    return r;
+}
+
+static int xset_at(struct walk *w, int dirfd, const char *name)
+{
+    long r;
+    if (w->use_xattrat) {
+        struct rl_xattr_args args = {.value = (uintptr_t)w->label, .size = (uint32_t)(w->label_len + 1), .flags = 0};
+        do
+            r = syscall(__NR_setxattrat, dirfd, name, AT_SYMLINK_NOFOLLOW, XATTR_NAME, &args, sizeof args);
+        while (r < 0 && errno == EINTR);
+        return (int)r;
+    }
+    if (dirfd == AT_FDCWD) {
+        do
+            r = lsetxattr(name, XATTR_NAME, w->label, w->label_len + 1, 0);
+        while (r < 0 && errno == EINTR);
+        return (int)r;
+    }
+    char path[PROC_PATH_MAX];
+    if (proc_path(path, dirfd, name) < 0)
+        return -1;
+    do
+        r = lsetxattr(path, XATTR_NAME, w->label, w->label_len + 1, 0);
+    while (r < 0 && errno == EINTR);
+    return (int)r;
+}
+
+/* The kernel returns the label with its trailing NUL when it was written the libselinux way (and always
+ * when SELinux is on); go-selinux writes it without. Both spellings of the same text are "correct". A
+ * longer value does not fit the buffer and comes back as ERANGE, which also means "different". */
+static int label_matches(struct walk *w, const char *buf, ssize_t len)
+{
+    if (len == (ssize_t)w->label_len + 1)
+        return buf[w->label_len] == '\0' && memcmp(buf, w->label, w->label_len) == 0;
+    if (len == (ssize_t)w->label_len)
+        return memcmp(buf, w->label, w->label_len) == 0;
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------------------ */
+/* errors                                                                                                 */
+
+static char *node_path(struct node *node, const char *name, size_t *outlen)
+{
+    /* Components from the root down: every node below the root, then `name` if given. */
+    size_t total = 0, parts = 0;
+    size_t namelen = name ? strlen(name) : 0;
+    for (struct node *n = node; n && n->parent; n = n->parent) {
+        total += n->namelen;
+        parts++;
+    }
+    if (namelen) {
+        total += namelen;
+        parts++;
+    }
+    if (parts > 1)
+        total += parts - 1;
+    char *out = malloc(total + 1);
+    if (!out)
+        return NULL;
+    size_t pos = total;
+    out[pos] = '\0';
+    if (namelen) {
+        pos -= namelen;
+        memcpy(out + pos, name, namelen);
+    }
+    for (struct node *n = node; n && n->parent; n = n->parent) {
+        if (pos != total)
+            out[--pos] = '/';
+        pos -= n->namelen;
+        memcpy(out + pos, n->name, n->namelen);
+    }
+    *outlen = total;
+    return out;
+}
+
+static int is_fatal(int err)
+{
+    return err == EROFS || err == ENOTSUP;
+}
+
+/* An error on `name` in directory `node` (name NULL: on node itself); `dev` is the filesystem it happened
+ * on, which decides whether EROFS/ENOTSUP stop the walk (the volume's own filesystem) or not (a mount
+ * below it, entered because one_file_system is off). */
+static void record_error_on(struct walk *w, int err, const char *op, struct node *node, const char *name,
+                            dev_t dev)
+{
+    atomic_fetch_add_explicit(&w->errors, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&w->by_errno[err > 0 && err < ERRNO_SLOTS ? err : 0], 1, memory_order_relaxed);
+    int fatal = (w->flags & F_ABORT_FATAL) && is_fatal(err) && dev == w->root_dev;
+    if (!fatal && w->nsamples >= MAX_SAMPLES)
+        return;
+    pthread_mutex_lock(&w->errlock);
+    if (fatal && !w->fatal_errno) {
+        w->fatal_errno = err;
+        atomic_store(&w->cancel, 1);
+    }
+    if (w->nsamples < MAX_SAMPLES) {
+        struct sample *s = &w->samples[w->nsamples];
+        s->path = node ? node_path(node, name, &s->pathlen) : NULL;
+        if (!node && name) {
+            s->pathlen = strlen(name);
+            s->path = strdup(name);
+        }
+        s->err = err;
+        s->op = op;
+        w->nsamples++;
+    }
+    pthread_mutex_unlock(&w->errlock);
+}
+
+static void record_error(struct walk *w, int err, const char *op, struct node *node, const char *name)
+{
+    record_error_on(w, err, op, node, name, node ? node->dev : w->root_dev);
+}
+
+/* ------------------------------------------------------------------------------------------------------ */
+/* nodes and fds (all state below is guarded by w->fdlock)                                                */
+
+static struct node *node_new(struct walk *w, struct node *parent, const char *name, size_t namelen, int fd,
+                             const struct stat *st)
+{
+    struct node *n = malloc(sizeof *n + namelen + 1);
+    if (!n)
+        return NULL;
+    n->parent = parent;
+    n->fd = fd;
+    n->items = 1; /* the reader */
+    n->users = 1;
+    n->children = 0;
+    n->dead = 0;
+    n->dev = st->st_dev;
+    n->ino = st->st_ino;
+    n->namelen = (unsigned short)namelen;
+    memcpy(n->name, name, namelen);
+    n->name[namelen] = '\0';
+    if (parent) {
+        pthread_mutex_lock(&w->fdlock);
+        parent->children++;
+        pthread_mutex_unlock(&w->fdlock);
+    }
+    return n;
+}
+
+static void close_node_fd_locked(struct walk *w, struct node *n)
+{
+    if (n->fd >= 0 && n != w->root) {
+        close(n->fd);
+        n->fd = -1;
+        w->open_fds--;
+    }
+}
+
+/* Drop one item reference; frees nodes that nothing refers to any more, up the chain. */
+static void node_release(struct walk *w, struct node *n)
+{
+    pthread_mutex_lock(&w->fdlock);
+    n->items--;
+    while (n && n != w->root && n->items == 0) {
+        if (n->users == 0)
+            close_node_fd_locked(w, n);
+        if (n->children > 0)
+            break;
+        struct node *parent = n->parent;
+        free(n);
+        n = parent;
+        if (n)
+            n->children--;
+    }
+    pthread_mutex_unlock(&w->fdlock);
+}
+
+static void node_hold(struct walk *w, struct node *n)
+{
+    pthread_mutex_lock(&w->fdlock);
+    n->items++;
+    pthread_mutex_unlock(&w->fdlock);
+}
+
+/* Reopen a closed directory from its nearest open ancestor, one O_NOFOLLOW component at a time, and
+ * check that each one is still the directory first seen there. Called with fdlock held. */
+static int node_reopen_locked(struct walk *w, struct node *target)
+{
+    size_t depth = 0;
+    for (struct node *n = target; n->fd < 0; n = n->parent)
+        depth++;
+    struct node **chain = malloc(depth * sizeof *chain);
+    if (!chain)
+        return -ENOMEM;
+    size_t i = depth;
+    for (struct node *n = target; n->fd < 0; n = n->parent)
+        chain[--i] = n;
+    int fd = chain[0]->parent->fd;
+    int owned = 0; /* fd was opened here (not an ancestor's cached fd) */
+    int result = 0;
+    for (i = 0; i < depth; i++) {
+        struct node *n = chain[i];
+        int next = openat(fd, n->name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        int saved = errno;
+        if (owned)
+            close(fd);
+        if (next < 0) {
+            result = -saved;
+            break;
+        }
+        struct stat st;
+        if (fstat(next, &st) < 0 || st.st_dev != n->dev || st.st_ino != n->ino) {
+            close(next);
+            n->dead = 1;
+            result = -ESTALE;
+            break;
+        }
+        atomic_fetch_add_explicit(&w->reopened, 1, memory_order_relaxed);
+        if (n == target) {
+            n->fd = next;
+            w->open_fds++;
+            break;
+        }
+        fd = next;
+        owned = 1;
+    }
+    free(chain);
+    return result;
+}
+
+/* The fd of a node, reopened if it was closed; -errno on failure. Pair with node_fd_put. */
+static int node_fd_get(struct walk *w, struct node *n)
+{
+    pthread_mutex_lock(&w->fdlock);
+    int r = 0;
+    if (n->dead)
+        r = -ESTALE;
+    else if (n->fd < 0)
+        r = node_reopen_locked(w, n);
+    if (r == 0) {
+        n->users++;
+        r = n->fd;
+    }
+    pthread_mutex_unlock(&w->fdlock);
+    return r;
+}
+
+static void node_fd_put(struct walk *w, struct node *n)
+{
+    pthread_mutex_lock(&w->fdlock);
+    n->users--;
+    /* Over budget: close now rather than keep an idle fd for pending items; they will reopen it. */
+    if (n->users == 0 && (n->items == 0 || w->open_fds > w->fd_budget))
+        close_node_fd_locked(w, n);
+    pthread_mutex_unlock(&w->fdlock);
+}
+
+/* ------------------------------------------------------------------------------------------------------ */
+/* the work stack                                                                                         */
+
+static void push(struct walk *w, struct item *it)
+{
+    pthread_mutex_lock(&w->lock);
+    if (w->n == w->cap) {
+        size_t cap = w->cap ? w->cap * 2 : 256;
+        struct item **grown = realloc(w->stack, cap * sizeof *grown);
+        if (!grown) {
+            /* Cannot queue: record and drop (the directory stays unlabelled and counts as an error). */
+            w->oom = 1;
+            pthread_mutex_unlock(&w->lock);
+            record_error(w, ENOMEM, "queue", it->node, it->kind == IT_DIR ? it->data : NULL);
+            node_release(w, it->node);
+            free(it);
+            return;
+        }
+        w->stack = grown;
+        w->cap = cap;
+    }
+    w->stack[w->n++] = it;
+    if (it->kind == IT_CHUNK)
+        w->queued_chunks++;
+    pthread_cond_signal(&w->cond);
+    pthread_mutex_unlock(&w->lock);
+}
+
+static void push_dir(struct walk *w, struct node *parent, const char *name, size_t namelen)
+{
+    struct item *it = malloc(sizeof *it + namelen + 1);
+    if (!it) {
+        record_error(w, ENOMEM, "queue", parent, name);
+        return;
+    }
+    it->kind = IT_DIR;
+    it->node = parent;
+    it->namelen = (unsigned short)namelen;
+    memcpy(it->data, name, namelen + 1);
+    node_hold(w, parent);
+    push(w, it);
+}
+
+static struct item *new_chunk(struct node *dir)
+{
+    struct item *it = malloc(sizeof *it + CHUNK_BYTES);
+    if (it) {
+        it->kind = IT_CHUNK;
+        it->node = dir;
+        it->count = 0;
+        it->used = 0;
+    }
+    return it;
+}
+
+/* ------------------------------------------------------------------------------------------------------ */
+/* per entry                                                                                              */
+
+static unsigned char type_of(mode_t mode)
+{
+    switch (mode & S_IFMT) {
+    case S_IFDIR: return DT_DIR;
+    case S_IFLNK: return DT_LNK;
+    case S_IFREG: return DT_REG;
+    case S_IFIFO: return DT_FIFO;
+    case S_IFSOCK: return DT_SOCK;
+    case S_IFCHR: return DT_CHR;
+    case S_IFBLK: return DT_BLK;
+    default: return DT_UNKNOWN;
+    }
+}
+
+/* Label one non-directory entry (or, dirfd AT_FDCWD, one path). Returns 0, or -1 when it vanished. */
+static int label_entry(struct walk *w, struct tally *t, int dirfd, struct node *node, const char *name)
+{
+    if (!(w->flags & F_BLIND)) {
+        char buf[w->label_len + 1];
+        ssize_t len = xget_at(w, dirfd, name, buf, sizeof buf);
+        if (len >= 0 && label_matches(w, buf, len)) {
+            t->correct++;
+            return 0;
+        }
+        if (len < 0 && errno != ENODATA && errno != ERANGE) {
+            if (errno == ENOENT) {
+                t->vanished++;
+                return -1;
+            }
+            record_error(w, errno, "getxattr", node, name);
+            return 0;
+        }
+    }
+    if (w->flags & F_DRY_RUN) {
+        t->changed++;
+        return 0;
+    }
+    if (xset_at(w, dirfd, name) < 0) {
+        if (errno == ENOENT) {
+            t->vanished++;
+            return -1;
+        }
+        record_error(w, errno, "setxattr", node, name);
+        return 0;
+    }
+    t->changed++;
+    return 0;
+}
+
+/* Label a directory through its own fd. */
+static void label_dirfd(struct walk *w, struct tally *t, int fd, struct node *parent, const char *name, dev_t dev)
+{
+    if (!(w->flags & F_BLIND)) {
+        char buf[w->label_len + 1];
+        ssize_t len;
+        do
+            len = fgetxattr(fd, XATTR_NAME, buf, sizeof buf);
+        while (len < 0 && errno == EINTR);
+        if (len >= 0 && label_matches(w, buf, len)) {
+            t->correct++;
+            return;
+        }
+        if (len < 0 && errno != ENODATA && errno != ERANGE) {
+            record_error_on(w, errno, "getxattr", parent, name, dev);
+            return;
+        }
+    }
+    if (w->flags & F_DRY_RUN) {
+        t->changed++;
+        return;
+    }
+    int r;
+    do
+        r = fsetxattr(fd, XATTR_NAME, w->label, w->label_len + 1, 0);
+    while (r < 0 && errno == EINTR);
+    if (r < 0)
+        record_error_on(w, errno, "setxattr", parent, name, dev);
+    else
+        t->changed++;
+}
+
+/* kubelet SetVolumeOwnership (pkg/volume/volume_linux.go): lchown to the fsGroup, then chmod to the
+ * existing mode | rwMask 0660 (roMask 0440 on read-only volumes), directories also | execMask 0110 |
+ * setgid; symlinks are not chmod-ed. Unlike kubelet, nothing is written when it already holds. */
+static mode_t wanted_mode(struct walk *w, mode_t mode)
+{
+    mode_t mask = (w->flags & F_RO_GROUP) ? 0440 : 0660;
+    if (S_ISDIR(mode))
+        mask |= 0110 | S_ISGID;
+    return (mode & 07777) | mask;
+}
+
+static int chmod_nofollow(int dirfd, const char *name, mode_t mode)
+{
+    static atomic_int have_fchmodat2 = 1;
+    if (atomic_load_explicit(&have_fchmodat2, memory_order_relaxed)) {
+        long r = syscall(__NR_fchmodat2, dirfd, name, mode, AT_SYMLINK_NOFOLLOW);
+        if (r == 0 || (errno != ENOSYS && errno != EPERM))
+            return (int)r;
+        atomic_store(&have_fchmodat2, 0);
+    }
+    /* Before Linux 6.6: pin the inode with O_PATH, check it is not a symlink, chmod through /proc. */
+    int fd = openat(dirfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    struct stat st;
+    int r = fstat(fd, &st);
+    if (r == 0 && S_ISLNK(st.st_mode)) {
+        errno = EOPNOTSUPP;
+        r = -1;
+    } else if (r == 0) {
+        char path[PROC_PATH_MAX];
+        snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+        r = chmod(path, mode);
+    }
+    int saved = errno;
+    close(fd);
+    errno = saved;
+    return r;
+}
+
+static void own_entry(struct walk *w, struct tally *t, int dirfd, struct node *node, const char *name,
+                      const struct stat *st)
+{
+    int chowned = 0;
+    if ((long)st->st_gid != w->gid) {
+        if (!(w->flags & F_DRY_RUN) && fchownat(dirfd, name, (uid_t)-1, (gid_t)w->gid, AT_SYMLINK_NOFOLLOW) < 0) {
+            if (errno == ENOENT)
+                t->vanished++;
+            else
+                record_error(w, errno, "lchown", node, name);
+            return;
+        }
+        t->owner_changed++;
+        chowned = 1;
+    }
+    if (S_ISLNK(st->st_mode))
+        return;
+    mode_t want = wanted_mode(w, st->st_mode);
+    /* chown of a non-directory clears setuid/setgid; kubelet's chmod with the old mode puts them back. */
+    int killed = chowned && !S_ISDIR(st->st_mode) && (st->st_mode & 06000);
+    if (want == (st->st_mode & 07777) && !killed)
+        return;
+    if (!(w->flags & F_DRY_RUN) && chmod_nofollow(dirfd, name, want) < 0) {
+        if (errno == ENOENT || errno == EOPNOTSUPP)
+            t->vanished++; /* gone, or replaced by a symlink since the stat: not ours to chmod */
+        else
+            record_error(w, errno, "chmod", node, name);
+        return;
+    }
+    t->mode_changed++;
+}
+
+static void own_dirfd(struct walk *w, struct tally *t, int fd, struct node *parent, const char *name,
+                      const struct stat *st)
+{
+    if ((long)st->st_gid != w->gid) {
+        if (!(w->flags & F_DRY_RUN) && fchown(fd, (uid_t)-1, (gid_t)w->gid) < 0) {
+            record_error(w, errno, "lchown", parent, name);
+            return;
+        }
+        t->owner_changed++;
+    }
+    mode_t want = wanted_mode(w, st->st_mode);
+    if (want == (st->st_mode & 07777))
+        return;
+    if (!(w->flags & F_DRY_RUN) && fchmod(fd, want) < 0) {
+        record_error(w, errno, "chmod", parent, name);
+        return;
+    }
+    t->mode_changed++;
+}
+
+static void process_entry(struct walk *w, struct tally *t, struct node *node, int dirfd, const char *name,
+                          unsigned char type)
+{
+    struct stat st;
+    int have_st = 0;
+    if (type == DT_UNKNOWN || (w->gid >= 0 && type != DT_DIR)) {
+        if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
+            if (errno == ENOENT)
+                t->vanished++;
+            else
+                record_error(w, errno, "stat", node, name);
+            return;
+        }
+        have_st = 1;
+        type = type_of(st.st_mode);
+    }
+    if (type == DT_DIR) {
+        push_dir(w, node, name, strlen(name));
+        return;
+    }
+    t->seen++;
+    if (label_entry(w, t, dirfd, node, name) < 0)
+        return;
+    if (w->gid >= 0 && have_st)
+        own_entry(w, t, dirfd, node, name, &st);
+}
+
+static void process_chunk(struct walk *w, struct tally *t, struct node *node, int dirfd, struct item *chunk)
+{
+    const char *p = chunk->data;
+    for (uint32_t i = 0; i < chunk->count; i++) {
+        unsigned char type = (unsigned char)*p++;
+        size_t len = strlen(p);
+        if (atomic_load_explicit(&w->cancel, memory_order_relaxed))
+            return;
+        process_entry(w, t, node, dirfd, p, type);
+        p += len + 1;
+    }
+}
+
+/* ------------------------------------------------------------------------------------------------------ */
+/* per directory                                                                                          */
+
+/* Entries of one directory read ahead of labelling, so a large directory can be labelled in inode order:
+ * getdents on ext4 returns names in hash order, which spreads consecutive writes over the whole inode table,
+ * one journalled block per inode (gnulib fts sorts batches of 10,000+ entries by inode for the same
+ * reason). One per worker thread; untouched pages of it never become resident. */
+struct batch {
+    struct __attribute__((packed)) bent {
+        uint64_t ino;
+        uint32_t off; /* into names: the d_type byte, then the name and its NUL */
+    } *ents;
+    char *names;
+    size_t n, used;
+};
+
+static int bent_cmp(const void *a, const void *b)
+{
+    uint64_t x = ((const struct bent *)a)->ino, y = ((const struct bent *)b)->ino;
+    return x < y ? -1 : x > y;
+}
+
+/* Move a batch into chunks: full chunks go to other threads while fewer than two per thread wait, the rest
+ * are labelled here. */
+static void dispense(struct walk *w, struct tally *t, struct node *node, int fd, struct batch *b,
+                     struct item **chunkp)
+{
+    if (b->n >= SORT_MIN_ENTRIES)
+        qsort(b->ents, b->n, sizeof *b->ents, bent_cmp);
+    for (size_t i = 0; i < b->n; i++) {
+        struct item *chunk = *chunkp;
+        unsigned char type = (unsigned char)b->names[b->ents[i].off];
+        const char *name = b->names + b->ents[i].off + 1;
+        size_t len = strlen(name);
+        if (chunk->count == CHUNK_ENTRIES || chunk->used + len + 2 > CHUNK_BYTES) {
+            int handed = 0;
+            if (w->nthreads > 1) {
+                pthread_mutex_lock(&w->lock);
+                int room = w->queued_chunks < (size_t)(2 * w->nthreads);
+                pthread_mutex_unlock(&w->lock);
+                struct item *fresh = room ? new_chunk(node) : NULL;
+                if (fresh) {
+                    node_hold(w, node);
+                    push(w, chunk);
+                    *chunkp = chunk = fresh;
+                    handed = 1;
+                }
+            }
+            if (!handed) {
+                process_chunk(w, t, node, fd, chunk);
+                chunk->count = 0;
+                chunk->used = 0;
+            }
+            tally_flush(w, t);
+        }
+        chunk->data[chunk->used++] = (char)type;
+        memcpy(chunk->data + chunk->used, name, len + 1);
+        chunk->used += (uint32_t)(len + 1);
+        chunk->count++;
+    }
+    b->n = 0;
+    b->used = 0;
+}
+
+/* Read an open directory (the caller holds one item reference and one fd use on it, both dropped here). */
+static void read_dir(struct walk *w, struct tally *t, struct node *node, char *dents, struct batch *b)
+{
+    int fd = node->fd;
+    struct item *chunk = new_chunk(node);
+    if (!chunk) {
+        record_error(w, ENOMEM, "readdir", node, NULL);
+        goto out;
+    }
+    b->n = 0;
+    b->used = 0;
+    for (;;) {
+        if (atomic_load_explicit(&w->cancel, memory_order_relaxed))
+            break;
+        long n = syscall(SYS_getdents64, fd, dents, DENTS_BYTES);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            /* ENOENT: the directory was removed while being read. */
+            if (errno == ENOENT)
+                t->vanished++;
+            else
+                record_error(w, errno, "getdents", node, NULL);
+            break;
+        }
+        if (n == 0)
+            break;
+        for (long off = 0; off < n;) {
+            struct linux_dirent64 *d = (struct linux_dirent64 *)(dents + off);
+            off += d->d_reclen;
+            const char *name = d->d_name;
+            if (name[0] == '.' && (name[1] == '\0' || (name[1] == '.' && name[2] == '\0')))
+                continue;
+            size_t len = strlen(name);
+            if (b->n == BATCH_ENTRIES || b->used + len + 2 > BATCH_BYTES)
+                dispense(w, t, node, fd, b, &chunk);
+            b->ents[b->n].ino = d->d_ino;
+            b->ents[b->n].off = (uint32_t)b->used;
+            b->n++;
+            b->names[b->used++] = (char)d->d_type;
+            memcpy(b->names + b->used, name, len + 1);
+            b->used += len + 1;
+        }
+    }
+    dispense(w, t, node, fd, b, &chunk);
+    process_chunk(w, t, node, fd, chunk);
+    free(chunk);
+out:
+    node_fd_put(w, node);
+    node_release(w, node);
+}
+
+/* Open a subdirectory named in its parent, label it, and read it. */
+static void open_dir(struct walk *w, struct tally *t, struct node *parent, const char *name, size_t namelen,
+                     char *dents, struct batch *b)
+{
+    int pfd = node_fd_get(w, parent);
+    if (pfd < 0) {
+        if (pfd == -ESTALE || pfd == -ENOENT)
+            t->vanished++;
+        else
+            record_error(w, -pfd, "open", parent, NULL);
+        node_release(w, parent);
+        return;
+    }
+    int fd = openat(pfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) {
+        int err = errno;
+        if (err == ENOENT) {
+            t->vanished++;
+        } else if (err == ELOOP || err == ENOTDIR) {
+            /* Replaced by a symlink or a file since it was listed: label what is there now, never follow. */
+            t->seen++;
+            label_entry(w, t, pfd, parent, name);
+        } else {
+            /* Cannot enter it (EACCES...): still try to label the directory itself by name. */
+            record_error(w, err, "open", parent, name);
+            t->seen++;
+            label_entry(w, t, pfd, parent, name);
+        }
+        node_fd_put(w, parent);
+        node_release(w, parent);
+        return;
+    }
+    struct stat st;
+    if (fstat(fd, &st) < 0) {
+        record_error(w, errno, "stat", parent, name);
+        close(fd);
+        node_fd_put(w, parent);
+        node_release(w, parent);
+        return;
+    }
+    node_fd_put(w, parent);
+    if ((w->flags & F_ONE_FS) && st.st_dev != w->root_dev) {
+        close(fd);
+        t->other_fs++;
+        node_release(w, parent);
+        return;
+    }
+    pthread_mutex_lock(&w->fdlock);
+    w->open_fds++;
+    pthread_mutex_unlock(&w->fdlock);
+    struct node *node = node_new(w, parent, name, namelen, fd, &st);
+    if (!node) {
+        record_error(w, ENOMEM, "open", parent, name);
+        close(fd);
+        pthread_mutex_lock(&w->fdlock);
+        w->open_fds--;
+        pthread_mutex_unlock(&w->fdlock);
+        node_release(w, parent);
+        return;
+    }
+    node_release(w, parent); /* the new node keeps the parent alive through `children` */
+    t->seen++;
+    label_dirfd(w, t, fd, parent, name, st.st_dev);
+    if (w->gid >= 0)
+        own_dirfd(w, t, fd, parent, name, &st);
+    read_dir(w, t, node, dents, b);
+}
+
+static void run_item(struct walk *w, struct tally *t, struct item *it, char *dents, struct batch *b)
+{
+    switch (it->kind) {
+    case IT_READ:
+        read_dir(w, t, it->node, dents, b);
+        break;
+    case IT_DIR:
+        if (atomic_load_explicit(&w->cancel, memory_order_relaxed))
+            node_release(w, it->node);
+        else
+            open_dir(w, t, it->node, it->data, it->namelen, dents, b);
+        break;
+    case IT_CHUNK: {
+        int fd = node_fd_get(w, it->node);
+        if (fd >= 0) {
+            process_chunk(w, t, it->node, fd, it);
+            node_fd_put(w, it->node);
+        } else if (fd == -ESTALE || fd == -ENOENT) {
+            t->vanished += it->count;
+        } else {
+            record_error(w, -fd, "open", it->node, NULL);
+        }
+        node_release(w, it->node);
+        break;
+    }
+    }
+    free(it);
+}
+
+static void *worker(void *arg)
+{
+    struct walk *w = arg;
+    struct tally t = {0};
+    char *dents = malloc(DENTS_BYTES);
+    /* Only the pages a large directory touches become resident. */
+    struct batch b = {.ents = malloc(BATCH_ENTRIES * sizeof *b.ents), .names = malloc(BATCH_BYTES)};
+    pthread_mutex_lock(&w->lock);
+    if (!dents || !b.ents || !b.names) {
+        w->oom = 1;
+        goto leave;
+    }
+    for (;;) {
+        while (w->n == 0 && w->active > 0 && !atomic_load(&w->cancel))
+            pthread_cond_wait(&w->cond, &w->lock);
+        if (w->n == 0 || atomic_load(&w->cancel))
+            break;
+        struct item *it = w->stack[--w->n];
+        if (it->kind == IT_CHUNK)
+            w->queued_chunks--;
+        w->active++;
+        pthread_mutex_unlock(&w->lock);
+        run_item(w, &t, it, dents, &b);
+        tally_flush(w, &t);
+        pthread_mutex_lock(&w->lock);
+        w->active--;
+    }
+leave:
+    pthread_cond_broadcast(&w->cond);
+    w->exited++;
+    pthread_cond_broadcast(&w->cdone);
+    pthread_mutex_unlock(&w->lock);
+    free(dents);
+    free(b.ents);
+    free(b.names);
+    return NULL;
+}
+
+/* ------------------------------------------------------------------------------------------------------ */
+/* Python entry points                                                                                    */
+
+static PyObject *result_dict(struct walk *w, int xattrat_used)
+{
+    PyObject *by_errno = PyDict_New();
+    PyObject *samples = PyList_New(0);
+    if (!by_errno || !samples)
+        goto fail;
+    for (int e = 0; e < ERRNO_SLOTS; e++) {
+        unsigned long long c = atomic_load(&w->by_errno[e]);
+        if (!c)
+            continue;
+        PyObject *k = PyLong_FromLong(e), *v = PyLong_FromUnsignedLongLong(c);
+        int r = (k && v) ? PyDict_SetItem(by_errno, k, v) : -1;
+        Py_XDECREF(k);
+        Py_XDECREF(v);
+        if (r < 0)
+            goto fail;
+    }
+    for (int i = 0; i < w->nsamples; i++) {
+        struct sample *s = &w->samples[i];
+        PyObject *tup = Py_BuildValue("(isy#)", s->err, s->op, s->path ? s->path : "",
+                                      (Py_ssize_t)(s->path ? s->pathlen : 0));
+        if (!tup || PyList_Append(samples, tup) < 0) {
+            Py_XDECREF(tup);
+            goto fail;
+        }
+        Py_DECREF(tup);
+    }
+    PyObject *d = Py_BuildValue(
+        "{sKsKsKsKsKsKsKsKsKsNsNsisisO}", "seen", atomic_load(&w->seen), "changed", atomic_load(&w->changed),
+        "already_correct", atomic_load(&w->correct), "other_filesystem", atomic_load(&w->other_fs), "vanished",
+        atomic_load(&w->vanished), "owner_changed", atomic_load(&w->owner_changed), "mode_changed",
+        atomic_load(&w->mode_changed), "errors", atomic_load(&w->errors), "reopened", atomic_load(&w->reopened),
+        "errors_by_errno", by_errno, "error_samples", samples, "fatal_errno", w->fatal_errno, "cancelled",
+        atomic_load(&w->cancel) && !w->fatal_errno, "xattrat", xattrat_used ? Py_True : Py_False);
+    return d;
+fail:
+    Py_XDECREF(by_errno);
+    Py_XDECREF(samples);
+    return NULL;
+}
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static void free_walk(struct walk *w)
+{
+    for (size_t i = 0; i < w->n; i++) {
+        node_release(w, w->stack[i]->node);
+        free(w->stack[i]);
+    }
+    free(w->stack);
+    for (int i = 0; i < w->nsamples; i++)
+        free(w->samples[i].path);
+    if (w->root) {
+        if (w->root->fd >= 0)
+            close(w->root->fd);
+        free(w->root);
+    }
+    pthread_mutex_destroy(&w->lock);
+    pthread_mutex_destroy(&w->fdlock);
+    pthread_mutex_destroy(&w->errlock);
+    pthread_cond_destroy(&w->cond);
+    pthread_cond_destroy(&w->cdone);
+}
+
+PyDoc_STRVAR(walk_doc,
+             "walk(path: bytes, label: bytes, threads: int, flags: int, gid: int = -1, progress=None,\n"
+             "     interval: float = 0.2, fd_budget: int = 0) -> dict\n\n"
+             "Label every entry under path (the root last). progress(seen, changed) is called every\n"
+             "interval seconds with the GIL held; an exception from it stops the walk and propagates.\n"
+             "Raises OSError when the root cannot be opened.");
+
+static PyObject *py_walk(PyObject *self, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"path", "label", "threads", "flags", "gid", "progress", "interval", "fd_budget", NULL};
+    const char *path, *label;
+    Py_ssize_t path_len, label_len;
+    int nthreads, flags, fd_budget = 0;
+    long gid = -1;
+    PyObject *progress = Py_None;
+    double interval = 0.2;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "y#y#ii|lOdi", kwlist, &path, &path_len, &label, &label_len,
+                                     &nthreads, &flags, &gid, &progress, &interval, &fd_budget))
+        return NULL;
+    if (nthreads < 1 || nthreads > 1024) {
+        PyErr_SetString(PyExc_ValueError, "threads must be between 1 and 1024");
+        return NULL;
+    }
+    if (label_len == 0 || label_len > 4096 || memchr(label, '\0', label_len) || memchr(path, '\0', path_len)) {
+        PyErr_SetString(PyExc_ValueError, "label must be 1..4096 bytes and neither argument may hold NUL");
+        return NULL;
+    }
+    if (progress != Py_None && !PyCallable_Check(progress)) {
+        PyErr_SetString(PyExc_TypeError, "progress must be callable");
+        return NULL;
+    }
+    if (fd_budget <= 0) {
+        struct rlimit rl;
+        rlim_t soft = getrlimit(RLIMIT_NOFILE, &rl) == 0 ? rl.rlim_cur : 1024;
+        if (soft == RLIM_INFINITY || soft > 65536)
+            soft = 65536;
+        /* Keep half of the process's fds for everyone else. */
+        fd_budget = (int)(soft / 2) - 2 * nthreads;
+        if (fd_budget < 16)
+            fd_budget = 16;
+    }
+
+    struct walk *w = calloc(1, sizeof *w);
+    if (!w)
+        return PyErr_NoMemory();
+    w->label = label;
+    w->label_len = (size_t)label_len;
+    w->flags = flags;
+    w->gid = gid;
+    w->nthreads = nthreads;
+    w->fd_budget = fd_budget;
+    pthread_mutex_init(&w->lock, NULL);
+    pthread_mutex_init(&w->fdlock, NULL);
+    pthread_mutex_init(&w->errlock, NULL);
+    pthread_cond_init(&w->cond, NULL);
+    pthread_cond_init(&w->cdone, NULL);
+
+    PyObject *result = NULL;
+    int open_err = 0, is_dir = 0, rootfd = -1;
+    struct stat st;
+    struct tally t = {0};
+    Py_BEGIN_ALLOW_THREADS
+    w->use_xattrat = !(flags & F_FORCE_PROC) && probe_xattrat();
+    rootfd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (rootfd < 0 && (errno == ELOOP || errno == ENOTDIR)) {
+        /* A symlink or a non-directory: label that one entry, never following it. */
+        if (fstatat(AT_FDCWD, path, &st, AT_SYMLINK_NOFOLLOW) < 0) {
+            open_err = errno;
+        } else {
+            w->root_dev = st.st_dev;
+            t.seen++;
+            label_entry(w, &t, AT_FDCWD, NULL, path);
+            if (gid >= 0)
+                own_entry(w, &t, AT_FDCWD, NULL, path, &st);
+        }
+    } else if (rootfd < 0) {
+        open_err = errno;
+    } else if (fstat(rootfd, &st) < 0) {
+        open_err = errno;
+        close(rootfd);
+    } else {
+        is_dir = 1;
+    }
+    Py_END_ALLOW_THREADS
+    if (open_err) {
+        errno = open_err;
+        PyErr_SetFromErrnoWithFilename(PyExc_OSError, path);
+        free_walk(w);
+        free(w);
+        return NULL;
+    }
+    if (!is_dir) {
+        tally_flush(w, &t);
+        result = result_dict(w, w->use_xattrat);
+        free_walk(w);
+        free(w);
+        return result;
+    }
+
+    w->root_dev = st.st_dev;
+    w->open_fds = 1;
+    w->root = node_new(w, NULL, "", 0, rootfd, &st);
+    pthread_t *threads = calloc((size_t)nthreads, sizeof *threads);
+    struct item *first = malloc(sizeof *first);
+    if (!w->root || !threads || !first) {
+        if (!w->root)
+            close(rootfd);
+        free(threads);
+        free(first);
+        free_walk(w);
+        free(w);
+        return PyErr_NoMemory();
+    }
+    /* The root node's reader reference and fd use pass to the IT_READ item. */
+    first->kind = IT_READ;
+    first->node = w->root;
+    w->root->items = 2; /* the read item, plus one held until the end so the root is never freed early */
+    w->stack = NULL;
+    push(w, first);
+
+    int started = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (; started < nthreads; started++)
+        if (pthread_create(&threads[started], NULL, worker, w) != 0)
+            break;
+    Py_END_ALLOW_THREADS
+    if (started == 0) {
+        free(threads);
+        free_walk(w);
+        free(w);
+        PyErr_SetString(PyExc_RuntimeError, "could not start any walker thread");
+        return NULL;
+    }
+
+    int failed = 0;
+    for (;;) {
+        int finished;
+        Py_BEGIN_ALLOW_THREADS
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        double secs = interval > 0.01 ? interval : 0.01;
+        until.tv_sec += (time_t)secs;
+        until.tv_nsec += (long)((secs - (double)(time_t)secs) * 1e9);
+        if (until.tv_nsec >= 1000000000L) {
+            until.tv_sec++;
+            until.tv_nsec -= 1000000000L;
+        }
+        pthread_mutex_lock(&w->lock);
+        while (w->exited < started)
+            if (pthread_cond_timedwait(&w->cdone, &w->lock, &until) != 0)
+                break;
+        finished = w->exited == started;
+        pthread_mutex_unlock(&w->lock);
+        Py_END_ALLOW_THREADS
+        if (finished)
+            break;
+        if (!failed && PyErr_CheckSignals() < 0)
+            failed = 1;
+        if (!failed && progress != Py_None) {
+            PyObject *r = PyObject_CallFunction(progress, "KK", atomic_load(&w->seen), atomic_load(&w->changed));
+            if (!r)
+                failed = 1;
+            Py_XDECREF(r);
+        }
+        if (failed) {
+            atomic_store(&w->cancel, 1);
+            pthread_mutex_lock(&w->lock);
+            pthread_cond_broadcast(&w->cond);
+            pthread_mutex_unlock(&w->lock);
+        }
+    }
+    Py_BEGIN_ALLOW_THREADS
+    for (int i = 0; i < started; i++)
+        pthread_join(threads[i], NULL);
+    /* Everything below the root is done: label the root last. */
+    if (!atomic_load(&w->cancel)) {
+        t.seen++;
+        label_dirfd(w, &t, rootfd, NULL, "", st.st_dev);
+        if (gid >= 0)
+            own_dirfd(w, &t, rootfd, NULL, "", &st);
+        tally_flush(w, &t);
+    }
+    Py_END_ALLOW_THREADS
+    free(threads);
+    if (w->oom && !failed) {
+        PyErr_NoMemory();
+        failed = 1;
+    }
+    if (!failed)
+        result = result_dict(w, w->use_xattrat);
+    free_walk(w);
+    free(w);
+    return result;
+}
+
+/* ------------------------------------------------------------------------------------------------------ */
+/* The syscall floor for benchmarks: one setxattrat (or getxattrat) per pre-listed name, no walk.         */
+
+struct listed {
+    int ndirs;
+    char **dirs;
+    Py_ssize_t *first; /* index of the first name of dir i in names; first[ndirs] = total */
+    char **names;
+    Py_ssize_t total;
+    int get;
+    const char *label;
+    size_t label_len;
+    int use_xattrat;
+    atomic_llong done, errors;
+    int nthreads;
+    int index;
+    pthread_mutex_t lock;
+};
+
+static void *listed_worker(void *arg)
+{
+    struct listed *l = arg;
+    pthread_mutex_lock(&l->lock);
+    int me = l->index++;
+    pthread_mutex_unlock(&l->lock);
+    Py_ssize_t lo = l->total * me / l->nthreads, hi = l->total * (me + 1) / l->nthreads;
+    struct walk w = {.label = l->label, .label_len = l->label_len, .use_xattrat = l->use_xattrat};
+    char buf[4096];
+    int dir = 0, open_dir_index = -1, fd = -1;
+    long long done = 0, errors = 0;
+    for (Py_ssize_t i = lo; i < hi; i++) {
+        while (l->first[dir + 1] <= i)
+            dir++;
+        if (dir != open_dir_index) {
+            if (fd >= 0)
+                close(fd);
+            fd = open(l->dirs[dir], O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+            open_dir_index = dir;
+        }
+        long r = fd < 0 ? -1 : l->get ? xget_at(&w, fd, l->names[i], buf, sizeof buf) : xset_at(&w, fd, l->names[i]);
+        if (r < 0)
+            errors++;
+        else
+            done++;
+    }
+    if (fd >= 0)
+        close(fd);
+    atomic_fetch_add(&l->done, done);
+    atomic_fetch_add(&l->errors, errors);
+    return NULL;
+}
+
+PyDoc_STRVAR(floor_doc,
+             "floor(dirs: list[bytes], names: list[list[bytes]], label: bytes, threads: int, get: bool) -> "
+             "(done, errors, seconds)\n\nOne setxattrat (get: getxattrat) per listed name, split evenly across "
+             "threads; the benchmark's syscall floor.");
+
+static PyObject *py_floor(PyObject *self, PyObject *args)
+{
+    PyObject *dirs, *names;
+    const char *label;
+    Py_ssize_t label_len;
+    int nthreads, get;
+    if (!PyArg_ParseTuple(args, "O!O!y#ip", &PyList_Type, &dirs, &PyList_Type, &names, &label, &label_len,
+                          &nthreads, &get))
+        return NULL;
+    Py_ssize_t ndirs = PyList_GET_SIZE(dirs);
+    if (PyList_GET_SIZE(names) != ndirs || nthreads < 1) {
+        PyErr_SetString(PyExc_ValueError, "dirs and names must have the same length; threads >= 1");
+        return NULL;
+    }
+    struct listed l = {0};
+    l.ndirs = (int)ndirs;
+    l.dirs = calloc((size_t)ndirs + 1, sizeof *l.dirs);
+    l.first = calloc((size_t)ndirs + 2, sizeof *l.first);
+    Py_ssize_t total = 0;
+    for (Py_ssize_t i = 0; i < ndirs; i++) {
+        PyObject *lst = PyList_GET_ITEM(names, i);
+        if (!PyList_Check(lst)) {
+            PyErr_SetString(PyExc_TypeError, "names must be a list of lists of bytes");
+            goto fail;
+        }
+        total += PyList_GET_SIZE(lst);
+    }
+    l.names = calloc((size_t)total + 1, sizeof *l.names);
+    if (!l.dirs || !l.first || !l.names) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    Py_ssize_t k = 0;
+    for (Py_ssize_t i = 0; i < ndirs; i++) {
+        l.dirs[i] = PyBytes_AsString(PyList_GET_ITEM(dirs, i));
+        if (!l.dirs[i])
+            goto fail;
+        l.first[i] = k;
+        PyObject *lst = PyList_GET_ITEM(names, i);
+        for (Py_ssize_t j = 0; j < PyList_GET_SIZE(lst); j++) {
+            l.names[k] = PyBytes_AsString(PyList_GET_ITEM(lst, j));
+            if (!l.names[k++])
+                goto fail;
+        }
+    }
+    l.first[ndirs] = total;
+    l.first[ndirs + 1] = total + 1;
+    l.total = total;
+    l.get = get;
+    l.label = label;
+    l.label_len = (size_t)label_len;
+    l.nthreads = nthreads;
+    pthread_mutex_init(&l.lock, NULL);
+    pthread_t *threads = calloc((size_t)nthreads, sizeof *threads);
+    if (!threads) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    double t0, t1;
+    Py_BEGIN_ALLOW_THREADS
+    l.use_xattrat = probe_xattrat();
+    t0 = now();
+    int started = 0;
+    for (; started < nthreads; started++)
+        if (pthread_create(&threads[started], NULL, listed_worker, &l) != 0)
+            break;
+    for (int i = 0; i < started; i++)
+        pthread_join(threads[i], NULL);
+    t1 = now();
+    Py_END_ALLOW_THREADS
+    free(threads);
+    pthread_mutex_destroy(&l.lock);
+    free(l.dirs);
+    free(l.first);
+    free(l.names);
+    return Py_BuildValue("(LLd)", (long long)atomic_load(&l.done), (long long)atomic_load(&l.errors), t1 - t0);
+fail:
+    free(l.dirs);
+    free(l.first);
+    free(l.names);
+    return NULL;
+}
+
+static PyObject *py_xattrat_available(PyObject *self, PyObject *unused)
+{
+    return PyBool_FromLong(probe_xattrat());
+}
+
+static PyMethodDef methods[] = {
+    {"walk", (PyCFunction)(void (*)(void))py_walk, METH_VARARGS | METH_KEYWORDS, walk_doc},
+    {"floor", py_floor, METH_VARARGS, floor_doc},
+    {"xattrat_available", py_xattrat_available, METH_NOARGS,
+     "True when the kernel has getxattrat/setxattrat (Linux 6.13+)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "agent._relabel", "Parallel SELinux relabel walker (see agent.relabel).", -1, methods,
+};
+
+PyMODINIT_FUNC PyInit__relabel(void)
+{
+    PyObject *m = PyModule_Create(&module);
+    if (!m)
+        return NULL;
+    if (PyModule_AddIntConstant(m, "ONE_FS", F_ONE_FS) < 0 || PyModule_AddIntConstant(m, "DRY_RUN", F_DRY_RUN) < 0 ||
+        PyModule_AddIntConstant(m, "FORCE_PROC", F_FORCE_PROC) < 0 ||
+        PyModule_AddIntConstant(m, "ABORT_FATAL", F_ABORT_FATAL) < 0 ||
+        PyModule_AddIntConstant(m, "RO_GROUP", F_RO_GROUP) < 0 || PyModule_AddIntConstant(m, "BLIND", F_BLIND) < 0 ||
+        PyModule_AddIntConstant(m, "CHUNK_ENTRIES", CHUNK_ENTRIES) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -1,0 +1,248 @@
+"""agent.relabel against real mounts, device nodes and permissions: needs root (and loop devices where marked).
+
+Each test mounts what it needs below its own tmp_path and unmounts it again.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import shutil
+import stat
+import struct
+import subprocess
+
+import pytest
+
+from agent.cli.main import main as cli_main
+from agent.errors import RelabelFailed
+from agent.relabel import relabel
+
+XATTR = "security.selinux"
+LABEL = "system_u:object_r:container_file_t:s0:c7,c8"
+WANT = LABEL.encode() + b"\0"
+
+pytestmark = pytest.mark.root
+
+
+def label_of(path):
+    try:
+        return os.getxattr(path, XATTR, follow_symlinks=False)
+    except OSError as err:
+        if err.errno in (errno.ENODATA, errno.ENOTSUP):
+            return None
+        raise
+
+
+@pytest.fixture
+def mounts():
+    """Mount helper; everything mounted is unmounted (innermost first) at teardown."""
+    done = []
+
+    def mount(*args):
+        subprocess.run(["mount", *map(str, args)], check=True, capture_output=True)
+        done.append(str(args[-1]))
+
+    yield mount
+    for target in reversed(done):
+        subprocess.run(["umount", "-l", target], check=False, capture_output=True)
+
+
+def test_device_nodes_are_labelled_not_opened(tmp_path):
+    root = tmp_path / "vol"
+    root.mkdir()
+    os.mknod(root / "null", stat.S_IFCHR | 0o600, os.makedev(1, 3))
+    os.mknod(root / "blk", stat.S_IFBLK | 0o600, os.makedev(7, 250))  # a loop minor nobody uses
+    stats = relabel(root, LABEL)
+    assert label_of(root / "null") == WANT and label_of(root / "blk") == WANT
+    assert stats.seen == 3 and stats.errors == 0
+
+
+def _tree_with_inner_mount(root, mounts):
+    (root / "a").mkdir(parents=True)
+    (root / "a" / "file").write_text("x")
+    inner = root / "a" / "mnt"
+    inner.mkdir()
+    mounts("-t", "tmpfs", "tmpfs", inner)
+    (inner / "sub").mkdir()
+    (inner / "sub" / "deep").write_text("y")
+    return inner
+
+
+def _check_inner_mount(root, inner):
+    stats = relabel(root, LABEL, one_file_system=True)
+    assert stats.other_filesystem == 1
+    assert label_of(root / "a" / "file") == WANT and label_of(root) == WANT
+    # The mount point shows the mounted filesystem's root: neither it nor anything in it is touched.
+    assert label_of(inner) is None and label_of(inner / "sub") is None and label_of(inner / "sub" / "deep") is None
+    stats = relabel(root, LABEL, one_file_system=False)
+    assert stats.other_filesystem == 0
+    assert label_of(inner) == WANT and label_of(inner / "sub" / "deep") == WANT
+
+
+def test_mount_inside_the_tree_is_skipped_with_one_file_system(tmp_path, mounts):
+    root = tmp_path / "vol"
+    inner = _tree_with_inner_mount(root, mounts)
+    _check_inner_mount(root, inner)
+
+
+@pytest.mark.loop
+def test_tmpfs_inside_an_ext4_loop_image(tmp_path, mounts):
+    image = tmp_path / "ext4.img"
+    with open(image, "wb") as handle:
+        handle.truncate(64 << 20)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True, capture_output=True)
+    root = tmp_path / "vol"
+    root.mkdir()
+    mounts("-o", "loop", image, root)
+    inner = _tree_with_inner_mount(root, mounts)
+    _check_inner_mount(root, inner)
+
+
+def test_filesystem_without_labels_fails_naming_it(tmp_path, mounts):
+    root = tmp_path / "vol"
+    root.mkdir()
+    mounts("-t", "ramfs", "ramfs", root)
+    (root / "f").write_text("x")
+    with pytest.raises(RelabelFailed, match=r"ramfs filesystem mounted on .*does not support SELinux labels") as exc:
+        relabel(root, LABEL)
+    assert exc.value.errno == errno.ENOTSUP
+
+
+def test_nested_filesystem_without_labels_is_counted_when_crossing_mounts(tmp_path, mounts):
+    root = tmp_path / "vol"
+    (root / "r").mkdir(parents=True)
+    (root / "file").write_text("x")
+    mounts("-t", "ramfs", "ramfs", root / "r")
+    (root / "r" / "f").write_text("x")
+    stats = relabel(root, LABEL, one_file_system=False)
+    assert stats.errors_by_errno.get("EOPNOTSUPP", 0) + stats.errors_by_errno.get("ENOTSUP", 0) >= 1
+    assert label_of(root / "file") == WANT and label_of(root) == WANT
+
+
+def test_read_only_filesystem(tmp_path, mounts):
+    root = tmp_path / "vol"
+    root.mkdir()
+    mounts("-t", "tmpfs", "tmpfs", root)
+    (root / "f").write_text("x")
+    subprocess.run(["mount", "-o", "remount,ro", str(root)], check=True)
+    with pytest.raises(RelabelFailed, match=r"tmpfs filesystem mounted on .* is read-only") as exc:
+        relabel(root, LABEL)
+    assert exc.value.errno == errno.EROFS
+    # Already labelled: a read-only volume is fine, nothing needs writing.
+    subprocess.run(["mount", "-o", "remount,rw", str(root)], check=True)
+    relabel(root, LABEL)
+    subprocess.run(["mount", "-o", "remount,ro", str(root)], check=True)
+    stats = relabel(root, LABEL)
+    assert (stats.changed, stats.already_correct, stats.errors) == (0, 2, 0)
+
+
+_FS_IOC_GETFLAGS = 0x80086601
+_FS_IOC_SETFLAGS = 0x40086602
+_FS_IMMUTABLE_FL = 0x10
+
+
+def _set_immutable(path, on: bool):
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        flags = struct.unpack("l", fcntl.ioctl(fd, _FS_IOC_GETFLAGS, struct.pack("l", 0)))[0]
+        flags = flags | _FS_IMMUTABLE_FL if on else flags & ~_FS_IMMUTABLE_FL
+        fcntl.ioctl(fd, _FS_IOC_SETFLAGS, struct.pack("l", flags))
+    finally:
+        os.close(fd)
+
+
+def test_immutable_entries_are_errors_with_their_paths(tmp_path, capsys):
+    root = os.fsencode(tmp_path / "vol")
+    os.mkdir(root)
+    bad = os.path.join(root, b"locked-\xff")
+    with open(bad, "w"):
+        pass
+    with open(os.path.join(root, b"fine"), "w"):
+        pass
+    try:
+        _set_immutable(bad, True)
+    except OSError as err:
+        pytest.skip(f"immutable flag unsupported on {tmp_path}: {err.strerror}")
+    try:
+        stats = relabel(root, LABEL)
+        assert stats.errors == 1 and stats.errors_by_errno == {"EPERM": 1}
+        assert [(s.errno, s.op, s.path) for s in stats.error_samples] == [(errno.EPERM, "setxattr", bad)]
+        assert label_of(os.path.join(root, b"fine")) == WANT and label_of(bad) is None
+        assert label_of(root) == WANT
+        # The CLI exits 1 (walk done, some entries failed) and shows the non-UTF-8 path escaped.
+        assert cli_main(["relabel", os.fsdecode(root), "--label", LABEL, "-o", "json"]) == 1
+        doc = json.loads(capsys.readouterr().out)
+        assert doc["errorSamples"][0]["path"].endswith("locked-\\xff")
+        assert doc["errorsByErrno"] == {"EPERM": 1}
+    finally:
+        _set_immutable(bad, False)
+
+
+def _run_as(uid: int, func):
+    """Run func() in a forked child with uid/gid `uid`; return what it returned (JSON-able)."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        code = 0
+        try:
+            os.close(read_end)
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            result = func()
+            os.write(write_end, json.dumps(result).encode())
+        except BaseException as err:  # noqa: BLE001 - report anything to the parent
+            os.write(write_end, json.dumps({"exception": repr(err)}).encode())
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as handle:
+        data = handle.read()
+    os.waitpid(pid, 0)
+    return json.loads(data)
+
+
+@pytest.fixture
+def public_dir():
+    """A directory every uid can reach (pytest's tmp_path sits below a 0700 directory)."""
+    import pathlib
+    import tempfile
+
+    path = pathlib.Path(tempfile.mkdtemp(prefix="relabel-test-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
+    os.chmod(path, 0o755)
+    yield path
+    os.chmod(path / "vol" / "closed", 0o700) if (path / "vol" / "closed").exists() else None
+    shutil.rmtree(path)
+
+
+def test_unprivileged_walk_counts_permission_errors(public_dir):
+    nobody = 65534
+    root = public_dir / "vol"
+    (root / "open").mkdir(parents=True)
+    (root / "open" / "f").write_text("x")
+    (root / "closed").mkdir()
+    (root / "closed" / "hidden").write_text("x")
+    os.chmod(root / "closed", 0o000)
+    for path in (root, root / "open", root / "open" / "f"):
+        os.chown(path, nobody, nobody)
+
+    def walk():
+        stats = relabel(root, LABEL, threads=2)
+        return stats.to_json()
+
+    doc = _run_as(nobody, walk)
+    assert "exception" not in doc, doc
+    # Without an LSM the owner may write security.* xattrs; `closed` (root's, mode 000) can be neither
+    # entered (EACCES) nor labelled (EPERM), and `hidden` inside it is never reached.
+    assert doc["errorsByErrno"] == {"EACCES": 1, "EPERM": 1}
+    assert sorted((s["op"], s["path"].rsplit("/", 1)[1]) for s in doc["errorSamples"]) == [
+        ("open", "closed"), ("setxattr", "closed")]
+    assert (doc["seen"], doc["changed"]) == (4, 3)
+    for path in (root, root / "open", root / "open" / "f"):
+        assert label_of(path) == WANT
+    for path in (root / "closed", root / "closed" / "hidden"):
+        assert label_of(path) is None
