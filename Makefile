@@ -40,5 +40,10 @@ test: $(STAMP)
 test-unit: $(STAMP)
 	$(PY) -m pytest -q tests/unit
 
+# tests/enforcing inside a Debian guest whose kernel enforces SELinux (this host's kernel has none).
+# Builds and caches the guest image on first use; docs/enforcing-vm.md. Extra options: make vm-test VM_ARGS=...
+vm-test:
+	$(SUDO) vm/run-enforcing-tests $(VM_ARGS)
+
 clean:
 	rm -rf $(VENV) build *.egg-info
