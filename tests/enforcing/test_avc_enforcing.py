@@ -54,9 +54,7 @@ def _why_not() -> str | None:
 pytestmark = [pytest.mark.enforcing, pytest.mark.skipif(_why_not() is not None, reason=_why_not() or "")]
 
 
-def confined(*argv) -> subprocess.CompletedProcess:
-    """Run a command in the pod's domain and level, as a container runtime would."""
-    return subprocess.run(["runcon", CONTEXT, *argv], capture_output=True, text=True, timeout=30)
+POD_LEVEL = CONTEXT.split(":", 3)[3]
 
 
 class Denials:
@@ -103,7 +101,7 @@ class Denials:
 
 
 @pytest.fixture
-def files():
+def files(confined):
     directory = Path(tempfile.mkdtemp(prefix="avc-e2e-", dir="/var/tmp"))
     ours, theirs = directory / "ours.txt", directory / "theirs.txt"
     ours.write_text("ours\n")
@@ -114,10 +112,11 @@ def files():
         result = subprocess.run(["chcon", label, str(path)], capture_output=True, text=True)
         if result.returncode != 0:
             pytest.skip(f"cannot label {path}: {result.stderr.strip()}")
-    probe = confined("true")
+    # The pod's process: a container_file_t entrypoint run as container_t at the pod's level (conftest).
+    probe = confined.run(POD_LEVEL, "true")
     if probe.returncode != 0:
         pytest.skip(f"cannot run a process as {CONTEXT} here: {probe.stderr.strip()}")
-    yield ours, theirs
+    yield ours, theirs, (lambda *argv: confined.run(POD_LEVEL, *argv))
     shutil.rmtree(directory, ignore_errors=True)
 
 
@@ -129,9 +128,9 @@ def module_cleanup():
 
 
 def test_cross_pod_read_is_attributed_and_not_turned_into_a_rule(files):
-    _, theirs = files
+    _, theirs, as_pod = files
     with Denials() as denials:
-        result = confined("cat", str(theirs))
+        result = as_pod("cat", str(theirs))
         assert result.returncode != 0, "a container read another level's file"
         seen = denials.collect(theirs.name)
     assert seen, "no AVC arrived over netlink for the denied read"
@@ -144,11 +143,11 @@ def test_cross_pod_read_is_attributed_and_not_turned_into_a_rule(files):
 
 
 def test_generate_build_install_until_the_read_succeeds(files, tmp_path, module_cleanup):
-    ours, _ = files
+    ours, _, as_pod = files
     collected = []
     with Denials() as denials:
         for _round in range(5):
-            result = confined("cat", str(ours))
+            result = as_pod("cat", str(ours))
             if result.returncode == 0:
                 break
             seen = denials.collect(ours.name)
@@ -163,7 +162,7 @@ def test_generate_build_install_until_the_read_succeeds(files, tmp_path, module_
             installed = install(build_pp(te), priority=PRIORITY)
             assert installed.name == MODULE and installed.priority == PRIORITY
         else:
-            result = confined("cat", str(ours))
+            result = as_pod("cat", str(ours))
     assert result.returncode == 0, f"still denied after the module: {result.stderr}"
     assert result.stdout == "ours\n"
     assert any(r.target == "user_home_t" and r.permission == "read" for r in build_ruleset(collected).rules)
