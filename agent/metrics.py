@@ -119,6 +119,9 @@ class NodeMetrics:
     def observe_csi(self, method: str, code: str, seconds: float) -> None:
         self.csi_seconds.labels(method if method in CSI_METHODS else "other", code).observe(seconds)
 
+    def decided(self, decision: str) -> None:
+        self.decisions.labels(decision if decision in DECISIONS else "skip").inc()
+
     def verified(self, status: str) -> None:
         """A context mount checked against mountinfo: `applied` is ok; `dropped` and `mismatch` failed."""
         if status == "applied":

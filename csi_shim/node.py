@@ -92,9 +92,13 @@ def apply_fs_group(path: str, gid: int, read_only: bool) -> None:
 def finish_publish(path: str, verification: mounter.Verification, plan: MountPlan, config: ShimConfig,
                    volume_id: str, metrics=None) -> str:
     """Act on the verifier's result for a published path; returns what was done (for state and logs)."""
+    action = after_mount(verification.status, config.on_context_dropped, plan.context, plan.mount_group)
     if metrics is not None:
         metrics.verified(verification.status)
-    action = after_mount(verification.status, config.on_context_dropped, plan.context, plan.mount_group)
+        if action != FAIL:
+            # What labelled this volume: its context mount, our relabel fallback, or nothing asked for one.
+            metrics.decided("mount" if verification.status == mounter.APPLIED else
+                            "recursive" if action == RELABEL else "skip")
     if action == FAIL:
         hint = ("" if verification.status == "mismatch" else
                 "; the files were not relabelled (--on-context-dropped=fail), so the pod would start with "

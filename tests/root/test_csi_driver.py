@@ -337,3 +337,35 @@ def test_label_conflicts(shim):
     client.stage(volume.volume_id, staging, [context_flag(LABEL_B)])
     assert state_of(server)["staged"][volume.volume_id]["label"] == LABEL_B
     client.unstage(volume.volume_id, staging)
+
+
+def test_metrics_follow_a_published_volume(tmp_path):
+    """With metrics, a publish whose context did not take on this host is counted as a failed verification
+    and a recursive decision, and the stage as an admitted context mount."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from agent.metrics import NodeMetrics
+
+    registry = CollectorRegistry()
+    server = build_server(shim_config(tmp_path), NodeMetrics(registry)).start()
+    client = Client(server.config.socket, server.config.kubelet_root)
+    try:
+        volume = client.create("metrics-vol").volume_id
+        staging = client.staging_path(volume)
+        target = client.target_path("pod-m")
+        flags = [context_flag(LABEL_A)]
+        client.stage(volume, staging, flags)
+        client.publish(volume, staging, target, flags)
+        text = generate_latest(registry).decode()
+        assert 'volume_manager_selinux_volumes_admitted_total{access_mode="RWO"' in text
+        assert 'selinux_mount_agent_csi_request_duration_seconds_count{code="OK",method="NodePublishVolume"} 1.0' in text
+        if not host.selinux_enabled():
+            assert 'selinux_mount_agent_context_mount_verifications_total{result="failed"} 1.0' in text
+            assert 'selinux_mount_agent_decisions_total{decision="recursive"} 1.0' in text
+        client.unpublish(volume, target)
+        client.unstage(volume, staging)
+        client.delete(volume)
+    finally:
+        client.close()
+        server.stop()
+        cleanup(str(tmp_path))

@@ -161,3 +161,25 @@ def test_avc_watcher_runs_inside_the_daemon_from_an_audit_log(tmp_path):
 def test_avc_option_is_checked():
     with pytest.raises(InvalidInput, match="avc must be off, netlink or file:PATH"):
         resolve_config({"avc": "syslog"}, {})
+
+
+def test_node_metrics_count_what_the_shim_reports():
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from agent.metrics import NodeMetrics
+
+    registry = CollectorRegistry()
+    metrics = NodeMetrics(registry)
+    metrics.decided("recursive")
+    metrics.verified("dropped")
+    metrics.verified("applied")
+    metrics.context_mount(True, "kubernetes.io/csi/local.selinux-mount-agent.io", "RWOP")
+    metrics.observe_csi("NodeStageVolume", "OK", 0.002)
+    metrics.observe_csi("SomethingElse", "OK", 0.002)
+    text = generate_latest(registry).decode()
+    assert 'selinux_mount_agent_decisions_total{decision="recursive"} 1.0' in text
+    assert 'selinux_mount_agent_context_mount_verifications_total{result="failed"} 1.0' in text
+    assert 'selinux_mount_agent_context_mount_verifications_total{result="ok"} 1.0' in text
+    assert ('volume_manager_selinux_volumes_admitted_total{access_mode="RWOP",'
+            'volume_plugin="kubernetes.io/csi/local.selinux-mount-agent.io"} 1.0') in text
+    assert 'method="other"' in text  # unknown methods do not add label values
