@@ -15,8 +15,8 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from agent import gates as gates_mod
 from agent.controller import ConflictController, ConflictModel, conflict_collector
+from agent.daemon import split_address
 from agent.defaults import load_node_defaults
-from agent.errors import InvalidInput
 from agent.kubeapi import Client, in_cluster_config, kubeconfig_config
 
 
@@ -38,13 +38,6 @@ def register(subparsers) -> None:
     parser.add_argument("--no-events", action="store_true", help="do not post Events, only serve the metric")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     parser.set_defaults(func=run)
-
-
-def split_address(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit():
-        raise InvalidInput(f"address {text!r} is not HOST:PORT")
-    return host.strip("[]") or "0.0.0.0", int(port)
 
 
 def run(args) -> int:
