@@ -202,8 +202,8 @@ class NodeService(csi_pb2_grpc.NodeServicer):
                 mounter.mount_filesystem(device, staging, plan.fs_type, bits, data, plan.context_flag)
                 mounted = True
             verification = mounter.verify(staging, plan.context)
-            if verification.status == mounter.MISMATCH or (
-                    verification.status == mounter.DROPPED and self.config.on_context_dropped == "fail"):
+            # At stage time only a failure counts; a dropped context is relabelled after publish.
+            if after_mount(verification.status, self.config.on_context_dropped, plan.context, None) == FAIL:
                 raise ContextNotApplied(f"volume staged at {staging}: {verification.describe()}")
             return verification, device
         except BaseException:

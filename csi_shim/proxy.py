@@ -23,7 +23,7 @@ from agent.errors import BackendError, ContextNotApplied
 from csi_shim import mounter, validate
 from csi_shim.config import ShimConfig, socket_path
 from csi_shim.node import check_publish_label, check_stage_label, finish_publish
-from csi_shim.plan import plan_mount, pod_of, without_context
+from csi_shim.plan import FAIL, after_mount, plan_mount, pod_of, without_context
 from csi_shim.proto import csi_pb2
 from csi_shim.state import DONE, State, VolumeLocks
 
@@ -105,8 +105,8 @@ class Proxy(grpc.GenericRpcHandler):
             response = self.forward(NODE + "NodeStageVolume", self._outgoing(request), context)
             verification = (mounter.verify(staging, plan.context) if plan.context is not None else
                             mounter.Verification(mounter.NO_CONTEXT, None, None, staging))
-            if verification.status == mounter.MISMATCH or (
-                    verification.status == mounter.DROPPED and self.config.on_context_dropped == "fail"):
+            # At stage time only a failure counts; a dropped context is relabelled after publish.
+            if after_mount(verification.status, self.config.on_context_dropped, plan.context, None) == FAIL:
                 self._undo("NodeUnstageVolume", csi_pb2.NodeUnstageVolumeRequest(
                     volume_id=request.volume_id, staging_target_path=request.staging_target_path), "stage")
                 raise ContextNotApplied(f"volume {request.volume_id}: {verification.describe()} (backend "
