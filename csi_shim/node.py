@@ -182,15 +182,15 @@ class NodeService(csi_pb2_grpc.NodeServicer):
                     self.state.staged.pop(request.volume_id, None)
                 raise
             with self.state.change():
-                self.state.staged[request.volume_id].update(status=DONE, device=device,
-                                                            verification=verification.status)
+                self.state.staged[request.volume_id] = dict(self.state.staged[request.volume_id], status=DONE,
+                                                            device=device, verification=verification.status)
             log.info("staged volume %s at %s: %s", request.volume_id, staging, verification.describe())
             return csi_pb2.NodeStageVolumeResponse()
 
     def _stage(self, volume: dict, staging: str, plan: MountPlan) -> tuple[mounter.Verification, str]:
         attached = not mounter.find_loop(volume["image"])
         device = mounter.attach_loop(volume["image"])
-        mounted = False
+        mounted = False  # by this call, or adopted from one that was killed before it finished
         try:
             number = mounter.device_number(device)
             existing = mounter.mounted_at(staging)
@@ -200,17 +200,19 @@ class NodeService(csi_pb2_grpc.NodeServicer):
                 mounter.refuse_shared_superblock(device, plan.context, staging)
                 bits, data = plan.syscall()
                 mounter.mount_filesystem(device, staging, plan.fs_type, bits, data, plan.context_flag)
-                mounted = True
+            mounted = True
             verification = mounter.verify(staging, plan.context)
             # At stage time only a failure counts; a dropped context is relabelled after publish.
             if after_mount(verification.status, self.config.on_context_dropped, plan.context, None) == FAIL:
                 raise ContextNotApplied(f"volume staged at {staging}: {verification.describe()}")
             return verification, device
         except BaseException:
+            # A failed stage leaves nothing mounted, adopted mounts included: the record is dropped below, and a
+            # mount nobody records would outlive the volume's use.
             if mounted:
                 with contextlib.suppress(Exception):
                     mounter.unmount(staging)
-            if attached:
+            if attached or mounted:
                 with contextlib.suppress(Exception):
                     mounter.detach_loop(device)
             raise
@@ -276,7 +278,8 @@ class NodeService(csi_pb2_grpc.NodeServicer):
                     self.state.published.pop(target, None)
                 raise
             with self.state.change():
-                self.state.published[target].update(status=DONE, verification=verification.status, action=action)
+                self.state.published[target] = dict(self.state.published[target], status=DONE,
+                                                    verification=verification.status, action=action)
             log.info("published volume %s at %s (readonly=%s): %s%s", request.volume_id, target, plan.readonly,
                      verification.describe(), f"; {action}" if action != "nothing" else "")
             return csi_pb2.NodePublishVolumeResponse()

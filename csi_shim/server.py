@@ -97,7 +97,7 @@ def recover(state: State, config: ShimConfig) -> list[str]:
     table = mounter.mounts()
     mount_points = {m.mount_point: m.major_minor for m in table}
     with state.lock:
-        data, detach, remove, notes = reconcile(state.data, mount_points, mounter.loop_devices(), config.image_dir)
+        data, detach, remove, rmdirs, notes = reconcile(state.plain(), mount_points, mounter.loop_devices(), config.image_dir)
         for device in detach:
             try:
                 mounter.detach_loop(device)
@@ -106,8 +106,14 @@ def recover(state: State, config: ShimConfig) -> list[str]:
         for path in remove:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
-        state.data = data
-        state.commit()
+        for path in rmdirs:
+            try:
+                os.rmdir(path)
+            except FileNotFoundError:
+                pass
+            except OSError as err:
+                notes.append(f"{path}: left in place: {err.strerror}")
+        state.replace(data)
     for note in notes:
         log.warning("recovery: %s", note)
     return notes
@@ -163,6 +169,7 @@ class ShimServer:
         self.server.stop(grace).wait()
         if self.proxy is not None:
             self.proxy.close()
+        self.state.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.config.socket)
         self._stopped.set()

@@ -8,7 +8,6 @@ tests check on disk (security.selinux xattrs). tests/enforcing covers the applie
 
 from __future__ import annotations
 
-import json
 import os
 
 import grpc
@@ -18,6 +17,7 @@ from agent import host
 from csi_shim import mounter
 from csi_shim.plan import MS_NOATIME
 from csi_shim.server import build_server
+from csi_shim.state import State
 from tests.root.csi_helpers import (LABEL_A, LABEL_A_OTHER_SPELLING, LABEL_B, MODE, Client, cleanup, context_flag,
                                     loops_under, mounts_at, mounts_under, shim_config, status_of)
 
@@ -66,8 +66,12 @@ def spy(monkeypatch):
 
 
 def state_of(server) -> dict:
-    with open(server.config.state_file, encoding="utf-8") as handle:
-        return json.load(handle)
+    """What a restarted shim would load: the snapshot plus the journal, read from disk."""
+    reader = State(server.config.state_file)
+    try:
+        return reader.plain()
+    finally:
+        reader.close()
 
 
 def test_identity_and_capabilities(shim):
@@ -154,6 +158,22 @@ def test_dropped_context_fails_when_configured(shim):
     code, message = status_of(client.stage, volume.volume_id, staging, [context_flag(LABEL_A)])
     assert code == C.FAILED_PRECONDITION
     assert "shows no context=" in message and "the kernel has no SELinux" in message
+    assert not mounts_at(staging) and not loops_under(server.config.state_dir)
+    assert volume.volume_id not in state_of(server)["staged"]
+
+
+@pytest.mark.parametrize("shim", [{"on_context_dropped": "fail"}], indirect=True)
+def test_failed_stage_over_an_adopted_mount_leaves_nothing_mounted(shim):
+    """A stage killed after its mount(2) leaves the mount; the retry adopts it, and when the retry fails the
+    mount and its loop device go too, instead of staying behind unrecorded."""
+    server, client = shim
+    volume = client.create("pvc-adopted")
+    staging = client.staging_path(volume.volume_id)
+    image = server.state.volumes[volume.volume_id]["image"]
+    device = mounter.attach_loop(image)
+    mounter.mount_filesystem(device, staging, "ext4", 0, "", None)  # what the killed call had done
+    code, message = status_of(client.stage, volume.volume_id, staging, [context_flag(LABEL_A)])
+    assert code == C.FAILED_PRECONDITION and "shows no context=" in message
     assert not mounts_at(staging) and not loops_under(server.config.state_dir)
     assert volume.volume_id not in state_of(server)["staged"]
 

@@ -8,7 +8,6 @@ exactly one mount at the staging path and at each target, exactly one loop devic
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import threading
@@ -17,7 +16,10 @@ import time
 import grpc
 import pytest
 
-from tests.root.csi_helpers import Client, ShimProcess, cleanup, loops_under, mounts_at, mounts_under
+from csi_shim.server import build_server
+from csi_shim.state import PENDING, State
+from tests.root.csi_helpers import (Client, ShimProcess, cleanup, loops_under, mounts_at, mounts_under,
+                                    shim_config)
 
 pytestmark = [pytest.mark.root, pytest.mark.loop, pytest.mark.slow]
 ROUNDS = 12
@@ -94,8 +96,7 @@ def test_kill9_during_lifecycle_then_restart(shim_process, tmp_path):
                 assert len(loops_under(str(tmp_path))) == 1, round_
         assert not mounts_under(f"{tmp_path}/kubelet"), round_
         assert not loops_under(str(tmp_path)), round_
-    with open(f"{tmp_path}/state/csi-state.json", encoding="utf-8") as handle:
-        state = json.load(handle)
+    state = State(f"{tmp_path}/state/csi-state.json").plain()
     assert state["staged"] == {} and state["published"] == {} and list(state["volumes"]) == [volume_id]
     retry(client.delete, volume_id)
     assert os.listdir(f"{tmp_path}/state/volumes") == []
@@ -126,3 +127,22 @@ def test_kill9_during_create_leaves_no_orphan_image(shim_process, tmp_path):
     assert images == [f"{volume.volume_id}.img"]
     retry(client.delete, volume.volume_id)
     client.close()
+
+
+def test_restart_removes_the_directory_of_a_publish_killed_before_its_mount(tmp_path):
+    """NodePublishVolume creates the target directory, records its intent, then mounts: a kill -9 in between
+    leaves an empty directory that recovery removes along with the record."""
+    config = shim_config(tmp_path)
+    target = f"{config.kubelet_root}/pods/uid-1/volumes/kubernetes.io~csi/pv/mount"
+    os.makedirs(target)
+    state = State(config.state_file)
+    with state.change():
+        state.published[target] = {"volume_id": "vol-1", "status": PENDING}
+    state.close()
+    server = build_server(config)
+    try:
+        assert not os.path.exists(target) and os.path.isdir(os.path.dirname(target))
+        assert target not in server.state.published
+        assert any("never mounted" in note for note in server.recovery_notes)
+    finally:
+        server.stop(0)
