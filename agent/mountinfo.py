@@ -107,6 +107,37 @@ def read_mountinfo(path: str = "/proc/self/mountinfo") -> list[Mount]:
         return parse_mountinfo(handle.read())
 
 
+def escape_path(path: str) -> str:
+    """The kernel's spelling of a path in mountinfo (the inverse of `unescape_path`)."""
+    if not any(char in path for char in " \t\n\\"):
+        return path
+    return "".join(f"\\{ord(char):03o}" if char in " \t\n\\" else char for char in path)
+
+
+def find_mount_in_text(text: str, mount_point: str) -> Mount | None:
+    """`find_mount(parse_mountinfo(text), mount_point)` without parsing every line: the CSI calls that check
+    one mount after mounting it would otherwise pay for the whole table, which grows with the node's pods."""
+    field = escape_path(mount_point)
+    needle = f" {field} "
+    found, start = None, 0
+    while (index := text.find(needle, start)) >= 0:
+        line_start = text.rfind("\n", 0, index) + 1
+        line_end = text.find("\n", index)
+        if line_end < 0:
+            line_end = len(text)
+        line = text[line_start:line_end]
+        fields = line.split(" ", 5)
+        if len(fields) > 5 and fields[4] == field:  # the needle may also be the root field
+            found = line
+        start = line_end
+    return parse_line(found) if found is not None else None
+
+
+def read_mount_at(mount_point: str, path: str = "/proc/self/mountinfo") -> Mount | None:
+    with open(path, encoding="utf-8", errors="surrogateescape") as handle:
+        return find_mount_in_text(handle.read(), mount_point)
+
+
 def find_mount(mounts: list[Mount], mount_point: str) -> Mount | None:
     """The topmost mount at `mount_point` (the last one listed wins, as in the kernel's view)."""
     found = None

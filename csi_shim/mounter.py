@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from agent import host
 from agent.errors import LabelConflict, MountFailed
 from agent.label import Label, context_mount_option
-from agent.mountinfo import Mount, find_mount, read_mountinfo, split_options
+from agent.mountinfo import Mount, find_mount, read_mount_at, read_mountinfo, split_options
 from csi_shim.plan import MS_BIND, MS_REMOUNT
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,7 @@ def mounts() -> list[Mount]:
 
 
 def mounted_at(path: str, table: list[Mount] | None = None) -> Mount | None:
-    return find_mount(mounts() if table is None else table, path)
+    return read_mount_at(path, MOUNTINFO) if table is None else find_mount(table, path)
 
 
 def mounts_of_device(major_minor: str, table: list[Mount] | None = None) -> list[Mount]:

@@ -1,8 +1,11 @@
 """agent/mountinfo.py: the kernel's mountinfo lines and option lists."""
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from agent.label import Label
-from agent.mountinfo import (context_from_options, find_mount, parse_line, parse_mountinfo, read_mountinfo,
-                             split_options, unescape_path)
+from agent.mountinfo import (context_from_options, escape_path, find_mount, find_mount_in_text, parse_line,
+                             parse_mountinfo, read_mount_at, read_mountinfo, split_options, unescape_path)
 
 LINE = ('3121 29 7:3 / /var/lib/kubelet/plugins/kubernetes.io/csi/x/globalmount rw,relatime shared:1492 - ext4 '
         '/dev/loop3 rw,context="system_u:object_r:container_file_t:s0:c1,c2"')
@@ -53,3 +56,31 @@ def test_read_mountinfo_of_this_process():
 
 def test_unescape_path():
     assert unescape_path(r"a\134b") == "a\\b"
+
+
+TABLE = "\n".join([
+    "1 0 0:1 / / rw - ext4 /dev/root rw",
+    "2 1 0:2 /a /a rw - tmpfs t rw",  # "/a" as the root field and as the mount point
+    "3 1 0:3 / /a\\040b rw - tmpfs t rw",  # "/a b"
+    "4 1 0:4 /x /a/c rw - ext4 /dev/y rw",
+    "5 2 0:5 / /a rw shared:7 - ext4 /dev/z rw,context=\"u:object_r:t:s0:c1,c2\"",  # stacked on 2
+    "6 1 0:6 /a /b rw - tmpfs t rw",  # "/a" only as a root field
+]) + "\n"
+
+
+def test_find_mount_in_text_agrees_with_the_full_parse():
+    everything = parse_mountinfo(TABLE)
+    for path in ("/", "/a", "/a b", "/a/c", "/b", "/x", "/a\\040b", "/nowhere"):
+        assert find_mount_in_text(TABLE, path) == find_mount(everything, path), path
+    assert find_mount_in_text(TABLE, "/a").mount_id == 5
+    assert find_mount_in_text(TABLE.rstrip("\n"), "/b").mount_id == 6  # last line without its newline
+
+
+@given(st.text(alphabet=st.sampled_from(list("ab/ \t\\\n")), min_size=1, max_size=8))
+def test_escape_path_round_trips(path):
+    assert "\n" not in escape_path(path) and " " not in escape_path(path)
+    assert unescape_path(escape_path(path)) == path
+
+
+def test_read_mount_at_of_this_process():
+    assert read_mount_at("/") == find_mount(read_mountinfo(), "/")
