@@ -4,7 +4,9 @@
 PYTHON_SYSTEM ?= /usr/bin/python3
 VENV          ?= .venv
 PY            := $(VENV)/bin/python
-APT_PACKAGES  := python3-venv python3-dev python3-selinux gcc make
+# Beyond the build: the policy tools that compile generated modules (checkpolicy, semodule-utils), mkfs.xfs for
+# the built-in driver's xfs volumes, and ruby to check the Vagrantfile's syntax.
+APT_PACKAGES  := python3-venv python3-dev python3-selinux gcc make checkpolicy semodule-utils xfsprogs ruby
 SUDO          := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP         := $(VENV)/.installed
 
@@ -12,7 +14,7 @@ STAMP         := $(VENV)/.installed
 
 # Debian's python3-selinux holds the libselinux bindings; a --system-site-packages venv built from
 # the system interpreter sees them, so no bindings need compiling.
-$(STAMP): pyproject.toml $(wildcard setup.py)
+$(STAMP): pyproject.toml $(wildcard setup.py) Makefile
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:" $$missing; \
