@@ -21,7 +21,7 @@ from agent.conflicts import EVENT_REASONS, Conflict, VolumeUse, controller_confl
 from agent.defaults import ContainerDefaults
 from agent.errors import InvalidInput
 from agent.gates import FeatureGates
-from agent.kubeapi import APIError, Client
+from agent.kubeapi import APIError, Client, follow
 from agent.metrics import VolumeConflictCollector
 
 log = logging.getLogger("selinux-mount-agent.controller")
@@ -202,33 +202,24 @@ class ConflictController:
             self._stop.wait(0.5)
 
     def _loop(self, kind: str, path: str) -> None:
-        while not self._stop.is_set():
-            try:
-                items, version = self.client.list(path)
+        def listed(items):
+            def replace():
+                self.model.replace(kind, items)
+                self._listed.add(kind)
 
-                def listed():
-                    self.model.replace(kind, items)
-                    self._listed.add(kind)
+            self._handle(replace)
+            if len(self._listed) == len(RESOURCES):
+                self.synced.set()
 
-                self._handle(listed)
-                if len(self._listed) == len(RESOURCES):
-                    self.synced.set()
-                while not self._stop.is_set():
-                    for event, obj in self.client.watch(path, version, self.watch_timeout):
-                        if self._stop.is_set():
-                            return
-                        version = (obj.get("metadata") or {}).get("resourceVersion", version)
-                        if event in ("ADDED", "MODIFIED", "DELETED"):
-                            self._handle(lambda: self.model.apply(kind, event, obj))
-            except APIError as err:
-                if err.status != 410:  # 410 Gone: the watch expired, list again at once
-                    self.errors += 1
-                    log.warning("%s", err)
-                    self._stop.wait(2.0)
-            except Exception:  # a malformed object must not end the watch loop
-                self.errors += 1
-                log.exception("watch of %s failed", kind)
-                self._stop.wait(2.0)
+        follow(self.client, path, listed, lambda event, obj: self._handle(lambda: self.model.apply(kind, event, obj)),
+               self._stop, watch_timeout=self.watch_timeout, on_error=self._failed)
+
+    def _failed(self, err: Exception) -> None:
+        self.errors += 1
+        if isinstance(err, APIError):
+            log.warning("%s", err)
+        else:
+            log.error("watch failed: %r", err, exc_info=err)
 
     def _handle(self, change) -> None:
         """Apply a change; once every kind has been listed, post an Event for each conflict not reported yet."""

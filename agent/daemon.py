@@ -24,6 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from agent import host
 from agent.errors import InvalidInput
+from agent.kubeapi import KUBE_API_CHOICES
 from agent.metrics import NodeMetrics
 
 log = logging.getLogger("selinux-mount-agent")
@@ -40,6 +41,7 @@ class DaemonConfig:
     strip_context: bool = False
     on_context_dropped: str = "relabel"
     avc: str = "off"  # off, netlink, or file:/var/log/audit/audit.log
+    kube_api: str = "auto"  # pod names for AVC attribution: auto, off, in-cluster, kubeconfig:PATH
     metrics_address: str = "127.0.0.1:9808"
     log_format: str = "text"
     log_level: str = "info"
@@ -99,6 +101,8 @@ def resolve_config(flags: dict, environ: dict, file_text: str | None = None, fil
         raise InvalidInput(f"log_level must be debug, info, warning or error, not {config.log_level!r}")
     if config.avc != "off" and config.avc != "netlink" and not config.avc.startswith("file:"):
         raise InvalidInput(f"avc must be off, netlink or file:PATH, not {config.avc!r}")
+    if config.kube_api not in ("auto", "off", "in-cluster") and not config.kube_api.startswith("kubeconfig:"):
+        raise InvalidInput(f"kube_api must be {KUBE_API_CHOICES}, not {config.kube_api!r}")
     split_address(config.metrics_address)
     return config
 
@@ -287,25 +291,38 @@ class CSIComponent(Component):
 
 class AVCComponent(Component):
     """The AVC denial watcher: kernel audit multicast (netlink) or an audit log, attributed to pods, counted in
-    selinux_avc_denials_total."""
+    selinux_avc_denials_total. With an API (`kube_api`), a watch of this node's pods turns UIDs into names."""
 
     name = "avc"
 
     def __init__(self, daemon: "Daemon"):
         self.spec = daemon.config.avc
+        self.kube_api = daemon.config.kube_api
+        self.node = daemon.config.node_id
         self.registry = daemon.registry
         self.watcher = None
+        self.pod_watch = None
 
     def start(self) -> None:
         from agent.avc.attribution import Attributor
         from agent.avc.metrics import AvcMetrics
         from agent.avc.watcher import AvcWatcher, open_source
+        from agent.kubeapi import Client, config_for
+        from agent.podwatch import PodWatch
 
-        self.watcher = AvcWatcher(open_source(self.spec), Attributor(), AvcMetrics(self.registry)).start()
+        api = config_for(self.kube_api)
+        if api is not None:
+            self.pod_watch = PodWatch(Client(api), self.node).start()
+        else:
+            log.info("no Kubernetes API configured (kube_api=%s): denials name pods by UID", self.kube_api)
+        pods = self.pod_watch.pods if self.pod_watch is not None else None
+        self.watcher = AvcWatcher(open_source(self.spec), Attributor(pods=pods), AvcMetrics(self.registry)).start()
 
     def stop(self, grace: float) -> None:
         if self.watcher is not None:
             self.watcher.stop(grace)
+        if self.pod_watch is not None:
+            self.pod_watch.stop(grace)
 
     def problem(self) -> str | None:
         if self.watcher is not None and self.watcher.error is not None:

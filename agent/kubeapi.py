@@ -103,6 +103,22 @@ def kubeconfig_config(path: str, context: str | None = None) -> ClusterConfig:
     )
 
 
+KUBE_API_CHOICES = "auto|off|in-cluster|kubeconfig:PATH"
+
+
+def config_for(spec: str, environ=None) -> ClusterConfig | None:
+    """Where the node agent finds the API: `auto` (in-cluster when KUBERNETES_SERVICE_HOST is set, else none),
+    `off`, `in-cluster`, or `kubeconfig:PATH`. None means: work without an API."""
+    environ = os.environ if environ is None else environ
+    if spec == "off" or (spec == "auto" and not environ.get("KUBERNETES_SERVICE_HOST")):
+        return None
+    if spec in ("auto", "in-cluster"):
+        return in_cluster_config()
+    if spec.startswith("kubeconfig:") and spec[len("kubeconfig:"):]:
+        return kubeconfig_config(spec[len("kubeconfig:"):])
+    raise InvalidInput(f"kube_api must be {KUBE_API_CHOICES}, not {spec!r}")
+
+
 class Client:
     """One connection per request; watches keep theirs open while they are read."""
 
@@ -168,23 +184,25 @@ class Client:
         finally:
             connection.close()
 
-    def list(self, path: str) -> tuple[list[dict], str]:
-        """All items of a collection (following `continue`), and the resourceVersion to watch from."""
+    def list(self, path: str, params: dict | None = None) -> tuple[list[dict], str]:
+        """All items of a collection (following `continue`), and the resourceVersion to watch from. `params`:
+        extra query parameters such as a fieldSelector."""
         items, token = [], ""
         while True:
-            query = "?limit=500" + (f"&continue={urllib.parse.quote(token)}" if token else "")
-            page = self.get(path + query)
+            query = {**(params or {}), "limit": "500", **({"continue": token} if token else {})}
+            page = self.get(f"{path}?{urllib.parse.urlencode(query)}")
             items.extend(page.get("items") or ())
             token = (page.get("metadata") or {}).get("continue") or ""
             if not token:
                 return items, (page.get("metadata") or {}).get("resourceVersion", "")
 
-    def watch(self, path: str, resource_version: str, timeout_seconds: int = 300):
+    def watch(self, path: str, resource_version: str, timeout_seconds: int = 300, params: dict | None = None):
         """Yield (type, object) watch events until the server ends the watch. A 410 Gone raises APIError with
         status 410: the caller lists again."""
-        query = (f"?watch=1&allowWatchBookmarks=true&timeoutSeconds={timeout_seconds}"
-                 f"&resourceVersion={urllib.parse.quote(resource_version)}")
-        connection, response = self._request("GET", path + query, timeout=timeout_seconds + 30)
+        query = {**(params or {}), "watch": "1", "allowWatchBookmarks": "true",
+                 "timeoutSeconds": str(timeout_seconds), "resourceVersion": resource_version}
+        connection, response = self._request("GET", f"{path}?{urllib.parse.urlencode(query)}",
+                                             timeout=timeout_seconds + 30)
         try:
             for line in response:
                 if not line.strip():
@@ -197,3 +215,32 @@ class Client:
                 yield kind, event.get("object") or {}
         finally:
             connection.close()
+
+
+def follow(client: Client, path: str, on_list, on_event, stop, *, params: dict | None = None,
+           watch_timeout: int = 300, on_error=None, retry_after: float = 2.0) -> None:
+    """list+watch one collection until `stop` (a threading.Event) is set: `on_list(items)` after every (re)list,
+    `on_event(type, object)` for each ADDED/MODIFIED/DELETED. An expired watch (410 Gone) lists again at once;
+    other failures call `on_error(exception)` and retry after `retry_after` seconds, so a flaky API server or a
+    malformed object never ends the loop."""
+    while not stop.is_set():
+        try:
+            items, version = client.list(path, params)
+            on_list(items)
+            while not stop.is_set():
+                for event, obj in client.watch(path, version, watch_timeout, params):
+                    if stop.is_set():
+                        return
+                    version = (obj.get("metadata") or {}).get("resourceVersion", version)
+                    if event in ("ADDED", "MODIFIED", "DELETED"):
+                        on_event(event, obj)
+        except APIError as err:
+            if err.status == 410:
+                continue
+            if on_error is not None:
+                on_error(err)
+            stop.wait(retry_after)
+        except Exception as err:  # noqa: BLE001 - reported through on_error; the loop goes on
+            if on_error is not None:
+                on_error(err)
+            stop.wait(retry_after)

@@ -1,7 +1,8 @@
 """A small Kubernetes API server for tests: list, streaming watch and create, over real HTTP on loopback.
 
 It keeps objects per collection path, numbers every change with a resourceVersion, pushes watch events to open
-watches, and records created Events and request headers so tests can assert on them.
+watches, and records created Events and request headers so tests can assert on them. Of the field selectors it
+knows `spec.nodeName=<node>`, the one a node agent uses.
 """
 
 import json
@@ -9,6 +10,16 @@ import queue
 import threading
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+def selected(obj, selector):
+    """Does `obj` pass a fieldSelector? Only `spec.nodeName=<node>` is understood; anything else is refused."""
+    if not selector:
+        return True
+    field, _, value = selector.partition("=")
+    if field != "spec.nodeName":
+        raise ValueError(f"field selector {selector!r} is not supported by this fake")
+    return (obj.get("spec") or {}).get("nodeName") == value
+
 
 COLLECTIONS = {
     "Pod": "/api/v1/pods",
@@ -42,11 +53,12 @@ class FakeAPIServer:
                 query = urllib.parse.parse_qs(parsed.query)
                 if parsed.path not in server.objects:
                     return self._json(404, {"kind": "Status", "code": 404, "message": f"{parsed.path} not found"})
+                selector = query.get("fieldSelector", [""])[0]
                 if query.get("watch") == ["1"]:
                     since = int(query.get("resourceVersion", ["0"])[0] or 0)
-                    return self._watch(parsed.path, float(query.get("timeoutSeconds", ["30"])[0]), since)
+                    return self._watch(parsed.path, float(query.get("timeoutSeconds", ["30"])[0]), since, selector)
                 with server.lock:
-                    items = list(server.objects[parsed.path].values())
+                    items = [obj for obj in server.objects[parsed.path].values() if selected(obj, selector)]
                     version = str(server.version)
                 return self._json(200, {"kind": "List", "apiVersion": "v1", "items": items,
                                         "metadata": {"resourceVersion": version}})
@@ -68,7 +80,7 @@ class FakeAPIServer:
                 self.end_headers()
                 self.wfile.write(data)
 
-            def _watch(self, path, timeout, since):
+            def _watch(self, path, timeout, since, selector=""):
                 events = queue.Queue()
                 with server.lock:
                     # Like the real API server: first what changed after the resourceVersion asked for.
@@ -86,6 +98,8 @@ class FakeAPIServer:
                             kind, obj = events.get(timeout=0.1)
                         except queue.Empty:
                             waited += 0.1
+                            continue
+                        if not selected(obj, selector):
                             continue
                         self.wfile.write(json.dumps({"type": kind, "object": obj}).encode() + b"\n")
                         self.wfile.flush()

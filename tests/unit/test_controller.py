@@ -20,17 +20,10 @@ from agent.errors import InvalidInput
 from agent.kubeapi import Client, kubeconfig_config
 from fake_apiserver import FakeAPIServer
 from k8s_builders import csidriver, pod, pv, pvc
+from tests.polling import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
-
-def wait_for(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 @pytest.fixture

@@ -39,6 +39,7 @@ def test_layering_file_then_environment_then_flags():
     ("", {"SELINUX_MOUNT_AGENT_STRIP_CONTEXT": "maybe"}, "must be true or false"),
     ("metrics-address: nowhere\n", {}, "is not HOST:PORT"),
     ("key: [unclosed\n", {}, "invalid YAML"),
+    ("kube-api: sometimes\n", {}, "kube_api must be auto|off|in-cluster|kubeconfig:PATH"),
 ])
 def test_bad_configuration_is_named(text, env, words):
     with pytest.raises(InvalidInput) as info:
@@ -127,6 +128,21 @@ def test_reload_applies_live_options_and_names_the_rest(tmp_path, capsys):
         configure_logging()
 
 
+def feed_denials(log_file, seen, pid: int, level: str, timeout: float = 10.0) -> bool:
+    """The follower starts at the end of the log, like tail -F, once its thread has opened it: append one
+    denial (a read by `pid` at `level`) at a time until `seen()` says it was counted."""
+    deadline, serial = time.monotonic() + timeout, 456
+    while not seen() and time.monotonic() < deadline:
+        with open(log_file, "a") as handle:
+            handle.write(f'type=AVC msg=audit(1700000000.123:{serial}): avc:  denied  {{ read }} for  pid={pid} '
+                         f'comm="cat" name="secret" dev="loop0" ino=12 '
+                         f'scontext=system_u:system_r:container_t:{level} '
+                         'tcontext=system_u:object_r:container_file_t:s0:c3,c4 tclass=file permissive=0\n')
+        serial += 1
+        time.sleep(0.3)
+    return seen()
+
+
 def test_avc_watcher_runs_inside_the_daemon_from_an_audit_log(tmp_path):
     log_file = tmp_path / "audit.log"
     log_file.write_text("")
@@ -141,21 +157,46 @@ def test_avc_watcher_runs_inside_the_daemon_from_an_audit_log(tmp_path):
             body = fetch(daemon.metrics_url + "/metrics")[1]
             return 'permission="read"' in body and "selinux_avc_denials_total{" in body
 
-        # The follower starts at the end of the log, like tail -F, once its thread has opened it: append one
-        # event at a time until one is counted.
-        deadline, serial = time.monotonic() + 10, 456
-        while not denied() and time.monotonic() < deadline:
-            with open(log_file, "a") as handle:
-                handle.write(f'type=AVC msg=audit(1700000000.123:{serial}): avc:  denied  {{ read }} for  pid=4242 '
-                             'comm="cat" name="secret" dev="loop0" ino=12 '
-                             'scontext=system_u:system_r:container_t:s0:c1,c2 '
-                             'tcontext=system_u:object_r:container_file_t:s0:c3,c4 tclass=file permissive=0\n')
-            serial += 1
-            time.sleep(0.3)
-        assert denied()
+        assert feed_denials(log_file, denied, pid=4242, level="s0:c1,c2")
         assert fetch(daemon.metrics_url + "/healthz") == (200, "ok\n")
     finally:
         daemon.stop()
+
+
+def test_avc_denials_name_pods_from_the_node_pod_watch(tmp_path):
+    """With kube_api, the daemon watches its node's pods: a denial at a pod's MCS level carries its name."""
+    from agent.daemon import AVCComponent
+    from tests.fake_apiserver import FakeAPIServer
+
+    server = FakeAPIServer().start()
+    server.put({"kind": "Pod", "apiVersion": "v1",
+                "metadata": {"name": "web-1", "namespace": "shop", "uid": "u-1"},
+                "spec": {"nodeName": "node-1", "securityContext": {"seLinuxOptions": {"level": "s0:c7,c9"}},
+                         "containers": [{"name": "app"}]}})
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(f"""apiVersion: v1
+kind: Config
+clusters: [{{name: fake, cluster: {{server: "{server.url}"}}}}]
+users: [{{name: nobody, user: {{}}}}]
+contexts: [{{name: fake, context: {{cluster: fake, user: nobody}}}}]
+current-context: fake
+""")
+    log_file = tmp_path / "audit.log"
+    log_file.write_text("")
+    config = resolve_config({"avc": f"file:{log_file}", "metrics_address": "127.0.0.1:0", "node_id": "node-1",
+                             "kube_api": f"kubeconfig:{kubeconfig}", "state_dir": str(tmp_path / "state")}, {})
+    daemon = Daemon(config, components_factory=lambda d: [AVCComponent(d)])
+    daemon.start()
+    try:
+        def named():
+            return any('namespace="shop"' in line and 'pod="web-1"' in line
+                       for line in fetch(daemon.metrics_url + "/metrics")[1].splitlines()
+                       if line.startswith("selinux_avc_denials_total{"))
+
+        assert feed_denials(log_file, named, pid=999999, level="s0:c7,c9")
+    finally:
+        daemon.stop()
+        server.stop()
 
 
 def test_avc_option_is_checked():

@@ -145,7 +145,7 @@ PROVISIONER_NEEDS = {
     ("storage.k8s.io", r, v) for r in ("storageclasses", "csinodes") for v in ("get", "list", "watch")
 } | {("", "nodes", v) for v in ("get", "list", "watch")} | {
     ("", "events", v) for v in ("list", "watch", "create", "update", "patch")}
-NODE_AGENT_NEEDS: set = set()  # the node plugin calls no API
+NODE_AGENT_NEEDS = {("", "pods", "list"), ("", "pods", "watch")}  # agent.podwatch.PodWatch
 
 
 def test_node_rbac_grants_nothing_beyond_the_sidecar_and_the_agent():

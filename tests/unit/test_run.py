@@ -13,6 +13,7 @@ from pathlib import Path
 import grpc
 
 from csi_shim.proto import csi_pb2, csi_pb2_grpc
+from tests.polling import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,14 +34,6 @@ def get(url):
         return 0, ""
 
 
-def wait_for(predicate, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
-
 
 def test_run_serves_csi_and_metrics_and_stops_cleanly(tmp_path):
     port = free_port()
@@ -54,7 +47,7 @@ def test_run_serves_csi_and_metrics_and_stops_cleanly(tmp_path):
     sock = tmp_path / "state" / "csi.sock"
     base = f"http://127.0.0.1:{port}"
     try:
-        assert wait_for(lambda: get(base + "/readyz")[0] == 200), "never became ready"
+        assert wait_for(lambda: get(base + "/readyz")[0] == 200, timeout=20), "never became ready"
         assert sock.exists()
         with grpc.insecure_channel(f"unix://{sock}") as channel:
             info = csi_pb2_grpc.NodeStub(channel).NodeGetInfo(csi_pb2.NodeGetInfoRequest(), timeout=5)
