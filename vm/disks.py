@@ -58,6 +58,31 @@ def _build_extensions(tree: Path) -> None:
     shutil.rmtree(tree / "build", ignore_errors=True)
 
 
+# Python packages Debian's guest ships too old for the checked-in CSI stubs (protobuf >= 7, grpcio >= 1.85),
+# copied from the host's venv (same Python 3.11, same glibc) into .vm-run/site, which run-tests puts first on
+# PYTHONPATH.
+GUEST_SITE_PACKAGES = ("grpc", "google/protobuf", "google/_upb")
+
+
+def _site_packages(site: Path) -> None:
+    venv_python = PROJECT / ".venv/bin/python"
+    if not venv_python.exists():
+        print("== disks: no .venv; the guest uses its own grpcio/protobuf", flush=True)
+        return
+    found = subprocess.run([str(venv_python), "-c", "import os, grpc, google.protobuf; "
+                            "print(os.path.dirname(os.path.dirname(grpc.__file__)))"],
+                           capture_output=True, text=True)
+    if found.returncode != 0:
+        print(f"== disks: grpc/protobuf not in .venv ({found.stderr.strip()[-200:]})", flush=True)
+        return
+    root = Path(found.stdout.strip())
+    for name in GUEST_SITE_PACKAGES:
+        if (root / name).is_dir():
+            shutil.copytree(root / name, site / name, ignore=shutil.ignore_patterns("__pycache__"))
+    # A regular package that also extends its path, so that it is found before Debian's `google`.
+    (site / "google" / "__init__.py").write_text("__path__ = __import__('pkgutil').extend_path(__path__, __name__)\n")
+
+
 def project_disk(workdir: Path, image: Path, pytest_args: list[str], env: dict[str, str],
                  build_extensions: bool = True) -> Path:
     tree = workdir / "project"
@@ -69,6 +94,7 @@ def project_disk(workdir: Path, image: Path, pytest_args: list[str], env: dict[s
         _build_extensions(tree)
     run_dir = tree / ".vm-run"
     run_dir.mkdir()
+    _site_packages(run_dir / "site")
     (run_dir / "pytest-args").write_text("".join(f"{arg}\n" for arg in pytest_args))
     (run_dir / "env").write_text("".join(f"{key}={value}\n" for key, value in sorted(env.items())))
     used = sum(f.stat().st_size for f in tree.rglob("*") if f.is_file())
