@@ -14,6 +14,7 @@ which the controller and kubelet disagree because the controller does not fill i
 
 from __future__ import annotations
 
+import json
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from agent.gates import FeatureGates
 
 FINISHED_PHASES = ("Succeeded", "Failed")
 _CRONJOB_JOB = re.compile(r"^(?P<cronjob>.+)-\d{8,}$")
+_VERDICT_RANK = {"ok": 0, "conflicts": 1, "breaks": 2}
 
 
 @dataclass(frozen=True, order=True)
@@ -97,8 +99,7 @@ class WorkloadReport:
     mixed_labels: bool = False  # containers of one of its pods use different labels on one volume
 
     def raise_to(self, verdict: str) -> None:
-        order = ("ok", "conflicts", "breaks")
-        if order.index(verdict) > order.index(self.verdict):
+        if _VERDICT_RANK[verdict] > _VERDICT_RANK[self.verdict]:
             self.verdict = verdict
 
     @property
@@ -144,8 +145,17 @@ class AuditReport:
         return any(w.verdict == "breaks" for w in self.workloads)
 
     def to_json(self, censor: bool = False) -> dict:
+        return {"conflicts": [c.to_json(censor) for c in self.conflicts], **self._rest_json()}
+
+    def json_text(self, censor: bool = False) -> str:
+        """`json.dumps(self.to_json(censor), separators=(",", ":"))`, with the conflicts, most of a large report,
+        written out directly (`Conflict.json_text`)."""
+        conflicts = ",".join([c.json_text(censor) for c in self.conflicts])
+        rest = json.dumps(self._rest_json(), separators=(",", ":"))  # {"workloads":...}
+        return "".join(('{"conflicts":[', conflicts, "],", rest[1:]))
+
+    def _rest_json(self) -> dict:
         return {
-            "conflicts": [c.to_json(censor) for c in self.conflicts],
             "workloads": [w.to_json() for w in self.workloads],
             "findings": [f.to_json() for f in self.findings],
             "summary": {"targetVersion": self.gates.version, "featureGates": self.gates.as_dict(),
@@ -156,38 +166,44 @@ class AuditReport:
 
 
 def audit(cluster: Cluster, gates: FeatureGates, defaults: ContainerDefaults) -> AuditReport:
-    uses_by_volume: dict[str, list[VolumeUse]] = defaultdict(list)
-    workloads: dict[Workload, WorkloadReport] = {}
+    book = _Workloads(cluster)
     findings: list[Finding] = []
-    finished = 0
-    owner_of: dict[str, Workload] = {}
-
-    def owner(pod: PodFacts) -> Workload:
-        found = owner_of.get(pod.ref)
-        if found is None:
-            found = owner_of[pod.ref] = workload_of(pod, cluster)
-        return found
 
     # First pass, cheap: which persistent volumes does each running pod use? Only pods that share one with
-    # another pod, or whose several containers could disagree on a label, are resolved in full.
-    running, keys_of, pods_per_volume = [], {}, defaultdict(int)
+    # another pod, or whose several containers could disagree on a label, are resolved; a single-container pod
+    # only for the volumes it may share.
+    checked, finished = 0, 0
+    # [pod, its claimed volumes, has several containers, shares a volume]; the last is set once a second pod
+    # claims one of its volumes.
+    candidates = []
+    first_claim: dict[str, list] = {}  # volume -> the candidate that claimed it first
+    shared_keys: set[str] = set()
     for obj in cluster.pods:
         if (obj.get("status") or {}).get("phase") in FINISHED_PHASES:
             finished += 1  # finished pods no longer conflict (issue #135628)
             continue
-        keys = set(cluster.volume_keys(obj))
-        keys_of[id(obj)] = keys
-        for key in keys:
-            pods_per_volume[key] += 1
-        running.append(obj)
-    checked = len(running)
-
-    for obj in running:
-        spec = obj.get("spec") or {}
-        containers = sum(len(spec.get(k) or ()) for k in ("initContainers", "containers", "ephemeralContainers"))
-        if containers < 2 and not any(pods_per_volume[key] > 1 for key in keys_of[id(obj)]):
+        checked += 1
+        claimed = cluster.claimed_volumes(obj)
+        several = _containers(obj) > 1
+        if not claimed and not several:
             continue
-        pod = cluster.resolve_pod(obj)
+        candidate = [obj, claimed, several, False]
+        for _, key in claimed:
+            first = first_claim.setdefault(key, candidate)
+            if first is not candidate:
+                shared_keys.add(key)
+                first[3] = candidate[3] = True
+        candidates.append(candidate)
+
+    uses_by_volume: dict[str, list[VolumeUse]] = defaultdict(list)
+    for obj, claimed, several, sharing in candidates:
+        if several:
+            only = None  # its containers may disagree on any volume
+        elif sharing:
+            only = _maybe_shared(claimed, shared_keys)
+        else:
+            continue
+        pod = cluster.resolve_pod(obj, only)
         for volume in pod.volumes:
             use = volume_use(pod, volume, gates, defaults)
             if use is None:
@@ -196,7 +212,7 @@ def audit(cluster: Cluster, gates: FeatureGates, defaults: ContainerDefaults) ->
             if use.multiple_labels:
                 findings.append(Finding("MultipleLabels", use.volume, (pod.ref,), use.multiple_labels))
                 if use.enforced:
-                    report = _report(workloads, owner(pod), pod)
+                    report = book.report(pod)
                     report.volumes.add(use.volume)
                     report.mixed_labels = True
                     report.raise_to("breaks")
@@ -205,28 +221,80 @@ def audit(cluster: Cluster, gates: FeatureGates, defaults: ContainerDefaults) ->
 
     all_conflicts: list[Conflict] = []
     all_clashes: list[KubeletClash] = []
-    shared = 0
-    for volume, uses in sorted(uses_by_volume.items()):
-        if len(uses) < 2:
-            continue
-        shared += 1
+    shared = sorted(volume for volume, uses in uses_by_volume.items() if len(uses) > 1)
+    for volume in shared:
+        uses = uses_by_volume[volume]
         for use in uses:
-            _report(workloads, owner(use.pod), use.pod).volumes.add(volume)
+            book.report(use.pod).volumes.add(volume)
         conflicts = controller_conflicts(uses)
         clashes = kubelet_clashes(uses)
         all_conflicts.extend(conflicts)
         all_clashes.extend(clashes)
+        book.conflicts(volume, conflicts)
+        book.clashes(volume, clashes, gates)
+        findings.extend(_disagreements(volume, uses, conflicts, clashes))
+        findings.extend(_privileged_sharing(volume, uses))
 
+    return AuditReport(gates, tuple(all_conflicts), tuple(all_clashes), book.ordered(), tuple(findings),
+                       checked, finished, len(shared))
+
+
+def _containers(pod: dict) -> int:
+    spec = pod.get("spec") or {}
+    return (len(spec.get("initContainers") or ()) + len(spec.get("containers") or ()) +
+            len(spec.get("ephemeralContainers") or ()))
+
+
+def _maybe_shared(claimed: list[tuple[str, str]], shared_keys: set[str]) -> set[str]:
+    """For a single-container pod that shares a volume: the names of its volumes that can take part in a
+    conflict, those that another pod uses too or that two of its own volume entries name. Each of its other
+    volumes would only add a lone use."""
+    names = {name for name, key in claimed if key in shared_keys}
+    if len(claimed) > 1:
+        keys = [key for _, key in claimed]
+        if len(set(keys)) < len(keys):
+            names.update(name for name, key in claimed if keys.count(key) > 1)
+    return names
+
+
+class _Workloads:
+    """Per-workload reports as the conflicts come in. Pods are looked up by ref (a str, whose hash Python
+    keeps), so that the per-conflict work stays a few dict lookups."""
+
+    def __init__(self, cluster: Cluster):
+        self.cluster = cluster
+        self.by_workload: dict[tuple[str, str, str], WorkloadReport] = {}  # by (kind, namespace, name)
+        self.owner_of: dict[str, Workload] = {}
+        self.report_of: dict[str, WorkloadReport] = {}
+
+    def report(self, pod: PodFacts) -> WorkloadReport:
+        """The report of the pod's workload, with the pod counted in."""
+        report = self.report_of.get(pod.ref)
+        if report is None:
+            workload = self.owner_of[pod.ref] = workload_of(pod, self.cluster)
+            key = (workload.kind, workload.namespace, workload.name)  # what Workload compares
+            report = self.by_workload.get(key)
+            if report is None:
+                report = self.by_workload[key] = WorkloadReport(workload)
+            report.pods.add(pod.ref)
+            self.report_of[pod.ref] = report
+        if pod.change_policy != "Recursive":  # a dump may hold two pods of one name
+            report.already_recursive = False
+        return report
+
+    def conflicts(self, volume: str, conflicts: list[Conflict]) -> None:
         for conflict in conflicts:
-            mine = workloads[owner(conflict.pod)]
+            mine = self.report_of[conflict.pod.ref]
             mine.raise_to("conflicts")
-            mine.partners.add(owner(conflict.other))
+            mine.partners.add(self.owner_of[conflict.other.ref])
             mine.reasons.append(f"{conflict.pod.ref}: {conflict.property} {conflict.value!r} conflicts with "
                                 f"{conflict.other.ref} ({conflict.other_value!r}) on volume {volume}")
+
+    def clashes(self, volume: str, clashes: list[KubeletClash], gates: FeatureGates) -> None:
         for clash in clashes:
             for me, other in ((clash.a, clash.b), (clash.b, clash.a)):
-                report = workloads[owner(me.pod)]
-                report.partners.add(owner(other.pod))
+                report = self.report_of[me.pod.ref]
+                report.partners.add(self.owner_of[other.pod.ref])
                 if clash.breaks:
                     report.raise_to("breaks")
                     where = ("they run on the same node now" if clash.same_node else
@@ -241,31 +309,20 @@ def audit(cluster: Cluster, gates: FeatureGates, defaults: ContainerDefaults) ->
                            if me.single_pod_access else f"kubelet {gates.version} only warns for this access mode")
                     report.reasons.append(f"{me.pod.ref} and {other.pod.ref} need different mount labels on "
                                           f"volume {volume}; {why}")
-        findings.extend(_disagreements(volume, uses, conflicts, clashes))
-        findings.extend(_privileged_sharing(volume, uses))
 
-    for report in workloads.values():
-        report.partners.discard(report.workload)
-    ordered = tuple(sorted(workloads.values(), key=lambda r: (("breaks", "conflicts", "ok").index(r.verdict),
-                                                              r.workload)))
-    return AuditReport(gates, tuple(all_conflicts), tuple(all_clashes), ordered, tuple(findings), checked,
-                       finished, shared)
-
-
-def _report(workloads: dict, workload: Workload, pod: PodFacts) -> WorkloadReport:
-    report = workloads.get(workload)
-    if report is None:
-        report = workloads[workload] = WorkloadReport(workload)
-    report.pods.add(pod.ref)
-    if pod.change_policy != "Recursive":
-        report.already_recursive = False
-    return report
+    def ordered(self) -> tuple[WorkloadReport, ...]:
+        """Breaking workloads first, then conflicting, then ok; by kind, namespace and name within each (the
+        key is plain strings, so sorting never calls the dataclass's comparison)."""
+        for report in self.by_workload.values():
+            report.partners.discard(report.workload)
+        return tuple(sorted(self.by_workload.values(), key=lambda r: (
+            -_VERDICT_RANK[r.verdict], r.workload.kind, r.workload.namespace, r.workload.name)))
 
 
 def _disagreements(volume: str, uses: list[VolumeUse], conflicts, clashes) -> list[Finding]:
     """Pairs the controller and kubelet judge differently (the controller does not fill in node defaults)."""
     out = []
-    reported = {(c.pod.ref, c.other.ref) for c in conflicts}
+    reported = {(c.pod.ref, c.other.ref) for c in conflicts} if clashes else set()
     for clash in clashes:
         if (clash.a.pod.ref, clash.b.pod.ref) not in reported:
             out.append(Finding(
@@ -273,8 +330,10 @@ def _disagreements(volume: str, uses: list[VolumeUse], conflicts, clashes) -> li
                 f"kubelet computes different mount labels ({clash.a.kubelet_label or '(none)'} vs "
                 f"{clash.b.kubelet_label or '(none)'}) once node defaults are filled in, but the upstream "
                 "controller does not report this pair"))
-    label_pairs = {(c.pod.ref, c.other.ref) for c in conflicts if c.property == LABEL}
     index = {use.pod.ref: use for use in uses}
+    if len(index) == len(uses) and not _controller_splits_a_kubelet_label(uses):
+        return out  # no pair below could have one kubelet label (the usual case, checked in one pass)
+    label_pairs = {(c.pod.ref, c.other.ref) for c in conflicts if c.property == LABEL}
     for first, second in sorted(label_pairs):
         if first > second:
             continue
@@ -285,6 +344,17 @@ def _disagreements(volume: str, uses: list[VolumeUse], conflicts, clashes) -> li
                 f"the upstream controller reports {a.controller_label!r} vs {b.controller_label!r}, but kubelet "
                 f"mounts both with {a.kubelet_label or '(no label)'}: only user and level reach the file label"))
     return out
+
+
+def _controller_splits_a_kubelet_label(uses: list[VolumeUse]) -> bool:
+    """Do two uses with one kubelet label carry different controller labels? A ControllerOnlyConflict needs it."""
+    seen: dict[str, str] = {}
+    for use in uses:
+        if use.kubelet_label is None:
+            continue
+        if seen.setdefault(use.kubelet_label, use.controller_label) != use.controller_label:
+            return True
+    return False
 
 
 def _privileged_sharing(volume: str, uses: list[VolumeUse]) -> list[Finding]:

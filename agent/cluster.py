@@ -7,7 +7,6 @@ Pure code: takes the parsed API objects (dicts), returns frozen dataclasses. A r
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 
 from agent.defaults import SELinuxOptions
@@ -53,6 +52,8 @@ _PV_SOURCE_KINDS = (
 )
 _POD_VOLUME_KIND_SET = frozenset(_POD_VOLUME_KINDS)
 _PV_SOURCE_KIND_SET = frozenset(_PV_SOURCE_KINDS)
+_CONTAINER_LISTS = (("initContainer", "initContainers"), ("container", "containers"),
+                    ("ephemeralContainer", "ephemeralContainers"))
 ACCESS_MODE_SHORT = {"ReadWriteOnce": "RWO", "ReadOnlyMany": "ROX", "ReadWriteMany": "RWX",
                      "ReadWriteOncePod": "RWOP"}
 
@@ -64,6 +65,20 @@ def plugin_name_of(kind: str) -> str:
             "local": "kubernetes.io/local-volume"}.get(kind, f"kubernetes.io/{kind.lower()}")
 
 
+class _stored:
+    """A value computed on first access and kept on the instance, like functools.cached_property but without
+    the lock Python 3.11 takes on every first access: the audit asks each of ~40k pods for its ref."""
+
+    def __init__(self, func):
+        self.func, self.name = func, func.__name__
+
+    def __get__(self, instance, owner=None):
+        if instance is None:
+            return self
+        value = instance.__dict__[self.name] = self.func(instance)
+        return value
+
+
 def _get(obj, *path, default=None):
     for key in path:
         if not isinstance(obj, dict):
@@ -72,6 +87,33 @@ def _get(obj, *path, default=None):
         if obj is None:
             return default
     return obj
+
+
+def unique_volume_name(pv_name: str, source: str, csi_driver: str | None, volume_handle: str) -> str:
+    """A bound PV's cluster-wide key (`PersistentVolumeFacts.unique_name`), from its parts."""
+    if source == "csi" and volume_handle:
+        return f"kubernetes.io/csi/{csi_driver}^{volume_handle}"
+    if csi_driver:
+        return f"kubernetes.io/csi/{csi_driver}^{pv_name}"
+    return f"{plugin_name_of(source)}/{pv_name}"
+
+
+def _pv_source(name: str, spec: dict) -> tuple[str, str | None, str]:
+    """A PV spec's volume source kind, the CSI driver that serves it (through migration for in-tree kinds), and
+    the CSI volume handle."""
+    source = "unknown"
+    for key in spec:
+        if key in _PV_SOURCE_KIND_SET:
+            source = key
+            break
+    if source != "csi":
+        return source, MIGRATED_TO_CSI.get(source), ""
+    csi = spec["csi"]
+    driver = csi.get("driver") if isinstance(csi, dict) else None
+    if not driver:
+        raise InvalidManifest(f"PersistentVolume {name}: spec.csi.driver is missing")
+    handle = csi.get("volumeHandle")
+    return source, driver, "" if handle is None else handle
 
 
 def object_ref(obj: dict) -> str:
@@ -110,11 +152,7 @@ class PersistentVolumeFacts:
         `kubernetes.io/csi/<driver>^<volumeHandle>`, so two PVs of one backend volume are one volume."""
         if self.predicted_from:
             return ""
-        if self.source == "csi" and self.volume_handle:
-            return f"kubernetes.io/csi/{self.csi_driver}^{self.volume_handle}"
-        if self.csi_driver:
-            return f"kubernetes.io/csi/{self.csi_driver}^{self.name}"
-        return f"{plugin_name_of(self.source)}/{self.name}"
+        return unique_volume_name(self.name, self.source, self.csi_driver, self.volume_handle)
 
     @property
     def access_mode_label(self) -> str:
@@ -181,7 +219,7 @@ class PodFacts:
     pod_options: SELinuxOptions | None = None
     labels: dict = field(default_factory=dict, compare=False, hash=False)
 
-    @functools.cached_property
+    @_stored
     def ref(self) -> str:
         return f"{self.namespace}/{self.name}"
 
@@ -199,6 +237,9 @@ class Cluster:
         # Resolved values, shared by every pod that uses the same PV or driver.
         self._pv_cache: dict[str, PersistentVolumeFacts] = {}
         self._driver_cache: dict[str, CSIDriverFacts] = {}
+        # seLinuxOptions by their four raw fields, parsed and validated once: most pods spell theirs like their
+        # neighbours. Derived from the pod alone, so storage changes never invalidate it.
+        self._options_cache: dict[tuple, SELinuxOptions] = {}
         for obj in objects:
             self.add(obj)
 
@@ -206,10 +247,13 @@ class Cluster:
         if not isinstance(obj, dict):
             raise InvalidManifest(f"expected a Kubernetes object, got {type(obj).__name__}")
         kind = obj.get("kind")
-        name = _get(obj, "metadata", "name")
+        meta = obj.get("metadata")
+        name = meta.get("name") if isinstance(meta, dict) else None
         if not kind or not name:
             raise InvalidManifest(f"object without kind or metadata.name: {str(obj)[:120]}")
-        namespace = _get(obj, "metadata", "namespace", default="default")
+        namespace = meta.get("namespace")
+        if namespace is None:
+            namespace = "default"
         if kind == "Pod":
             self.pods.append(obj)
         elif kind == "PersistentVolumeClaim":
@@ -243,16 +287,11 @@ class Cluster:
     def _pv_facts(self, pv: dict) -> PersistentVolumeFacts:
         name = _get(pv, "metadata", "name")
         spec = pv.get("spec") or {}
-        modes = tuple(spec.get("accessModes") or ())
-        source = next((key for key in spec if key in _PV_SOURCE_KIND_SET), "unknown")
-        driver = _get(spec, "csi", "driver") if source == "csi" else MIGRATED_TO_CSI.get(source)
-        if source == "csi" and not driver:
-            raise InvalidManifest(f"PersistentVolume {name}: spec.csi.driver is missing")
+        source, driver, handle = _pv_source(name, spec)
         return PersistentVolumeFacts(
-            name=name, access_modes=modes, source=source, csi_driver=driver,
+            name=name, access_modes=tuple(spec.get("accessModes") or ()), source=source, csi_driver=driver,
             volume_mode=spec.get("volumeMode") or "Filesystem",
-            mount_options=tuple(spec.get("mountOptions") or ()),
-            volume_handle=_get(spec, "csi", "volumeHandle", default="") if source == "csi" else "",
+            mount_options=tuple(spec.get("mountOptions") or ()), volume_handle=handle,
         )
 
     def _predicted_pv(self, where: str, claim_spec: dict, claim_ref: str) -> PersistentVolumeFacts:
@@ -271,17 +310,19 @@ class Cluster:
             mount_options=tuple(storage_class.get("mountOptions") or ()), predicted_from=class_name,
         )
 
-    def _claim_volume(self, pod_ref: str, namespace: str, claim_name: str, template: dict | None):
-        where = f"Pod {pod_ref}"
+    def _claim_volume(self, namespace: str, pod_name, claim_name: str, template: dict | None):
+        """The PV behind a pod's claim (predicted from its StorageClass when unbound). Errors name the pod."""
         pvc = self.pvcs.get((namespace, claim_name))
         if pvc is None:
             if template is not None:
-                return self._predicted_pv(where, template.get("spec") or {},
+                return self._predicted_pv(f"Pod {namespace}/{pod_name}", template.get("spec") or {},
                                           f"the ephemeral claim {namespace}/{claim_name}")
-            raise InvalidManifest(f"{where}: PersistentVolumeClaim {namespace}/{claim_name} is not in the input")
-        pv_name = _get(pvc, "spec", "volumeName")
+            raise InvalidManifest(
+                f"Pod {namespace}/{pod_name}: PersistentVolumeClaim {namespace}/{claim_name} is not in the input")
+        spec = pvc.get("spec")
+        pv_name = spec.get("volumeName") if isinstance(spec, dict) else None
         if not pv_name:
-            return self._predicted_pv(where, pvc.get("spec") or {},
+            return self._predicted_pv(f"Pod {namespace}/{pod_name}", spec or {},
                                       f"PersistentVolumeClaim {namespace}/{claim_name}")
         found = self._pv_cache.get(pv_name)
         if found is not None:
@@ -289,107 +330,98 @@ class Cluster:
         pv = self.pvs.get(pv_name)
         if pv is None:
             raise InvalidManifest(
-                f"{where}: PersistentVolume {pv_name} (bound to PersistentVolumeClaim {namespace}/{claim_name}) "
-                "is not in the input")
+                f"Pod {namespace}/{pod_name}: PersistentVolume {pv_name} (bound to PersistentVolumeClaim "
+                f"{namespace}/{claim_name}) is not in the input")
         found = self._pv_cache[pv_name] = self._pv_facts(pv)
         return found
 
-    def volume_keys(self, pod: dict) -> list[str]:
-        """The unique names of the persistent volumes a pod uses, without resolving the rest of the pod: a cheap
-        first pass that tells which pods share a volume at all."""
+    def claimed_volumes(self, pod: dict) -> list[tuple[str, str]]:
+        """(volume name, unique name) of each persistent volume entry of a pod, without resolving the rest of the
+        pod: a cheap first pass that tells which pods share a volume at all. Unbound claims are left out."""
         meta = pod.get("metadata") or {}
-        spec = pod.get("spec") or {}
+        volumes = (pod.get("spec") or {}).get("volumes")
+        if not volumes:
+            return []
         namespace = meta.get("namespace") or "default"
-        keys = []
-        for volume in spec.get("volumes") or ():
+        name = meta.get("name")
+        out = []
+        for volume in volumes:
             if "persistentVolumeClaim" in volume:
                 claim = (volume["persistentVolumeClaim"] or {}).get("claimName")
                 template = None
             elif "ephemeral" in volume:
-                claim = f"{meta.get('name')}-{volume.get('name')}"
+                claim = f"{name}-{volume.get('name')}"
                 template = _get(volume, "ephemeral", "volumeClaimTemplate") or {}
             else:
                 continue
             if not claim:
                 continue
-            key = self._claim_volume(f"{namespace}/{meta.get('name')}", namespace, claim, template).unique_name
+            key, _ = self._claim_source(namespace, name, claim, template)
             if key:
-                keys.append(key)
-        return keys
+                out.append((volume.get("name"), key))
+        return out
 
-    def resolve_pod(self, pod: dict) -> PodFacts:
+    def _claim_source(self, namespace: str, pod_name, claim_name: str,
+                      template: dict | None) -> tuple[str, str | None]:
+        """The unique name and CSI driver of the volume behind a claim, as `_claim_volume` gives them, without
+        building the PV's facts when the claim is bound to a PV of the input: the first pass asks this for every
+        claim, and most claims go no further."""
+        pvc = self.pvcs.get((namespace, claim_name))
+        spec = pvc.get("spec") if pvc is not None else None
+        pv_name = spec.get("volumeName") if isinstance(spec, dict) else None
+        pv = self.pvs.get(pv_name) if pv_name else None
+        if pv is None:  # unbound, or an error to raise
+            found = self._claim_volume(namespace, pod_name, claim_name, template)
+            return found.unique_name, found.csi_driver
+        source, driver, handle = _pv_source(pv_name, pv.get("spec") or {})
+        return unique_volume_name(pv_name, source, driver, handle), driver
+
+    def _selinux_options(self, raw, ref: str, container: str | None) -> SELinuxOptions | None:
+        """A pod's (container None) or a container's seLinuxOptions, parsed and validated once per spelling."""
+        if raw is None:
+            return None
+        key = None
+        if isinstance(raw, dict):
+            key = (raw.get("user"), raw.get("role"), raw.get("type"), raw.get("level"))
+            try:
+                found = self._options_cache.get(key)
+            except TypeError:  # an unhashable value: let from_api say what is wrong with it
+                found = key = None
+            if found is not None:
+                return found
+        where = (f"Pod {ref} spec.securityContext" if container is None else
+                 f"Pod {ref} container {container} securityContext")
+        options = SELinuxOptions.from_api(raw, where)
+        options.validate(where)
+        if key is not None:
+            self._options_cache[key] = options
+        return options
+
+    def resolve_pod(self, pod: dict, only: set | None = None) -> PodFacts:
+        """The pod's facts. With `only`, the volumes not named there are checked just the same but left out of
+        `volumes`: the audit needs facts only for the volumes a pod may share."""
         meta = pod.get("metadata") or {}
         spec = pod.get("spec") or {}
         namespace = meta.get("namespace") or "default"
         name = meta.get("name")
         ref = f"{namespace}/{name}"
-        where = f"Pod {ref}"
         if not isinstance(spec, dict):
-            raise InvalidManifest(f"{where}: spec must be an object")
+            raise InvalidManifest(f"Pod {ref}: spec must be an object")
         pod_sc = spec.get("securityContext") or {}
-        pod_options = SELinuxOptions.from_api(pod_sc.get("seLinuxOptions"), f"{where} spec.securityContext")
-        if pod_options:
-            pod_options.validate(f"{where} spec.securityContext")
+        pod_options = self._selinux_options(pod_sc.get("seLinuxOptions"), ref, None)
         change_policy = pod_sc.get("seLinuxChangePolicy")
         if change_policy not in (None, "Recursive", "MountOption"):
             raise InvalidManifest(
-                f"{where}: spec.securityContext.seLinuxChangePolicy {change_policy!r} is not Recursive or MountOption")
-
-        uses: dict[str, list[ContainerUse]] = {}
-        for kind, key in (("initContainer", "initContainers"), ("container", "containers"),
-                          ("ephemeralContainer", "ephemeralContainers")):
-            for container in spec.get(key) or ():
-                cname = container.get("name", "<unnamed>")
-                csc = container.get("securityContext") or {}
-                own = SELinuxOptions.from_api(csc.get("seLinuxOptions"),
-                                              f"{where} container {cname} securityContext")
-                if own:
-                    own.validate(f"{where} container {cname} securityContext")
-                # A container's seLinuxOptions replace the pod's as a whole (DetermineEffectiveSecurityContext).
-                effective = own if own is not None else pod_options
-                privileged = bool(csc.get("privileged"))
-                for mount in container.get("volumeMounts") or ():
-                    uses.setdefault(mount.get("name"), []).append(ContainerUse(
-                        cname, kind, effective, privileged=privileged, read_only=bool(mount.get("readOnly"))))
-                for device in container.get("volumeDevices") or ():
-                    uses.setdefault(device.get("name"), []).append(
-                        ContainerUse(cname, kind, effective, device=True, privileged=privileged))
-
+                f"Pod {ref}: spec.securityContext.seLinuxChangePolicy {change_policy!r} is not Recursive or "
+                "MountOption")
+        uses = self._container_uses(spec, pod_options, ref, only)
         volumes = []
         for volume in spec.get("volumes") or ():
-            vname = volume.get("name")
-            source = next((key for key in volume if key in _POD_VOLUME_KIND_SET), "unknown")
-            facts = dict(name=vname, source=source, uses=tuple(uses.get(vname, ())))
-            if source == "persistentVolumeClaim":
-                claim = _get(volume, "persistentVolumeClaim", "claimName")
-                if not claim:
-                    raise InvalidManifest(f"{where}: volume {vname}: persistentVolumeClaim.claimName is missing")
-                pv = self._claim_volume(ref, namespace, claim, None)
-                facts.update(pv=pv, claim=claim)
-            elif source == "ephemeral":
-                # Generic ephemeral volumes are PVCs named <pod>-<volume> (KEP-1698), eligible like any PV.
-                claim = f"{name}-{vname}"
-                template = _get(volume, "ephemeral", "volumeClaimTemplate") or {}
-                pv = self._claim_volume(ref, namespace, claim, template)
-                facts.update(pv=pv, claim=claim)
-            elif source == "csi":
-                driver = _get(volume, "csi", "driver")
-                if not driver:
-                    raise InvalidManifest(f"{where}: volume {vname}: csi.driver is missing")
-                facts.update(csi=self.csi_driver(driver))
-            elif source in MIGRATED_TO_CSI:
-                facts.update(csi=self.csi_driver(MIGRATED_TO_CSI[source]))
-            else:
-                facts.update(in_tree=source)
-            pv = facts.get("pv")
-            if pv is not None:
-                if pv.csi_driver:
-                    facts.update(csi=self.csi_driver(pv.csi_driver))
-                else:
-                    facts.update(in_tree=pv.source)
-            volumes.append(VolumeFacts(**facts))
+            facts = self._volume_facts(volume, namespace, name, uses, only)
+            if facts is not None:
+                volumes.append(facts)
 
-        owners = tuple(OwnerRef(o.get("kind", ""), o.get("name", "")) for o in meta.get("ownerReferences") or ())
+        owners = tuple([OwnerRef(o.get("kind", ""), o.get("name", "")) for o in meta.get("ownerReferences") or ()])
         return PodFacts(
             namespace=namespace, name=name, uid=meta.get("uid", ""),
             phase=_get(pod, "status", "phase", default="") or "",
@@ -397,3 +429,72 @@ class Cluster:
             os_name=_get(spec, "os", "name", default="") or "", volumes=tuple(volumes), owners=owners,
             pod_options=pod_options, labels=dict(meta.get("labels") or {}),
         )
+
+    def _container_uses(self, spec: dict, pod_options: SELinuxOptions | None, ref: str,
+                        only: set | None) -> dict[str, list[ContainerUse]]:
+        """Each container's mounts and devices by volume name, with the container's effective options. Every
+        container's options are checked, also where none of its volumes is in `only`."""
+        uses: dict[str, list[ContainerUse]] = {}
+        for kind, key in _CONTAINER_LISTS:
+            for container in spec.get(key) or ():
+                cname = container.get("name", "<unnamed>")
+                csc = container.get("securityContext") or {}
+                own = csc.get("seLinuxOptions")
+                # A container's seLinuxOptions replace the pod's as a whole (DetermineEffectiveSecurityContext).
+                effective = pod_options if own is None else self._selinux_options(own, ref, cname)
+                privileged = bool(csc.get("privileged"))
+                for mount in container.get("volumeMounts") or ():
+                    if only is None or mount.get("name") in only:
+                        uses.setdefault(mount.get("name"), []).append(ContainerUse(
+                            cname, kind, effective, privileged=privileged, read_only=bool(mount.get("readOnly"))))
+                for device in container.get("volumeDevices") or ():
+                    if only is None or device.get("name") in only:
+                        uses.setdefault(device.get("name"), []).append(
+                            ContainerUse(cname, kind, effective, device=True, privileged=privileged))
+        return uses
+
+    def _volume_facts(self, volume: dict, namespace: str, pod_name, uses: dict,
+                      only: set | None) -> VolumeFacts | None:
+        """One pod volume resolved against the index; None (after the same checks) when `only` leaves it out."""
+        vname = volume.get("name")
+        wanted = only is None or vname in only
+        source = "unknown"
+        for key in volume:
+            if key in _POD_VOLUME_KIND_SET:
+                source = key
+                break
+        pv = claim = csi = in_tree = None
+        if source == "persistentVolumeClaim" or source == "ephemeral":
+            if source == "persistentVolumeClaim":
+                reference = volume["persistentVolumeClaim"]
+                claim = reference.get("claimName") if isinstance(reference, dict) else None
+                if not claim:
+                    raise InvalidManifest(
+                        f"Pod {namespace}/{pod_name}: volume {vname}: persistentVolumeClaim.claimName is missing")
+                template = None
+            else:
+                # Generic ephemeral volumes are PVCs named <pod>-<volume> (KEP-1698), eligible like any PV.
+                claim = f"{pod_name}-{vname}"
+                template = _get(volume, "ephemeral", "volumeClaimTemplate") or {}
+            if not wanted:  # the same checks, without building the PV's facts
+                _, driver = self._claim_source(namespace, pod_name, claim, template)
+                if driver:
+                    self.csi_driver(driver)
+                return None
+            pv = self._claim_volume(namespace, pod_name, claim, template)
+            if pv.csi_driver:
+                csi = self.csi_driver(pv.csi_driver)
+            else:
+                in_tree = pv.source
+        elif source == "csi":
+            driver = _get(volume, "csi", "driver")
+            if not driver:
+                raise InvalidManifest(f"Pod {namespace}/{pod_name}: volume {vname}: csi.driver is missing")
+            csi = self.csi_driver(driver)
+        elif source in MIGRATED_TO_CSI:
+            csi = self.csi_driver(MIGRATED_TO_CSI[source])
+        else:
+            in_tree = source
+        if not wanted:
+            return None
+        return VolumeFacts(vname, source, tuple(uses.get(vname, ())), pv, claim, csi, in_tree)

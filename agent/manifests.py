@@ -23,6 +23,10 @@ def flatten(document, source: str) -> list[dict]:
         items = document.get("items") or []
         if not isinstance(items, list):
             raise InvalidManifest(f"{source}: {kind}.items must be a list")
+        # What kubectl prints: a List of plain objects (no nulls, no nested Lists), each its own flattening.
+        plain = [item for item in items if type(item) is dict and "items" not in item]
+        if len(plain) == len(items):
+            return plain
         out = []
         for item in items:
             out.extend(flatten(item, source))

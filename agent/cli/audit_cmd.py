@@ -9,7 +9,6 @@ Exit code: 0 nothing breaks on the target version, 1 something breaks, 2 bad inp
 
 from __future__ import annotations
 
-import json
 import sys
 
 import yaml
@@ -53,8 +52,8 @@ def _run(args) -> int:
         docs = documents(report, args.remediate)
         out.write(remediation_yaml(docs, args.remediate, report))
     elif args.output == "json":
-        # One-shot and without indent, so the C encoder does the work: reports can hold 100k pods.
-        out.write(json.dumps(report.to_json(censor=args.censor), separators=(",", ":")))
+        # Compact and written at once: reports can hold 100k pods.
+        out.write(report.json_text(censor=args.censor))
         out.write("\n")
     elif args.output == "prometheus":
         out.write(prometheus_text(report, censor=args.censor))

@@ -2,6 +2,7 @@
 and remediation documents validated against the Kubernetes schemas."""
 
 import copy
+import json
 
 import pytest
 
@@ -173,6 +174,43 @@ def test_multiple_labels_inside_one_pod_break_it_alone():
     assert verdicts(report) == {"Pod ns/solo": "breaks"}
     assert report.findings[0].kind == "MultipleLabels"
     assert "same seLinuxOptions" in report.workloads[0].remedy
+
+
+def test_a_pod_naming_one_volume_twice_shares_it_with_itself_only_when_it_shares_another():
+    own = [pv("pv-own", modes=RWX), pvc("own", "pv-own", RWX), pv("pv-solo", modes=RWX), pvc("solo", "pv-solo", RWX)]
+    twice = [{"name": "vol", "persistentVolumeClaim": {"claimName": "claim"}},
+             {"name": "x", "persistentVolumeClaim": {"claimName": "own"}},
+             {"name": "y", "persistentVolumeClaim": {"claimName": "own"}}]
+    alone = [{"name": "x", "persistentVolumeClaim": {"claimName": "solo"}},
+             {"name": "y", "persistentVolumeClaim": {"claimName": "solo"}}]
+    report = run(shared_volume() + own + [pod(name="a", volumes=twice), pod(name="b", options={"level": "s0:c3"}),
+                                          pod(name="c", volumes=alone)])
+    assert report.shared_volumes == 2
+    assert sorted(w.workload.ref for w in report.workloads) == ["Pod ns/a", "Pod ns/b"]
+    assert f"kubernetes.io/csi/{DRIVER}^pv-own" in next(w for w in report.workloads if w.workload.name == "a").volumes
+
+
+def test_two_pods_of_one_name_count_as_one_and_both_policies_count():
+    first, second = pod(name="a", policy="Recursive"), pod(name="a")
+    for pods in ([first, second], [second, first]):
+        report = run(shared_volume() + pods + [pod(name="b", options={"level": "s0:c3"})])
+        a = next(w for w in report.workloads if w.workload.name == "a")
+        assert a.pods == {"ns/a"} and not a.already_recursive
+
+
+@pytest.mark.parametrize("censor", [False, True])
+def test_json_text_is_the_json_of_to_json(censor):
+    report = _conflicted_report_across_namespaces()
+    assert report.conflicts and report.findings
+    assert report.json_text(censor) == json.dumps(report.to_json(censor), separators=(",", ":"))
+
+
+def _conflicted_report_across_namespaces():
+    privileged = pod(name="agent\u00e9", options=None, containers=[
+        {"name": "c", "securityContext": {"privileged": True}, "volumeMounts": [{"name": "vol", "mountPath": "/v"}]}])
+    return run(shared_volume(namespaces=("ns", "other")) + [
+        pod(name='a "quoted"'), pod(name="b", namespace="other", options={"level": "s0:c3"}), privileged,
+        pod(name="c", options={"user": "staff_u", "level": "s0:c1,c2"})])
 
 
 # --- workloads -------------------------------------------------------------------------------------------

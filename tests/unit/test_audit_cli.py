@@ -7,7 +7,12 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from agent import gates
+from agent.audit import audit
 from agent.cli.main import main
+from agent.cluster import Cluster
+from agent.defaults import load_node_defaults
+from agent.manifests import load_files
 from k8s_builders import csidriver, owned, pod, pv, pvc
 
 EXAMPLE = str(Path(__file__).resolve().parents[2] / "examples" / "cluster.yaml")
@@ -104,6 +109,27 @@ def test_bundled_example(capsys):
     assert code == 1
     names = {w["name"]: w["verdict"] for w in json.loads(out)["workloads"]}
     assert names == {"media-worker": "breaks", "media-backup": "breaks"}
+
+
+@pytest.mark.parametrize("censor", [[], ["--censor"]])
+def test_json_output_is_the_report_as_json(capsys, tmp_path, censor):
+    path = conflicting(tmp_path)
+    _, out, _ = run(capsys, "-f", path, "-o", "json", *censor)
+    report = audit(Cluster(load_files([path])), gates.resolve("1.37"), load_node_defaults())
+    assert out == json.dumps(report.to_json(censor=bool(censor)), separators=(",", ":")) + "\n"
+
+
+def test_nested_lists_and_nulls_read_like_a_flat_list(capsys, tmp_path):
+    flat = conflicting(tmp_path)
+    items = json.loads(Path(flat).read_text())["items"]
+    nested = tmp_path / "nested.json"
+    nested.write_text(json.dumps({"kind": "List", "items": [
+        None, {"kind": "PodList", "items": [o for o in items if o["kind"] == "Pod"]},
+        *[o for o in items if o["kind"] != "Pod"]]}))
+    _, expected, _ = run(capsys, "-f", flat, "-o", "json")
+    _, out, _ = run(capsys, "-f", str(nested), "-o", "json")
+    assert json.loads(out)["summary"] == json.loads(expected)["summary"]
+    assert out == expected
 
 
 @pytest.mark.parametrize("content, words", [
