@@ -339,6 +339,8 @@ class Attributor:
         # pid → (checked at, Attribution) for pids found in a pod; level → Attribution.
         self._found_cache: dict[int, tuple[float, Attribution]] = {}
         self._by_level: dict[str, Attribution] = {}
+        # (method, pod UID, container ID) → (the PodRef it was made from, Attribution)
+        self._by_container: dict[tuple, tuple] = {}
 
     def add_level(self, level: str, pod: PodRef) -> None:
         self.levels[canonical_level(level) or level] = pod
@@ -424,7 +426,22 @@ class Attributor:
         return found
 
     def _found(self, method: str, uid: str, container_id: str | None) -> Attribution:
+        # The same object for the same pod and container while the directory holds the same PodRef, so
+        # consumers that memoise by identity (AvcMetrics) keep hitting after a pid is checked again; a pod
+        # the directory learns about or changes gets a new one.
         pod = self.pods.by_uid(uid)
+        key = (method, uid, container_id)
+        entry = self._by_container.get(key)
+        if entry is not None and entry[0] is pod:
+            return entry[1]
+        found = self._attribution(method, uid, container_id, pod)
+        if len(self._by_container) >= self.max_cache:
+            self._by_container.clear()
+        self._by_container[key] = (pod, found)
+        return found
+
+    @staticmethod
+    def _attribution(method: str, uid: str, container_id: str | None, pod: PodRef | None) -> Attribution:
         if pod is None:
             return Attribution(method=method, pod_uid=uid, container_id=container_id)
         return Attribution(method=method, pod_uid=uid, namespace=pod.namespace, pod=pod.name,

@@ -32,7 +32,8 @@ class DenialCollector:
     documentation = "SELinux AVC denials, one per denied permission, by pod and types"
 
     def __init__(self):
-        self.counts: dict[tuple, int] = {}
+        # label values → [count]: a one-element list, so a memoised denial shape adds to it directly.
+        self.counts: dict[tuple, list[int]] = {}
         self.overflow = 0
 
     def describe(self):
@@ -42,8 +43,8 @@ class DenialCollector:
     def collect(self):
         family = CounterMetricFamily(self.name, self.documentation, labels=DENIAL_LABELS)
         # list() copies under the GIL, so a watcher thread may go on counting during a scrape.
-        for key, value in sorted(list(self.counts.items())):
-            family.add_metric(key, value)
+        for key, cell in sorted(list(self.counts.items())):
+            family.add_metric(key, cell[0])
         yield family
         yield CounterMetricFamily(*_OVERFLOW, value=self.overflow)
 
@@ -67,6 +68,12 @@ class AvcMetrics:
             "selinux_audit_netlink_enobufs", "Times the audit netlink socket overflowed (ENOBUFS); "
             "records were lost", registry=registry)
         self._overflow_keys: set[tuple] = set()
+        # Denials repeat: (id(attribution), id(scontext), id(tcontext), tclass, permissive, permissions) →
+        # (attribution, scontext, tcontext, the count cells its permissions add to, how many of them are
+        # the overflow series). The objects are kept in the entry so their ids stay theirs; the
+        # attributor and the parser hand out the same objects for the same pod and context.
+        self._shapes: dict[tuple, tuple] = {}
+        self.max_shapes = 4096
         self._record_children: dict[str, object] = {}
         self._reason_children = {reason: self.unattributed.labels(reason) for reason in REASONS}
 
@@ -74,11 +81,28 @@ class AvcMetrics:
         """Count each denied permission of one denial (granted records are not denials)."""
         if not denial.denied:
             return
-        if attribution is not None and not attribution.attributed and attribution.reason:
+        if attribution is not None and attribution.method is None and attribution.reason:
             child = self._reason_children.get(attribution.reason)
             (child or self.unattributed.labels(attribution.reason)).inc()
+        scontext, tcontext = denial.scontext, denial.tcontext
+        shape = (id(attribution), id(scontext), id(tcontext), denial.tclass, denial.permissive,
+                 denial.permissions)
+        try:
+            entry = self._shapes.get(shape)
+        except TypeError:  # permissions given as a list: no memo
+            entry = None
+            shape = None
+        if entry is None or entry[0] is not attribution or entry[1] is not scontext or entry[2] is not tcontext:
+            entry = self._shape(shape, denial, attribution)
+        for cell in entry[3]:
+            cell[0] += 1
+        if entry[4]:
+            self.denials.overflow += entry[4]
+
+    def _shape(self, shape: tuple | None, denial, attribution) -> tuple:
+        """The count cells of one denial shape (creating series as the limit allows), memoised."""
         namespace = pod = container = ""
-        if attribution is not None and attribution.attributed:
+        if attribution is not None and attribution.method is not None:
             namespace = attribution.namespace or ""
             pod = attribution.pod or attribution.pod_uid or ""
             container = attribution.container or ""
@@ -86,23 +110,29 @@ class AvcMetrics:
         base = (namespace, pod, container, denial.source_type or "", denial.target_type or "",
                 denial.tclass)
         counts = self.denials.counts
+        cells = []
+        overflowed = 0
         for permission in denial.permissions:
             key = base + (permission, permissive)
-            if key in counts:
-                counts[key] += 1
-            else:
-                self._new_series(key)
-
-    def _new_series(self, key: tuple) -> None:
-        counts = self.denials.counts
-        if len(counts) - len(self._overflow_keys) < self.max_series:
-            counts[key] = 1
-            return
-        # The overflow series may add two series (permissive 0 and 1) beyond the limit; no more.
-        other = (OTHER,) * 7 + (key[7],)
-        self._overflow_keys.add(other)
-        counts[other] = counts.get(other, 0) + 1
-        self.denials.overflow += 1
+            cell = counts.get(key)
+            if cell is None:
+                if len(counts) - len(self._overflow_keys) < self.max_series:
+                    cell = counts[key] = [0]
+                else:
+                    # The overflow series may add two series (permissive 0 and 1) beyond the limit; no more.
+                    other = (OTHER,) * 7 + (key[7],)
+                    self._overflow_keys.add(other)
+                    cell = counts.get(other)
+                    if cell is None:
+                        cell = counts[other] = [0]
+                    overflowed += 1
+            cells.append(cell)
+        entry = (attribution, denial.scontext, denial.tcontext, tuple(cells), overflowed)
+        if shape is not None:
+            if len(self._shapes) >= self.max_shapes:
+                self._shapes.clear()
+            self._shapes[shape] = entry
+        return entry
 
     def count_records(self, by_type) -> None:
         """Add a mapping of record type → count (a delta)."""

@@ -21,14 +21,18 @@ Records of one event share `audit(seconds.millis:serial)`. The `EventAssembler` 
 CWD, AVC_PATH and PROCTITLE records by that key and emits one `Denial` per AVC record when the event ends:
 on an EOE record, when too many newer events are pending, when its time has passed (`expire`), or at `finish`.
 No input line makes the parser raise; a line that cannot be read is counted in `ParseStats.bad_lines`.
+
+Most lines never reach `parse_record`: fastpath.py reads the common layouts for a fraction of the cost and
+hands the assembler the same values (tested line by line against this parser).
 """
 
 from __future__ import annotations
 
 import re
 from collections import Counter
-from dataclasses import MISSING, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import islice
 
 from agent.errors import InvalidLabel
 from agent.label import Label
@@ -55,20 +59,32 @@ _HEX = re.compile(r"(?:[0-9A-F]{2})+\Z")
 _UNTRUSTED = frozenset({"comm", "path", "name", "exe", "cwd", "proctitle", "cmd", "srawcon", "trawcon"})
 # Characters sepolgen strips from lines (ENRICHED separators and NEL).
 _STRIP = str.maketrans("", "", "\x1c\x1e\x85")
-_NEEDS_STRIP = re.compile("[\x1c\x1e\x85]")
-_MAX_LINE = 65536
-
-# The layout the kernel itself writes (avc_audit_pre/post_callback, lsm_audit.c), as auditd (RAW, ENRICHED,
-# `node=`) and kmsg show it. Lines in this shape, nearly all of them on a busy node, are read by this one
-# expression; anything else goes through the general parser. Both give the same Denial (tested).
-_FAST_AVC = re.compile(
-    r"(?:\[[^\]]*\] )?(?:audit: )?(?:node=(\S+) )?type=(?:AVC|1400) (?:msg=)?"
-    r"audit\((\d+)\.(\d+):(\d+)\): avc:  (denied|granted)  \{ ([^}]*) \} for  pid=(\d+) comm=(\S+) "
-    r"(?:path=(\S+) )?(?:name=(\S+) )?(?:dev=(\S+) )?(?:ino=(\d+) )?"
-    r"scontext=(\S+) tcontext=(\S+) tclass=(\w+)(?: permissive=([01]))?[ \t]*(?:\x1d.*)?\Z", re.DOTALL)
+MAX_LINE = 65536
 
 
-def _decode(key: str, value: str) -> str:
+class BoundedCache(dict):
+    """A memo of at most `limit` entries, for values that repeat in the stream (contexts, tails of AVC lines).
+
+    When full, the older half by insertion goes. A hit is a plain `dict.get`, and unlike an LRU it does not
+    move the entry, so hits cost nothing extra; entries still in use come back at their next miss.
+    """
+
+    __slots__ = ("limit",)
+
+    def __init__(self, limit: int):
+        super().__init__()
+        self.limit = limit
+
+    def put(self, key, value):
+        """Store and return `value`."""
+        if len(self) >= self.limit:
+            for old in list(islice(self, max(self.limit // 2, 1))):
+                del self[old]
+        self[key] = value
+        return value
+
+
+def decode_value(key: str, value: str) -> str:
     """A field value with quotes removed and, for untrusted strings, hex decoded."""
     first = value[:1]
     if first == '"' or first == "'":
@@ -87,7 +103,7 @@ def _decode(key: str, value: str) -> str:
 def _unquote(key: str, value: str) -> str:
     if value[:1] == '"' and value[-1:] == '"' and len(value) >= 2:
         return value[1:-1]
-    return _decode(key, value)
+    return decode_value(key, value)
 
 
 # SYSCALL fields in the order the kernel writes them (audit_log_exit); other shapes use parse_fields.
@@ -125,7 +141,7 @@ def parse_fields(text: str) -> dict[str, str]:
                 return _parse_fields_quoted(text)
             out[key] = value[1:-1]
         elif key in _UNTRUSTED:
-            out[key] = _decode(key, value)
+            out[key] = decode_value(key, value)
         else:
             out[key] = value
     return out
@@ -135,7 +151,7 @@ def _parse_fields_quoted(text: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for key, value in _FIELD.findall(text):
         if key not in out:
-            out[key] = _decode(key, value)
+            out[key] = decode_value(key, value)
     return out
 
 
@@ -168,12 +184,21 @@ def _record_type(text: str, type_hint: int | str | None) -> str:
     return name
 
 
+def record_prefix(head: str, type_hint: int | str | None = None) -> tuple[str, str | None]:
+    """(record type, node) of the text before `audit(`."""
+    node = None
+    if "node=" in head:
+        node_match = _NODE.search(head)
+        node = node_match.group(1) if node_match else None
+    return _record_type(head, type_hint), node
+
+
 def parse_record(text: str, type_hint: int | str | None = None) -> Record | None:
     """One line of any accepted form, or None when it is not an audit record.
 
     `type_hint` is the netlink message type (a number) for netlink payloads, which carry no `type=`.
     """
-    if not isinstance(text, str) or len(text) > _MAX_LINE:
+    if not isinstance(text, str) or len(text) > MAX_LINE:
         return None
     if "\x1d" in text:
         text = text.partition("\x1d")[0]
@@ -195,12 +220,7 @@ def parse_record(text: str, type_hint: int | str | None = None) -> Record | None
             return None
         # `ausearch -i` prints local time; it is read as local time here too.
         timestamp = moment.timestamp() + int(local_millis) / (10 ** len(local_millis))
-    head = text[: match.start()]
-    node = None
-    if "node=" in head:
-        node_match = _NODE.search(head)
-        node = node_match.group(1) if node_match else None
-    rtype = _record_type(head, type_hint)
+    rtype, node = record_prefix(text[: match.start()], type_hint)
     body = text[match.end():]
     if body.startswith(" :"):  # ausearch -i writes `audit(...) : fields`
         body = body[2:]
@@ -208,15 +228,27 @@ def parse_record(text: str, type_hint: int | str | None = None) -> Record | None
         body = body[1:]
     if rtype == "UNKNOWN" and "avc:" in body:
         rtype = "AVC"
-    if _NEEDS_STRIP.search(body):
+    return Record(rtype, timestamp, int(serial), finish_body(body), node)
+
+
+def finish_body(body: str) -> str:
+    """A record body as `parse_record` leaves it: the ENRICHED part after \\x1d dropped, sepolgen's strip
+    characters removed, surrounding white space trimmed. Applying it twice changes nothing, so bodies the
+    fast path kept as they were can be finished only when an event turns out to need them."""
+    if "\x1d" in body:
+        body = body.partition("\x1d")[0]
+    if "\x1c" in body or "\x1e" in body or "\x85" in body:
         body = body.translate(_STRIP)
-    return Record(rtype, timestamp, int(serial), body.strip(), node)
+    return body.strip()
 
 
 # --- denials -------------------------------------------------------------------------------------------
 
-_LABEL_CACHE: dict[str, Label | str] = {}
-_LABEL_CACHE_MAX = 8192
+_LABEL_CACHE = BoundedCache(8192)
+# id(Label) → (Label, canonical level): formatting a level costs microseconds, and the same few Label
+# objects (shared through _LABEL_CACHE) come back with every denial. The Label is held so its id stays
+# its own while the entry lives.
+_LEVEL_CACHE = BoundedCache(8192)
 
 
 def context_value(text: str) -> Label | str:
@@ -228,10 +260,7 @@ def context_value(text: str) -> Label | str:
         value: Label | str = Label.parse(text)
     except InvalidLabel:
         value = text
-    if len(_LABEL_CACHE) >= _LABEL_CACHE_MAX:
-        _LABEL_CACHE.clear()
-    _LABEL_CACHE[text] = value
-    return value
+    return _LABEL_CACHE.put(text, value)
 
 
 def context_type(context: Label | str | None) -> str | None:
@@ -247,7 +276,12 @@ def context_type(context: Label | str | None) -> str | None:
 def context_level(context: Label | str | None) -> str | None:
     """The canonical MLS/MCS level of a context, or None."""
     if isinstance(context, Label):
-        return str(context.level) if context.level is not None else None
+        entry = _LEVEL_CACHE.get(id(context))
+        if entry is not None and entry[0] is context:
+            return entry[1]
+        level = str(context.level) if context.level is not None else None
+        _LEVEL_CACHE.put(id(context), (context, level))
+        return level
     return None
 
 
@@ -293,13 +327,16 @@ class Denial:
     def granted(self) -> bool:
         return not self.denied
 
+    # The two type properties are read for every denial counted; the Label case is inline.
     @property
     def source_type(self) -> str | None:
-        return context_type(self.scontext)
+        context = self.scontext
+        return context.type if context.__class__ is Label else context_type(context)
 
     @property
     def target_type(self) -> str | None:
-        return context_type(self.tcontext)
+        context = self.tcontext
+        return context.type if context.__class__ is Label else context_type(context)
 
     @property
     def source_level(self) -> str | None:
@@ -333,19 +370,18 @@ class Denial:
         return out
 
 
-_DENIAL_DEFAULTS = {name: spec.default for name, spec in Denial.__dataclass_fields__.items()
-                    if spec.default is not MISSING}
 _new = object.__new__
+_set = object.__setattr__
 
 
 def _make_denial(values: dict) -> Denial:
     """`Denial(**values)` without the generated __init__, which for a frozen class of 23 fields sets each
-    through object.__setattr__ and costs more than parsing the line. Same class, same equality and hash;
-    `values` comes only from this module's parsers, which always set the required fields."""
+    through object.__setattr__ and costs more than parsing the line. Same class, same equality, hash and
+    repr. Fields missing from `values` read as the class defaults, which dataclass puts on the class for
+    every field with a default; `values` comes only from this module's parsers and fastpath.py, which
+    always set the six required fields."""
     denial = _new(Denial)
-    attributes = denial.__dict__
-    attributes.update(_DENIAL_DEFAULTS)
-    attributes.update(values)
+    _set(denial, "__dict__", values)  # the dict becomes the instance's own; nothing else holds it
     return denial
 
 
@@ -415,42 +451,43 @@ class ParseStats:
     avc_unreadable: int = 0
 
 
-class _Event:
-    __slots__ = ("avcs", "companions", "timestamp")
-
-    def __init__(self, timestamp: float):
-        self.avcs: list[dict] = []  # Denial fields, turned into Denials when the event ends
-        self.companions: dict[str, str] = {}  # record type → body, parsed only if the event has an AVC
-        self.timestamp = timestamp
+# An open event is a list, [audit timestamp, Denial fields of its AVC records, {record type: body} or
+# None]: one is made for nearly every line on a busy node, and a list costs a fraction of an object.
+_TIME, _AVCS, _COMPANIONS = 0, 1, 2
 
 
-def _complete(event: _Event) -> list[Denial]:
+def _complete(event: list) -> list[Denial]:
     """The event's Denials, with SYSCALL, CWD, AVC_PATH and PROCTITLE fields attached."""
-    if not event.companions:
-        return [_make_denial(values) for values in event.avcs]
-    parsed = {rtype: _syscall_fields(body) if rtype == "SYSCALL" else parse_fields(body)
-              for rtype, body in event.companions.items()}
-    syscall = parsed.get("SYSCALL", {})
-    cwd = parsed.get("CWD", {}).get("cwd")
-    avc_path = parsed.get("AVC_PATH", {}).get("path")
-    proctitle = parsed.get("PROCTITLE", {}).get("proctitle")
+    companions = event[_COMPANIONS]
+    if companions is None:
+        return [_make_denial(values) for values in event[_AVCS]]
+    # Only the records whose fields are attached are read (PATH records are kept, not parsed). The fast
+    # path keeps bodies as they came, hence finish_body.
+    body = companions.get("SYSCALL")
+    syscall = {} if body is None else _syscall_fields(finish_body(body))
+    body = companions.get("CWD")
+    cwd = None if body is None else parse_fields(finish_body(body)).get("cwd")
+    body = companions.get("AVC_PATH")
+    avc_path = None if body is None else parse_fields(finish_body(body)).get("path")
+    body = companions.get("PROCTITLE")
+    proctitle = None if body is None else parse_fields(finish_body(body)).get("proctitle")
     success = syscall.get("success")
     done = []
-    for values in event.avcs:
+    for values in event[_AVCS]:
         if syscall:
             values["exe"] = syscall.get("exe")
             values["ppid"] = _int(syscall.get("ppid"))
             values["syscall"] = _int(syscall.get("syscall"))
             values["success"] = None if success is None else success == "yes"
-            if values["pid"] is None:
+            if values.get("pid") is None:
                 values["pid"] = _int(syscall.get("pid"))
-            if values["comm"] is None:
+            if values.get("comm") is None:
                 values["comm"] = syscall.get("comm")
         if cwd:
             values["cwd"] = cwd
         if proctitle:
             values["proctitle"] = proctitle
-        if values["path"] is None and avc_path:
+        if values.get("path") is None and avc_path:
             values["path"] = avc_path
         done.append(_make_denial(values))
     return done
@@ -462,98 +499,137 @@ class EventAssembler:
     An event is complete at its EOE record; when more than `max_pending` events are open (the oldest goes);
     when `expire(now)` finds it older than `linger` seconds; or at `finish()`. Each call returns the denials
     that became complete, oldest first. Events that hold no AVC cost one dictionary entry until they close.
+
+    Lines in the common layouts are read by `fastpath.read`, the rest by `parse_record`; both feed the
+    same event steps (`feed_line` does the common ones inline, `_place` the rest), so the two readers
+    differ in cost only.
     """
 
     def __init__(self, max_pending: int = 64, linger: float = 0.5):
+        # Imported here because fastpath builds on this module's helpers.
+        from agent.avc.fastpath import read
+
+        self._read_fast = read
         self.max_pending = max_pending
         self.linger = linger
         self.stats = ParseStats()
-        self._pending: dict[tuple[float, int], _Event] = {}
+        self._pending: dict[tuple[float, int], list] = {}
 
     def feed_line(self, text: str, type_hint: int | str | None = None) -> list[Denial]:
         """Parse one line (or netlink payload) and return the denials completed by it."""
-        self.stats.lines += 1
-        if type_hint is None:
-            match = _FAST_AVC.match(text)
-            if match is not None:
-                return self._add_fast(match)
+        stats = self.stats
+        stats.lines += 1
+        if type_hint is None or type(type_hint) is int:
+            try:
+                fast = self._read_fast(text, type_hint)
+            except Exception:  # noqa: BLE001 - anything odd is the general parser's to judge
+                fast = None
+            if fast is not None:
+                # The common cases inline (this runs for nearly every line): an AVC record, a companion
+                # record joining its event; the rest as in `add`.
+                rtype, key, payload = fast
+                stats.records[rtype] += 1
+                if rtype == "AVC":
+                    event = self._pending.get(key)
+                    out: list[Denial] = []
+                    if event is None:
+                        event, out = self._open(key)
+                    if payload is None:
+                        stats.avc_unreadable += 1
+                    else:
+                        event[_AVCS].append(payload)
+                    return out
+                if rtype in COMPANION_TYPES:
+                    event = self._pending.get(key)
+                    if event is None:
+                        return self._place(key, None, rtype, payload)
+                    companions = event[_COMPANIONS]
+                    if companions is None:
+                        event[_COMPANIONS] = {rtype: payload}
+                    elif rtype not in companions:
+                        companions[rtype] = payload
+                    return []
+                if rtype == "EOE":
+                    return self._close(key)
+                return []
         try:
             record = parse_record(text, type_hint)
         except Exception:  # noqa: BLE001 - one bad line must never stop the stream
             record = None
         if record is None:
-            self.stats.bad_lines += 1
+            stats.bad_lines += 1
             return []
         return self.add(record)
 
     def add(self, record: Record) -> list[Denial]:
-        stats = self.stats
+        """Add one parsed record; returns the denials completed by it."""
         rtype = record.type
-        stats.records[rtype] += 1
+        self.stats.records[rtype] += 1
         key = (record.timestamp, record.serial)
         if rtype == "EOE":
-            event = self._pending.pop(key, None)
-            return self._emit(event) if event else []
-        is_avc = rtype in AVC_TYPES or (rtype not in COMPANION_TYPES and "avc:" in record.body)
-        if not is_avc and rtype not in COMPANION_TYPES:
-            return []
-        pending = self._pending
-        event = pending.get(key)
-        out: list[Denial] = []
-        if event is None:
-            event = pending[key] = _Event(record.timestamp)
-            while len(pending) > self.max_pending:
-                oldest = next(iter(pending))
-                out.extend(self._emit(pending.pop(oldest)))
-        if is_avc:
+            return self._close(key)
+        if rtype in COMPANION_TYPES:
+            return self._place(key, None, rtype, record.body)
+        if rtype in AVC_TYPES or "avc:" in record.body:
             try:
                 values = _avc_values(record)
             except Exception:  # noqa: BLE001 - one bad record must never stop the stream
                 values = None
-            if values is None:
-                stats.avc_unreadable += 1
-            else:
-                event.avcs.append(values)
-        elif rtype not in event.companions:
-            event.companions[rtype] = record.body
-        return out
+            return self._place(key, values, None, None)
+        return []
 
-    def _add_fast(self, match: re.Match) -> list[Denial]:
-        (node, seconds, millis, serial, result, perms, pid, comm, path, name, dev, ino, scontext, tcontext,
-         tclass, permissive) = match.groups()
-        permissions = tuple(perms.split())
-        timestamp = float(seconds + "." + millis)
-        serial_number = int(serial)
-        self.stats.records["AVC"] += 1
-        if not permissions:
-            self.stats.avc_unreadable += 1
-            return []
-        values = {
-            "timestamp": timestamp, "serial": serial_number, "permissions": permissions,
-            "scontext": context_value(scontext), "tcontext": context_value(tcontext), "tclass": tclass,
-            "denied": result == "denied", "permissive": None if permissive is None else permissive == "1",
-            "pid": int(pid), "comm": comm[1:-1] if comm[0] == '"' and comm[-1] == '"' else _decode("comm", comm),
-            "path": None if path is None else _unquote("path", path),
-            "name": None if name is None else _unquote("name", name),
-            "dev": None if dev is None else _unquote("dev", dev),
-            "ino": None if ino is None else int(ino), "record_type": "AVC", "node": node,
-        }
-        key = (timestamp, serial_number)
+    def _open(self, key: tuple[float, int]) -> tuple[list, list[Denial]]:
+        """A new pending event for `key`, and the denials of the oldest event when the window overflows."""
         pending = self._pending
-        event = pending.get(key)
+        event = pending[key] = [key[0], [], None]
+        return event, (self._evict() if len(pending) > self.max_pending else [])
+
+    def _place(self, key: tuple[float, int], values: dict | None, rtype: str | None,
+               body: str | None) -> list[Denial]:
+        """Add an AVC's fields (`rtype` None; `values` None for an unreadable AVC) or a companion record's
+        body to the event `key`, opening it if needed; returns the denials of events pushed out."""
+        event = self._pending.get(key)
         out: list[Denial] = []
         if event is None:
-            event = pending[key] = _Event(timestamp)
-            while len(pending) > self.max_pending:
-                out.extend(self._emit(pending.pop(next(iter(pending)))))
-        event.avcs.append(values)
+            event, out = self._open(key)
+        if rtype is None:
+            if values is None:
+                self.stats.avc_unreadable += 1
+            else:
+                event[_AVCS].append(values)
+        else:
+            companions = event[_COMPANIONS]
+            if companions is None:
+                event[_COMPANIONS] = {rtype: body}
+            elif rtype not in companions:
+                companions[rtype] = body
         return out
+
+    def _evict(self) -> list[Denial]:
+        """Close the oldest events until at most `max_pending` are open; returns their denials."""
+        pending = self._pending
+        oldest = pending.pop(next(iter(pending)))  # one, nearly always: an AVC without companions
+        avcs = oldest[_AVCS]
+        if len(avcs) == 1 and oldest[_COMPANIONS] is None:
+            denial = _new(Denial)  # _emit, inline
+            _set(denial, "__dict__", avcs[0])
+            self.stats.denials += 1
+            out = [denial]
+        else:
+            out = self._emit(oldest)
+        while len(pending) > self.max_pending:
+            out.extend(self._emit(pending.pop(next(iter(pending)))))
+        return out
+
+    def _close(self, key: tuple[float, int]) -> list[Denial]:
+        event = self._pending.pop(key, None)
+        return self._emit(event) if event else []
 
     def expire(self, now: float) -> list[Denial]:
         """Close events whose audit timestamp is more than `linger` seconds before `now` (epoch seconds)."""
         out: list[Denial] = []
         limit = now - self.linger
-        for key in [k for k, event in self._pending.items() if event.timestamp <= limit]:
+        for key in [k for k, event in self._pending.items() if event[_TIME] <= limit]:
             out.extend(self._emit(self._pending.pop(key)))
         return out
 
@@ -569,13 +645,21 @@ class EventAssembler:
     def pending(self) -> int:
         return len(self._pending)
 
-    def _emit(self, event: _Event) -> list[Denial]:
-        if not event.avcs:
+    def _emit(self, event: list) -> list[Denial]:
+        avcs = event[_AVCS]
+        if not avcs:
             return []
         try:
-            done = _complete(event)
+            if event[_COMPANIONS] is None:
+                done = []
+                for values in avcs:  # _make_denial, inline
+                    denial = _new(Denial)
+                    _set(denial, "__dict__", values)
+                    done.append(denial)
+            else:
+                done = _complete(event)
         except Exception:  # noqa: BLE001
-            self.stats.avc_unreadable += len(event.avcs)
+            self.stats.avc_unreadable += len(avcs)
             return []
         self.stats.denials += len(done)
         return done

@@ -37,6 +37,12 @@ class AttributedDenial:
         return out
 
 
+_new = object.__new__
+_set = object.__setattr__
+# What the callback sees when no attributor is set (values are immutable, so one serves every denial).
+_NO_ATTRIBUTION = Attribution()
+
+
 class AvcWatcher:
     """Glue between a source and its consumers. `callback(AttributedDenial)` sees every AVC record,
     denials and granted ones; metrics count denials only."""
@@ -52,7 +58,7 @@ class AvcWatcher:
         self.wall_clock = wall_clock
         self.callback_errors = 0
         self.error: BaseException | None = None
-        self._stop = threading.Event()
+        self._stopping = False  # tested for every record; set by stop() from any thread
         self._thread: threading.Thread | None = None
         self._seen_records: dict[str, int] = {}
         self._seen_bad = 0
@@ -64,34 +70,33 @@ class AvcWatcher:
     def run(self) -> None:
         """Consume the source until it ends or `stop()` is called; close open events at the end."""
         feed = self.assembler.feed_line
-        handle = self._handle
+        handle = self._handler()
         since_sync = 0
         try:
             for item in self.source:
                 if item is None:
-                    for denial in self.assembler.expire(self.wall_clock()):
-                        handle(denial)
+                    handle(self.assembler.expire(self.wall_clock()))
                     self._sync_counters()
                     since_sync = 0
                 else:
-                    for denial in feed(item[1], item[0]):
-                        handle(denial)
+                    denials = feed(item[1], item[0])
+                    if denials:
+                        handle(denials)
                     since_sync += 1
                     if since_sync >= 4096:  # a busy source has no idle ticks; keep counters fresh anyway
                         self._sync_counters()
                         since_sync = 0
-                if self._stop.is_set():
+                if self._stopping:
                     break
         finally:
-            for denial in self.assembler.finish():
-                handle(denial)
+            handle(self.assembler.finish())
             self._sync_counters()
 
     def start(self) -> "AvcWatcher":
         """Run in a daemon thread."""
         if self._thread is not None:
             return self
-        self._stop.clear()
+        self._stopping = False
         self._thread = threading.Thread(target=self._run_logged, name="avc-watcher", daemon=True)
         self._thread.start()
         return self
@@ -105,7 +110,7 @@ class AvcWatcher:
 
     def stop(self, timeout: float | None = 5.0) -> None:
         """Stop the source and wait for the thread (which ends within one source tick)."""
-        self._stop.set()
+        self._stopping = True
         stop_source = getattr(self.source, "stop", None)
         if stop_source is not None:
             stop_source()
@@ -119,18 +124,32 @@ class AvcWatcher:
 
     # -- per denial -------------------------------------------------------------------------------------
 
-    def _handle(self, denial: Denial) -> None:
-        attribution = self.attributor.attribute(denial) if self.attributor else Attribution()
-        if self.metrics is not None:
-            self.metrics.count_denial(denial, attribution if self.attributor else None)
-        if self.callback is not None:
-            try:
-                self.callback(AttributedDenial(denial, attribution))
-            except StopIteration:
-                self.stop(timeout=0)
-            except Exception:  # noqa: BLE001 - a consumer bug must not stop the watcher
-                self.callback_errors += 1
-                log.exception("AVC callback failed")
+    def _handler(self) -> Callable[[list[Denial]], None]:
+        """A function that attributes, counts and passes on each denial of one batch (the denials one
+        record completed), bound to the attributor, metrics and callback as they are when a run starts."""
+        attribute = self.attributor.attribute if self.attributor else None
+        count = self.metrics.count_denial if self.metrics is not None else None
+        callback = self.callback
+
+        def handle(denials: list[Denial]) -> None:
+            for denial in denials:
+                attribution = attribute(denial) if attribute is not None else _NO_ATTRIBUTION
+                if count is not None:
+                    count(denial, attribution if attribute is not None else None)
+                if callback is not None:
+                    # AttributedDenial(denial, attribution) without the frozen __init__, whose
+                    # object.__setattr__ calls cost more than the rest of this loop; same class and fields.
+                    item = _new(AttributedDenial)
+                    _set(item, "__dict__", {"denial": denial, "attribution": attribution})
+                    try:
+                        callback(item)
+                    except StopIteration:
+                        self.stop(timeout=0)
+                    except Exception:  # noqa: BLE001 - a consumer bug must not stop the watcher
+                        self.callback_errors += 1
+                        log.exception("AVC callback failed")
+
+        return handle
 
     def _sync_counters(self) -> None:
         """Move record, parse-error and drop counts into the metrics as deltas (cheap; on ticks and at end)."""

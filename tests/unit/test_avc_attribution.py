@@ -144,6 +144,23 @@ def test_cache_is_keyed_by_start_time(tmp_path):
     assert not found.attributed and found.reason == HOST_PROCESS
 
 
+def test_a_pod_named_later_is_named_after_the_next_check(tmp_path):
+    # The daemon's pod watch fills the directory behind the attributor's back (no add_pod).
+    clock = Clock()
+    write_proc(tmp_path, 4242, LAYOUTS["systemd-crio"])
+    directory = PodDirectory([PodRef("other", "p", "uid-other")])  # not empty: an empty one is replaced
+    attributor = Attributor(proc_root=str(tmp_path), pods=directory, clock=clock)
+    first = attributor.attribute(denial())
+    assert first.pod_uid == UID and first.pod is None
+    assert attributor.attribute(denial()) is first
+    directory.add(POD)
+    clock.now = 5.0
+    named = attributor.attribute(denial())
+    assert named.pod == "web-7f9c-abcde" and named.container == "nginx"
+    clock.now = 10.0
+    assert attributor.attribute(denial()) is named  # the same object while the pod is unchanged
+
+
 def test_same_start_time_after_window_keeps_the_entry_without_rereading_cgroup(tmp_path):
     clock = Clock()
     write_proc(tmp_path, 4242, LAYOUTS["cgroupfs-crio"], start=1000)

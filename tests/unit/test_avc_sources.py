@@ -322,3 +322,80 @@ def test_watcher_thread_over_a_file(tmp_path):
     item = seen.get(timeout=5)
     watcher.stop()
     assert item.denial.permissions == ("read", "open") and not watcher.running
+
+
+def reference_counts(items, max_series):
+    """selinux_avc_denials_total computed the plain way, one key at a time: what the memoised count must give."""
+    counts, overflow_keys, overflow = {}, set(), 0
+    for denial, attribution in items:
+        if not denial.denied:
+            continue
+        namespace = pod = container = ""
+        if attribution is not None and attribution.attributed:
+            namespace, pod = attribution.namespace or "", attribution.pod or attribution.pod_uid or ""
+            container = attribution.container or ""
+        permissive = "" if denial.permissive is None else ("1" if denial.permissive else "0")
+        for permission in denial.permissions:
+            key = (namespace, pod, container, denial.source_type or "", denial.target_type or "", denial.tclass,
+                   permission, permissive)
+            if key in counts:
+                counts[key] += 1
+            elif len(counts) - len(overflow_keys) < max_series:
+                counts[key] = 1
+            else:
+                other = ("other",) * 7 + (key[7],)
+                overflow_keys.add(other)
+                counts[other] = counts.get(other, 0) + 1
+                overflow += 1
+    return counts, overflow
+
+
+@pytest.mark.parametrize("max_series", [2000, 5])
+def test_memoised_counting_matches_counting_each_key(max_series):
+    from agent.avc.attribution import Attribution
+
+    lines = []
+    for n in range(60):
+        perms = ("read", "read open", "write", "read read")[n % 4]
+        line = (f"type=AVC msg=audit(1.{n:03d}:{n}): "
+                + avc_text(perms=perms, target=f"system_u:object_r:t{n % 3}_t:s0", permissive=n % 2))
+        if n % 7 == 0:
+            line = line.replace(" permissive=1", "").replace(" permissive=0", "")
+        if n % 11 == 0:
+            line = line.replace("denied", "granted")
+        lines.append(line)
+    denials, _ = parse_lines(lines)
+    pods = [Attribution(method="cgroup", namespace="a", pod="p1", container="c"),
+            Attribution(method="mcs", namespace="a", pod="p1"),  # same labels through another object
+            Attribution(method="cgroup", pod_uid="uid-2"), Attribution(reason="pid_gone"), None]
+    items = [(denial, pods[n % len(pods)]) for n, denial in enumerate(denials)] * 3
+    registry = CollectorRegistry()
+    metrics = AvcMetrics(registry, max_series=max_series)
+    for denial, attribution in items:
+        metrics.count_denial(denial, attribution)
+    counts, overflow = reference_counts(items, max_series)
+    got = {tuple(s.labels[k] for k in ("namespace", "pod", "container", "source_type", "target_type", "tclass",
+                                        "permission", "permissive")): s.value
+           for f in registry.collect() if f.name == "selinux_avc_denials" for s in f.samples
+           if s.name.endswith("_total")}
+    assert got == counts
+    assert registry.get_sample_value("selinux_avc_denial_series_overflow_total") == overflow
+    assert registry.get_sample_value("selinux_avc_unattributed_total", {"reason": "pid_gone"}) == sum(
+        1 for d, a in items if d.denied and a is not None and a.reason == "pid_gone")
+
+
+def test_a_callback_stopping_the_watcher_ends_it_after_the_record():
+    seen = []
+
+    def first_two(item):
+        seen.append(item)
+        if len(seen) == 2:
+            raise StopIteration
+
+    lines = [f"type=AVC msg=audit(1.000:{n}): {avc_text()}" for n in range(100)]
+    watcher = AvcWatcher([(None, line) for line in lines], callback=first_two)
+    watcher.assembler.max_pending = 1
+    watcher.run()
+    # The record that completed the second denial is the last one read; finish() still hands on what it
+    # closes, as before.
+    assert len(seen) == 3 and watcher.assembler.stats.lines == 3
