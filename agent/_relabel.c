@@ -6,7 +6,8 @@
  *
  * Safety rules, all enforced here:
  *   - every lookup is relative to an open directory fd, and every directory is opened with O_NOFOLLOW, so a
- *     symlink swapped in during the walk is never followed (the link itself gets the label);
+ *     symlink swapped in during the walk is never followed (the link itself gets the label); directories are
+ *     opened with O_NOATIME where allowed, so reading them does not write their atime;
  *   - xattrs of non-directories are read and written with getxattrat/setxattrat(dirfd, name,
  *     AT_SYMLINK_NOFOLLOW) (Linux 6.13+), falling back to l{get,set}xattr("/proc/self/fd/<dirfd>/<name>");
  *     directories are labelled through their own (non-O_PATH) fd;
@@ -15,18 +16,22 @@
  *
  * Work distribution: one shared LIFO stack of work items (a directory to open, or a chunk of entries of an
  * already open directory) under one mutex. Items are directories or chunks of up to CHUNK_ENTRIES entries,
- * so the lock is taken per directory or per chunk, never per file. A huge directory is split: its reader
- * reads up to 1Mi entries ahead (12 bytes each plus the names, only for directories that large), sorts
- * them by inode number when there are 4Ki or more (ext4 lists names in hash order; labelling in that order
- * scatters inode-table writes over the journal: 1M files took 4-8x longer), hands full chunks to the stack while
- * fewer than 2 per thread wait there, and labels the rest itself. Memory stays at one read-ahead batch and
- * a few chunks per thread however large the directory is.
+ * so the lock is taken per directory or per chunk, never per file. The subdirectories found in a chunk are
+ * queued together before its files are labelled, so idle threads can start on them at once. A huge
+ * directory is split: its reader reads up to 1Mi entries ahead (12 bytes each plus the names, only for
+ * directories that large), sorts them by inode number when there are 4Ki or more (ext4 lists names in hash
+ * order; labelling in that order scatters inode-table writes over the journal: 1M files took 4-8x longer),
+ * hands full chunks to the stack while fewer than 2 per thread wait there, and labels the rest itself.
+ * Memory stays at one read-ahead batch and a few chunks per thread however large the directory is.
  *
  * Memory and fds: no path list is kept. Each open directory is a node {parent, name, fd}; a node lives while
  * work items or child nodes refer to it, so memory follows the depth of the walk and the number of pending
  * subdirectories, and there is no recursion, so depth is unlimited. A directory fd is closed as soon as no
  * pending item needs it. When more fds than the budget are open, idle ones are closed and reopened on
  * demand from the nearest open ancestor, one O_NOFOLLOW component at a time, checking st_dev/st_ino.
+ * Node state is guarded by a second mutex, taken about three times per directory (the parent's fd, linking
+ * the new node, done with it); fds are closed after it is released, not under it (only reopening, over the
+ * fd budget, opens and closes under it).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -147,6 +152,7 @@ struct walk {
     int exited;
     int oom;
     atomic_int cancel;
+    atomic_int noatime; /* O_NOATIME is allowed (cleared at the first EPERM) */
 
     /* node and fd state */
     pthread_mutex_t fdlock;
@@ -203,13 +209,30 @@ static int probe_xattrat(void)
     return state;
 }
 
+/* "/proc/self/fd/<dirfd>/<name>", built by hand: it is made twice per entry on kernels without *xattrat,
+ * where snprintf was a few percent of the walk. */
 static int proc_path(char *out, int dirfd, const char *name)
 {
-    int n = snprintf(out, PROC_PATH_MAX, "/proc/self/fd/%d/%s", dirfd, name);
-    if (n < 0 || n >= PROC_PATH_MAX) {
+    static const char prefix[] = "/proc/self/fd/";
+    char digits[12];
+    int ndigits = 0;
+    unsigned v = (unsigned)dirfd;
+    do {
+        digits[ndigits++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    size_t namelen = strlen(name);
+    if (sizeof prefix - 1 + (size_t)ndigits + 1 + namelen >= PROC_PATH_MAX) {
         errno = ENAMETOOLONG;
         return -1;
     }
+    char *p = out;
+    memcpy(p, prefix, sizeof prefix - 1);
+    p += sizeof prefix - 1;
+    while (ndigits)
+        *p++ = digits[--ndigits];
+    *p++ = '/';
+    memcpy(p, name, namelen + 1);
     return 0;
 }
 
@@ -373,31 +396,57 @@ static struct node *node_new(struct walk *w, struct node *parent, const char *na
     n->namelen = (unsigned short)namelen;
     memcpy(n->name, name, namelen);
     n->name[namelen] = '\0';
-    if (parent) {
-        pthread_mutex_lock(&w->fdlock);
-        parent->children++;
-        pthread_mutex_unlock(&w->fdlock);
-    }
     return n;
 }
 
-static void close_node_fd_locked(struct walk *w, struct node *n)
+/* Fds taken off nodes under fdlock are closed after it is released: a thread preempted in close() (a
+ * syscall exit is where preemption happens) while holding the lock would stall every other worker. */
+struct closing {
+    int fds[4];
+    int n;
+};
+
+static void detach_fd_locked(struct walk *w, struct node *n, struct closing *c)
 {
     if (n->fd >= 0 && n != w->root) {
-        close(n->fd);
+        if (c->n < (int)(sizeof c->fds / sizeof c->fds[0]))
+            c->fds[c->n++] = n->fd;
+        else
+            close(n->fd);
         n->fd = -1;
         w->open_fds--;
     }
 }
 
-/* Drop one item reference; frees nodes that nothing refers to any more, up the chain. */
-static void node_release(struct walk *w, struct node *n)
+static void close_detached(struct closing *c)
 {
-    pthread_mutex_lock(&w->fdlock);
+    for (int i = 0; i < c->n; i++)
+        close(c->fds[i]);
+    c->n = 0;
+}
+
+/* Open a directory below dirfd without following a symlink. O_NOATIME: reading a directory would otherwise
+ * update its atime (relatime does, once the label write has moved ctime past it), one more journalled
+ * inode write per directory. Only the owner or CAP_FOWNER may ask for it; after an EPERM, stop asking. */
+static int open_dir_at(struct walk *w, int dirfd, const char *name)
+{
+    int flags = O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC;
+    if (atomic_load_explicit(&w->noatime, memory_order_relaxed)) {
+        int fd = openat(dirfd, name, flags | O_NOATIME);
+        if (fd >= 0 || errno != EPERM)
+            return fd;
+        atomic_store_explicit(&w->noatime, 0, memory_order_relaxed);
+    }
+    return openat(dirfd, name, flags);
+}
+
+/* Drop one item reference; frees nodes that nothing refers to any more, up the chain. */
+static void node_release_locked(struct walk *w, struct node *n, struct closing *c)
+{
     n->items--;
     while (n && n != w->root && n->items == 0) {
         if (n->users == 0)
-            close_node_fd_locked(w, n);
+            detach_fd_locked(w, n, c);
         if (n->children > 0)
             break;
         struct node *parent = n->parent;
@@ -406,13 +455,21 @@ static void node_release(struct walk *w, struct node *n)
         if (n)
             n->children--;
     }
-    pthread_mutex_unlock(&w->fdlock);
 }
 
-static void node_hold(struct walk *w, struct node *n)
+static void node_release(struct walk *w, struct node *n)
+{
+    struct closing c = {.n = 0};
+    pthread_mutex_lock(&w->fdlock);
+    node_release_locked(w, n, &c);
+    pthread_mutex_unlock(&w->fdlock);
+    close_detached(&c);
+}
+
+static void node_hold(struct walk *w, struct node *n, int count)
 {
     pthread_mutex_lock(&w->fdlock);
-    n->items++;
+    n->items += count;
     pthread_mutex_unlock(&w->fdlock);
 }
 
@@ -434,7 +491,7 @@ static int node_reopen_locked(struct walk *w, struct node *target)
     int result = 0;
     for (i = 0; i < depth; i++) {
         struct node *n = chain[i];
-        int next = openat(fd, n->name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        int next = open_dir_at(w, fd, n->name);
         int saved = errno;
         if (owned)
             close(fd);
@@ -462,7 +519,7 @@ static int node_reopen_locked(struct walk *w, struct node *target)
     return result;
 }
 
-/* The fd of a node, reopened if it was closed; -errno on failure. Pair with node_fd_put. */
+/* The fd of a node, reopened if it was closed; -errno on failure. Pair with node_done. */
 static int node_fd_get(struct walk *w, struct node *n)
 {
     pthread_mutex_lock(&w->fdlock);
@@ -479,57 +536,106 @@ static int node_fd_get(struct walk *w, struct node *n)
     return r;
 }
 
-static void node_fd_put(struct walk *w, struct node *n)
+static void node_fd_put_locked(struct walk *w, struct node *n, struct closing *c)
 {
-    pthread_mutex_lock(&w->fdlock);
     n->users--;
     /* Over budget: close now rather than keep an idle fd for pending items; they will reopen it. */
     if (n->users == 0 && (n->items == 0 || w->open_fds > w->fd_budget))
-        close_node_fd_locked(w, n);
+        detach_fd_locked(w, n, c);
+}
+
+/* Drop a fd use (node_fd_get) and an item reference in one round of the lock. */
+static void node_done(struct walk *w, struct node *n)
+{
+    struct closing c = {.n = 0};
+    pthread_mutex_lock(&w->fdlock);
+    node_fd_put_locked(w, n, &c);
+    node_release_locked(w, n, &c);
     pthread_mutex_unlock(&w->fdlock);
+    close_detached(&c);
+}
+
+/* A subdirectory of `parent` was opened and given a node: count its fd, link it under the parent, and drop
+ * the parent's fd use and the reference its IT_DIR item held (the child keeps the parent alive through
+ * `children` from here on). One round of the lock. */
+static void node_adopt(struct walk *w, struct node *parent)
+{
+    struct closing c = {.n = 0};
+    pthread_mutex_lock(&w->fdlock);
+    w->open_fds++;
+    parent->children++;
+    node_fd_put_locked(w, parent, &c);
+    node_release_locked(w, parent, &c);
+    pthread_mutex_unlock(&w->fdlock);
+    close_detached(&c);
 }
 
 /* ------------------------------------------------------------------------------------------------------ */
 /* the work stack                                                                                         */
 
-static void push(struct walk *w, struct item *it)
+/* Queue `count` items (each holding a reference on its node) in one round of the lock; its[0] ends on
+ * top of the stack, so it is taken first. */
+static void push_items(struct walk *w, struct item **its, int count)
 {
     pthread_mutex_lock(&w->lock);
-    if (w->n == w->cap) {
-        size_t cap = w->cap ? w->cap * 2 : 256;
+    if (w->n + (size_t)count > w->cap) {
+        size_t cap = w->cap ? w->cap : 256;
+        while (cap < w->n + (size_t)count)
+            cap *= 2;
         struct item **grown = realloc(w->stack, cap * sizeof *grown);
         if (!grown) {
             /* Cannot queue: record and drop (the directory stays unlabelled and counts as an error). */
             w->oom = 1;
             pthread_mutex_unlock(&w->lock);
-            record_error(w, ENOMEM, "queue", it->node, it->kind == IT_DIR ? it->data : NULL);
-            node_release(w, it->node);
-            free(it);
+            for (int i = 0; i < count; i++) {
+                record_error(w, ENOMEM, "queue", its[i]->node, its[i]->kind == IT_DIR ? its[i]->data : NULL);
+                node_release(w, its[i]->node);
+                free(its[i]);
+            }
             return;
         }
         w->stack = grown;
         w->cap = cap;
     }
-    w->stack[w->n++] = it;
-    if (it->kind == IT_CHUNK)
-        w->queued_chunks++;
-    pthread_cond_signal(&w->cond);
+    for (int i = count; i-- > 0;) {
+        w->stack[w->n++] = its[i];
+        if (its[i]->kind == IT_CHUNK)
+            w->queued_chunks++;
+    }
+    if (count > 1)
+        pthread_cond_broadcast(&w->cond);
+    else
+        pthread_cond_signal(&w->cond);
     pthread_mutex_unlock(&w->lock);
 }
 
-static void push_dir(struct walk *w, struct node *parent, const char *name, size_t namelen)
+static void push(struct walk *w, struct item *it)
 {
-    struct item *it = malloc(sizeof *it + namelen + 1);
-    if (!it) {
-        record_error(w, ENOMEM, "queue", parent, name);
-        return;
+    push_items(w, &it, 1);
+}
+
+/* Queue the subdirectories `names` of `parent`, the first on top. */
+static void push_dirs(struct walk *w, struct node *parent, const char *const *names, const unsigned short *lens,
+                      int count)
+{
+    struct item *its[CHUNK_ENTRIES];
+    int queued = 0;
+    for (int i = 0; i < count; i++) {
+        struct item *it = malloc(sizeof *it + lens[i] + 1);
+        if (!it) {
+            record_error(w, ENOMEM, "queue", parent, names[i]);
+            continue;
+        }
+        it->kind = IT_DIR;
+        it->node = parent;
+        it->namelen = lens[i];
+        memcpy(it->data, names[i], (size_t)lens[i] + 1);
+        its[queued++] = it;
     }
-    it->kind = IT_DIR;
-    it->node = parent;
-    it->namelen = (unsigned short)namelen;
-    memcpy(it->data, name, namelen + 1);
-    node_hold(w, parent);
-    push(w, it);
+    if (queued) {
+        node_hold(w, parent, queued);
+        push_items(w, its, queued);
+    }
 }
 
 static struct item *new_chunk(struct node *dir)
@@ -720,8 +826,9 @@ static void own_dirfd(struct walk *w, struct tally *t, int fd, struct node *pare
     t->mode_changed++;
 }
 
-static void process_entry(struct walk *w, struct tally *t, struct node *node, int dirfd, const char *name,
-                          unsigned char type)
+/* Label a non-directory entry; returns 1 (and labels nothing) when it is a directory to queue. */
+static int process_entry(struct walk *w, struct tally *t, struct node *node, int dirfd, const char *name,
+                         unsigned char type)
 {
     struct stat st;
     int have_st = 0;
@@ -731,33 +838,55 @@ static void process_entry(struct walk *w, struct tally *t, struct node *node, in
                 t->vanished++;
             else
                 record_error(w, errno, "stat", node, name);
-            return;
+            return 0;
         }
         have_st = 1;
         type = type_of(st.st_mode);
     }
-    if (type == DT_DIR) {
-        push_dir(w, node, name, strlen(name));
-        return;
-    }
+    if (type == DT_DIR)
+        return 1;
     t->seen++;
     if (label_entry(w, t, dirfd, node, name) < 0)
-        return;
+        return 0;
     if (w->gid >= 0 && have_st)
         own_entry(w, t, dirfd, node, name, &st);
+    return 0;
 }
 
+/* Subdirectories are queued first, so idle threads can start on them while this one labels the rest. */
 static void process_chunk(struct walk *w, struct tally *t, struct node *node, int dirfd, struct item *chunk)
 {
+    const char *dirs[CHUNK_ENTRIES];
+    unsigned short lens[CHUNK_ENTRIES];
+    int ndirs = 0;
     const char *p = chunk->data;
+    for (uint32_t i = 0; i < chunk->count; i++) {
+        size_t len = strlen(p + 1);
+        if ((unsigned char)*p == DT_DIR) {
+            dirs[ndirs] = p + 1;
+            lens[ndirs++] = (unsigned short)len;
+        }
+        p += len + 2;
+    }
+    if (ndirs)
+        push_dirs(w, node, dirs, lens, ndirs);
+    if ((uint32_t)ndirs == chunk->count)
+        return;
+    ndirs = 0;
+    p = chunk->data;
     for (uint32_t i = 0; i < chunk->count; i++) {
         unsigned char type = (unsigned char)*p++;
         size_t len = strlen(p);
         if (atomic_load_explicit(&w->cancel, memory_order_relaxed))
             return;
-        process_entry(w, t, node, dirfd, p, type);
+        if (type != DT_DIR && process_entry(w, t, node, dirfd, p, type)) {
+            dirs[ndirs] = p; /* DT_UNKNOWN that turned out to be a directory */
+            lens[ndirs++] = (unsigned short)len;
+        }
         p += len + 1;
     }
+    if (ndirs)
+        push_dirs(w, node, dirs, lens, ndirs);
 }
 
 /* ------------------------------------------------------------------------------------------------------ */
@@ -766,7 +895,10 @@ static void process_chunk(struct walk *w, struct tally *t, struct node *node, in
 /* Entries of one directory read ahead of labelling, so a large directory can be labelled in inode order:
  * getdents on ext4 returns names in hash order, which spreads consecutive writes over the whole inode table,
  * one journalled block per inode (gnulib fts sorts batches of 10,000+ entries by inode for the same
- * reason). One per worker thread; untouched pages of it never become resident. */
+ * reason). Smaller directories keep listing order: their inodes sit in a few inode-table blocks, which one
+ * journal transaction (thousands of blocks) covers in any order; sorting 48-entry directories of a 1M-entry
+ * ext4 tree changed neither the blocks logged nor the time. One per worker thread; untouched pages of it
+ * never become resident. */
 struct batch {
     struct __attribute__((packed)) bent {
         uint64_t ino;
@@ -802,7 +934,7 @@ static void dispense(struct walk *w, struct tally *t, struct node *node, int fd,
                 pthread_mutex_unlock(&w->lock);
                 struct item *fresh = room ? new_chunk(node) : NULL;
                 if (fresh) {
-                    node_hold(w, node);
+                    node_hold(w, node, 1);
                     push(w, chunk);
                     *chunkp = chunk = fresh;
                     handed = 1;
@@ -872,8 +1004,7 @@ static void read_dir(struct walk *w, struct tally *t, struct node *node, char *d
     process_chunk(w, t, node, fd, chunk);
     free(chunk);
 out:
-    node_fd_put(w, node);
-    node_release(w, node);
+    node_done(w, node);
 }
 
 /* Open a subdirectory named in its parent, label it, and read it. */
@@ -889,7 +1020,7 @@ static void open_dir(struct walk *w, struct tally *t, struct node *parent, const
         node_release(w, parent);
         return;
     }
-    int fd = openat(pfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    int fd = open_dir_at(w, pfd, name);
     if (fd < 0) {
         int err = errno;
         if (err == ENOENT) {
@@ -904,39 +1035,30 @@ static void open_dir(struct walk *w, struct tally *t, struct node *parent, const
             t->seen++;
             label_entry(w, t, pfd, parent, name);
         }
-        node_fd_put(w, parent);
-        node_release(w, parent);
+        node_done(w, parent);
         return;
     }
     struct stat st;
     if (fstat(fd, &st) < 0) {
         record_error(w, errno, "stat", parent, name);
         close(fd);
-        node_fd_put(w, parent);
-        node_release(w, parent);
+        node_done(w, parent);
         return;
     }
-    node_fd_put(w, parent);
     if ((w->flags & F_ONE_FS) && st.st_dev != w->root_dev) {
         close(fd);
         t->other_fs++;
-        node_release(w, parent);
+        node_done(w, parent);
         return;
     }
-    pthread_mutex_lock(&w->fdlock);
-    w->open_fds++;
-    pthread_mutex_unlock(&w->fdlock);
     struct node *node = node_new(w, parent, name, namelen, fd, &st);
     if (!node) {
         record_error(w, ENOMEM, "open", parent, name);
         close(fd);
-        pthread_mutex_lock(&w->fdlock);
-        w->open_fds--;
-        pthread_mutex_unlock(&w->fdlock);
-        node_release(w, parent);
+        node_done(w, parent);
         return;
     }
-    node_release(w, parent); /* the new node keeps the parent alive through `children` */
+    node_adopt(w, parent);
     t->seen++;
     label_dirfd(w, t, fd, parent, name, st.st_dev);
     if (w->gid >= 0)
@@ -960,12 +1082,13 @@ static void run_item(struct walk *w, struct tally *t, struct item *it, char *den
         int fd = node_fd_get(w, it->node);
         if (fd >= 0) {
             process_chunk(w, t, it->node, fd, it);
-            node_fd_put(w, it->node);
-        } else if (fd == -ESTALE || fd == -ENOENT) {
-            t->vanished += it->count;
-        } else {
-            record_error(w, -fd, "open", it->node, NULL);
+            node_done(w, it->node);
+            break;
         }
+        if (fd == -ESTALE || fd == -ENOENT)
+            t->vanished += it->count;
+        else
+            record_error(w, -fd, "open", it->node, NULL);
         node_release(w, it->node);
         break;
     }
@@ -1146,7 +1269,8 @@ static PyObject *py_walk(PyObject *self, PyObject *args, PyObject *kw)
     struct tally t = {0};
     Py_BEGIN_ALLOW_THREADS
     w->use_xattrat = !(flags & F_FORCE_PROC) && probe_xattrat();
-    rootfd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    atomic_store(&w->noatime, 1);
+    rootfd = open_dir_at(w, AT_FDCWD, path);
     if (rootfd < 0 && (errno == ELOOP || errno == ENOTDIR)) {
         /* A symlink or a non-directory: label that one entry, never following it. */
         if (fstatat(AT_FDCWD, path, &st, AT_SYMLINK_NOFOLLOW) < 0) {

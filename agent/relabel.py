@@ -7,6 +7,8 @@ The C walker (`agent._relabel`) walks, compares and sets; this module decides. I
 Semantics, compared with go-selinux `Chcon(path, label, true)` (what CRI-O, containerd and podman run):
   - symlinks are never followed, not even one swapped in during the walk; the link itself is labelled;
   - an entry that already has the label is not written, so its ctime does not change;
+  - directories are read with O_NOATIME (where the caller owns them or has CAP_FOWNER), so the walk does not
+    write their atimes either;
   - with `one_file_system` (the default) directories on another filesystem are neither labelled nor
     entered (go-selinux crosses mounts);
   - entries removed during the walk count as `vanished`, not as errors (go-selinux does the same for ENOENT);

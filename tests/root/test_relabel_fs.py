@@ -246,3 +246,28 @@ def test_unprivileged_walk_counts_permission_errors(public_dir):
         assert label_of(path) == WANT
     for path in (root / "closed", root / "closed" / "hidden"):
         assert label_of(path) is None
+
+
+def test_unprivileged_walk_enters_readable_directories_it_does_not_own(public_dir):
+    # O_NOATIME is refused (EPERM) on a directory the caller does not own; the walker opens it without and
+    # carries on, so the walk does not depend on owning every directory.
+    nobody = 65534
+    root = public_dir / "vol"
+    (root / "foreign").mkdir(parents=True)
+    (root / "foreign" / "mine").write_text("x")
+    (root / "foreign" / "deeper").mkdir()
+    os.chmod(root / "foreign", 0o755)
+    for path in (root, root / "foreign" / "mine", root / "foreign" / "deeper"):
+        os.chown(path, nobody, nobody)
+
+    def walk():
+        return relabel(root, LABEL, threads=2).to_json()
+
+    doc = _run_as(nobody, walk)
+    assert "exception" not in doc, doc
+    # Only `foreign` itself (root's) cannot be labelled; what is inside it was reached and labelled.
+    assert [s["op"] for s in doc["errorSamples"]] == ["setxattr"]
+    assert doc["errorSamples"][0]["path"].endswith("/foreign")
+    for path in (root, root / "foreign" / "mine", root / "foreign" / "deeper"):
+        assert label_of(path) == WANT
+    assert label_of(root / "foreign") is None

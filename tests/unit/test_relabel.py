@@ -378,6 +378,47 @@ def test_wide_tree_of_many_small_directories(tmp_path):
     assert {label_of(p) for p in all_entries(root)} == {want()}
 
 
+def test_large_directory_of_files_and_subdirectories(tmp_path):
+    # Over the sort threshold and many chunks long, with subdirectories spread through it: chunks handed to
+    # other threads queue the subdirectories they find.
+    root = tmp_path / "big"
+    root.mkdir()
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for i in range(5000):
+            os.close(os.open(f"f{i}", os.O_CREAT | os.O_WRONLY, 0o644, dir_fd=fd))
+            if i % 8 == 0:
+                os.mkdir(f"d{i}", dir_fd=fd)
+                os.close(os.open(f"d{i}/inner", os.O_CREAT | os.O_WRONLY, 0o644, dir_fd=fd))
+    finally:
+        os.close(fd)
+    stats = relabel(root, LABEL, threads=3)
+    assert (stats.seen, stats.changed, stats.errors) == (1 + 5000 + 2 * 625, 1 + 5000 + 2 * 625, 0)
+    assert {label_of(p) for p in all_entries(root)} == {want()}
+
+
+def test_directory_atimes_are_left_alone(tmp_path):
+    # Reading a directory whose atime is older than its ctime updates the atime under relatime; the walk
+    # opens directories with O_NOATIME, so a relabel (or a check) writes nothing but labels.
+    root = tmp_path / "vol"
+    make_tree(root, dirs=2, files=2, depth=2)
+    control = tmp_path / "control"
+    control.mkdir()
+    (control / "f").write_text("x")
+    old = time.time() - 3 * 86400
+    dirs = [p for p in all_entries(root) if os.path.isdir(p)]
+    for path in [*dirs, os.fsencode(control)]:
+        os.utime(path, (old, os.stat(path).st_mtime))
+    os.listdir(control)
+    if os.stat(control).st_atime == pytest.approx(old, abs=1):
+        pytest.skip(f"{tmp_path} does not update atimes on reads (noatime mount)")
+    atimes = {p: os.stat(p).st_atime_ns for p in dirs}
+    relabel(root, LABEL, threads=2)
+    relabel(root, LABEL, threads=2)
+    assert {label_of(p) for p in dirs} == {want()}
+    assert {p: os.stat(p).st_atime_ns for p in dirs} == atimes
+
+
 # --- races ---------------------------------------------------------------------------------------------------
 
 _libc = ctypes.CDLL(None, use_errno=True)
