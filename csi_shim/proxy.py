@@ -158,8 +158,7 @@ class Proxy(grpc.GenericRpcHandler):
     def _check_publish(self, request, target, staging, plan):
         if plan.context is None:
             return mounter.Verification(mounter.NO_CONTEXT, None, None, target), "nothing"
-        table = mounter.mounts()
-        entry = mounter.find_mount(table, target)
+        entry = mounter.mounted_at(target)
         verification = mounter.classify(entry, plan.context, target)
         undo = csi_pb2.NodeUnpublishVolumeRequest(volume_id=request.volume_id, target_path=request.target_path)
         if verification.status == mounter.NOT_MOUNTED:
@@ -169,7 +168,7 @@ class Proxy(grpc.GenericRpcHandler):
         # A read-only target cannot be relabelled; its staging mount (same filesystem) can, when writable.
         relabel_path = target
         if entry is not None and entry.read_only and staging:
-            staged = mounter.find_mount(table, staging)
+            staged = mounter.mounted_at(staging)
             if staged is not None and staged.major_minor == entry.major_minor and not staged.read_only:
                 relabel_path = staging
         try:
