@@ -2,7 +2,8 @@
 
 The C walker (`agent._relabel`) walks, compares and sets; this module decides. It validates the label
 (`Label.parse`) and the options, refuses the system paths go-selinux refuses, applies kubelet's fsGroup
-`OnRootMismatch` rule, and turns what the walker reports into `RelabelStats` or a typed error.
+`OnRootMismatch` rule (a root that already has the group, the modes and the label means an earlier walk
+finished, so none is made), and turns what the walker reports into `RelabelStats` or a typed error.
 
 Semantics, compared with go-selinux `Chcon(path, label, true)` (what CRI-O, containerd and podman run):
   - symlinks are never followed, not even one swapped in during the walk; the link itself is labelled;
@@ -39,6 +40,7 @@ SYSTEM_PATHS = frozenset({
 })
 
 FS_GROUP_POLICIES = ("Always", "OnRootMismatch")  # kubelet's fsGroupChangePolicy values
+XATTR_NAME = "security.selinux"
 
 # kubelet pkg/volume/volume_linux.go
 _RW_MASK = 0o660
@@ -88,7 +90,8 @@ class RelabelStats:
     threads: int = 1
     elapsed: float = 0.0
     fs_group: int | None = None
-    ownership_skipped: bool = False  # OnRootMismatch found the root already right
+    ownership_skipped: bool = False  # OnRootMismatch found the root's ownership already right
+    walk_skipped: bool = False  # OnRootMismatch found ownership and label of the root right: no walk at all
     xattr_calls: str = "setxattrat"  # or "proc-fd" before Linux 6.13
 
     @property
@@ -104,7 +107,7 @@ class RelabelStats:
             "path": _show(self.path), "label": self.label, "dryRun": self.dry_run, "threads": self.threads,
             "seen": self.seen, "changed": self.changed, "alreadyCorrect": self.already_correct,
             "otherFilesystem": self.other_filesystem, "vanished": self.vanished,
-            "fsGroup": self.fs_group, "ownershipSkipped": self.ownership_skipped,
+            "fsGroup": self.fs_group, "ownershipSkipped": self.ownership_skipped, "walkSkipped": self.walk_skipped,
             "ownerChanged": self.owner_changed, "modeChanged": self.mode_changed,
             "errors": self.errors, "errorsByErrno": dict(self.errors_by_errno),
             "errorSamples": [sample.to_json() for sample in self.error_samples],
@@ -162,6 +165,18 @@ def ownership_needs_change(st: os.stat_result, gid: int, read_only: bool) -> boo
     return (st.st_mode & wanted) != wanted or not st.st_mode & stat_mod.S_ISGID
 
 
+def root_label_matches(path: bytes, target: Label) -> bool:
+    """Does the entry at `path` itself (not a symlink's target) carry `target`, compared canonically?"""
+    try:
+        raw = os.getxattr(path, XATTR_NAME, follow_symlinks=False)
+    except OSError:
+        return False
+    try:
+        return Label.parse(raw.rstrip(b"\0").decode("ascii")) == target
+    except (UnicodeDecodeError, InvalidInput):
+        return False
+
+
 def _filesystem_of(path: bytes) -> str:
     """`fstype on mountpoint` for the mount holding path, for error messages; best effort."""
     try:
@@ -190,7 +205,9 @@ def relabel(path, label, *, threads: int | None = None, one_file_system: bool = 
     `fs_group` applies kubelet's fsGroup ownership in the same pass (group to fs_group; group rw, or r on a
     `read_only` volume; directories also group x and setgid; symlinks only chowned). With
     `fs_group_policy="OnRootMismatch"` the ownership part is skipped when the root already has the group and
-    the permissions; the labels are still checked everywhere. `compare=False` writes every entry without
+    the permissions, and the whole walk is skipped when the root also carries the label: the root is labelled
+    last, so that root is what a finished walk leaves (`walk_skipped`). A root with the right ownership but
+    another label gets a walk that checks labels only. `compare=False` writes every entry without
     reading it first (what chcon -R and go-selinux do): faster for a first labelling, but it changes the
     ctime of entries that were already right.
     """
@@ -222,6 +239,10 @@ def relabel(path, label, *, threads: int | None = None, one_file_system: bool = 
     if fs_group is not None:
         if fs_group_policy == "OnRootMismatch" and not ownership_needs_change(root_stat, fs_group, read_only):
             ownership_skipped = True
+            if root_label_matches(root, target):
+                return RelabelStats(path=root, label=str(target), seen=1, already_correct=1, dry_run=dry_run,
+                                    threads=threads, fs_group=fs_group, ownership_skipped=True,
+                                    walk_skipped=True)
         else:
             gid = fs_group
 

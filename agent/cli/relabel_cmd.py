@@ -59,7 +59,8 @@ def register(subparsers) -> None:
                         help="apply kubelet's fsGroup ownership: group GID, group rw, dirs setgid")
     parser.add_argument("--fs-group-policy", choices=FS_GROUP_POLICIES, default="Always",
                         help="kubelet fsGroupChangePolicy: OnRootMismatch skips ownership changes when the root "
-                             "already has them")
+                             "already has them, and the whole walk when the root also has the label (a "
+                             "finished earlier walk)")
     parser.add_argument("--read-only", action="store_true", help="fsGroup on a read-only volume: group r, not rw")
     parser.add_argument("--no-compare", dest="compare", action="store_false",
                         help="write every label without reading it first (like chcon -R; changes ctimes)")
@@ -119,8 +120,9 @@ def print_table(stats: RelabelStats) -> None:
         ("vanished during walk", f"{stats.vanished:,}"),
     ]
     if stats.fs_group is not None:
-        rows.append(("fsGroup", f"{stats.fs_group}" + (" (root already right: ownership skipped)"
-                                                       if stats.ownership_skipped else "")))
+        rows.append(("fsGroup", f"{stats.fs_group}" + (
+            " (root's ownership and label already right: walk skipped)" if stats.walk_skipped else
+            " (root already right: ownership skipped)" if stats.ownership_skipped else "")))
         rows.append(("group changed", f"{stats.owner_changed:,}"))
         rows.append(("mode changed", f"{stats.mode_changed:,}"))
     rows.append(("errors", f"{stats.errors:,}" + (

@@ -570,19 +570,58 @@ def test_fs_group_on_root_mismatch(tmp_path):
     (root / "file").write_text("x")
     os.chmod(root / "file", 0o600)
     gid = 5151
-    # Root not yet right: the walk applies ownership everywhere.
+    # Root not yet right: the walk applies ownership and labels everywhere.
     stats = relabel(root, LABEL, fs_group=gid, fs_group_policy="OnRootMismatch")
-    assert not stats.ownership_skipped
-    assert os.lstat(root / "file").st_gid == gid
-    # Root right, a file below wrong: OnRootMismatch leaves ownership alone, Always fixes it.
+    assert not stats.ownership_skipped and not stats.walk_skipped
+    assert os.lstat(root / "file").st_gid == gid and label_of(root / "file") == want()
+
+    # Root's ownership and label right (what a finished walk leaves), a file below wrong in both: no walk.
     os.chown(root / "file", -1, 0)
     os.setxattr(root / "file", XATTR, want(OTHER))
+    before = os.lstat(root / "file").st_ctime_ns, os.lstat(root).st_ctime_ns
     stats = relabel(root, LABEL, fs_group=gid, fs_group_policy="OnRootMismatch")
-    assert stats.ownership_skipped and stats.owner_changed == 0
+    assert stats.walk_skipped and stats.ownership_skipped
+    assert (stats.seen, stats.changed, stats.already_correct, stats.owner_changed) == (1, 0, 1, 0)
+    assert stats.to_json()["walkSkipped"] is True
+    assert os.lstat(root / "file").st_gid == 0 and label_of(root / "file") == want(OTHER)
+    assert (os.lstat(root / "file").st_ctime_ns, os.lstat(root).st_ctime_ns) == before
+
+    # Ownership right but the root has another label: a walk that checks labels only.
+    os.setxattr(root, XATTR, want(OTHER))
+    stats = relabel(root, LABEL, fs_group=gid, fs_group_policy="OnRootMismatch")
+    assert stats.ownership_skipped and not stats.walk_skipped and stats.owner_changed == 0
     assert os.lstat(root / "file").st_gid == 0
-    assert label_of(root / "file") == want()  # labels are still checked everywhere
+    assert label_of(root / "file") == want() and label_of(root) == want()
+
+    # The same label in another spelling still counts as the root's label (canonical compare).
+    os.setxattr(root, XATTR, b"system_u:object_r:container_file_t:s0:c2,c1\0")
+    assert relabel(root, LABEL, fs_group=gid, fs_group_policy="OnRootMismatch").walk_skipped
+
+    # Always walks whatever the root says; so does a relabel without fsGroup.
+    os.setxattr(root / "file", XATTR, want(OTHER))
     stats = relabel(root, LABEL, fs_group=gid, fs_group_policy="Always")
-    assert os.lstat(root / "file").st_gid == gid and stats.owner_changed == 1
+    assert not stats.walk_skipped and os.lstat(root / "file").st_gid == gid and stats.owner_changed == 1
+    assert label_of(root / "file") == want()
+    os.setxattr(root / "file", XATTR, want(OTHER))
+    stats = relabel(root, LABEL, fs_group_policy="OnRootMismatch")
+    assert not stats.walk_skipped and label_of(root / "file") == want()
+
+
+def test_on_root_mismatch_walks_when_root_label_unreadable(tmp_path):
+    root = tmp_path / "vol"
+    root.mkdir()
+    (root / "file").write_text("x")
+    gid = 5152
+    relabel(root, LABEL, fs_group=gid)
+    os.setxattr(root / "file", XATTR, want(OTHER))
+    for garbage in (b"not a label\0", b"\xff\xfe", None):
+        if garbage is None:
+            os.removexattr(root, XATTR)
+        else:
+            os.setxattr(root, XATTR, garbage)
+        stats = relabel(root, LABEL, fs_group=gid, fs_group_policy="OnRootMismatch")
+        assert not stats.walk_skipped and label_of(root / "file") == want()
+        os.setxattr(root / "file", XATTR, want(OTHER))
 
 
 def test_ownership_needs_change_follows_kubelet():
