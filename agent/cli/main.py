@@ -1,7 +1,8 @@
 """Entry point of `selinux-mount-agent`: builds the parser from the subcommand modules and dispatches.
 
 Errors the user caused (`AgentError`) become one line on stderr and exit code 2; nothing prints a traceback
-for bad input.
+for bad input. Only the chosen subcommand's module is imported (the others pull in gRPC, the Kubernetes
+client code and more); help and unknown commands see them all.
 """
 
 import argparse
@@ -24,7 +25,19 @@ SUBCOMMANDS = [
 ]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _module_of(argv) -> str | None:
+    """The module of the subcommand named first in argv, or None (help, --version, a typo)."""
+    for arg in argv:
+        if not arg.startswith("-"):
+            module = f"agent.cli.{arg}_cmd"
+            return module if module in SUBCOMMANDS else None
+        if arg in ("-h", "--help", "--version"):
+            return None
+    return None
+
+
+def build_parser(argv=None) -> argparse.ArgumentParser:
+    """The parser; with argv, only for the subcommand argv names (all of them when it names none)."""
     parser = argparse.ArgumentParser(
         prog="selinux-mount-agent",
         description="SELinux volume labelling for Kubernetes nodes: context= mounts where kubelet's "
@@ -33,13 +46,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for name in SUBCOMMANDS:
+    chosen = _module_of(argv) if argv is not None else None
+    for name in SUBCOMMANDS if chosen is None else [chosen]:
         importlib.import_module(name).register(sub)
     return parser
 
 
 def main(argv=None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
