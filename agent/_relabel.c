@@ -1403,7 +1403,11 @@ static PyObject *py_walk(PyObject *self, PyObject *args, PyObject *kw)
 }
 
 /* ------------------------------------------------------------------------------------------------------ */
-/* The syscall floor for benchmarks: one setxattrat (or getxattrat) per pre-listed name, no walk.         */
+/* The syscall floors for benchmarks, per pre-listed name and with no walk: one setxattrat (FLOOR_SET), one  */
+/* getxattrat (FLOOR_GET), or a getxattrat and a setxattrat when the label differs (FLOOR_COMPARE: the least */
+/* any compare-before-set walker has to do).                                                               */
+
+enum floor_mode { FLOOR_SET = 0, FLOOR_GET = 1, FLOOR_COMPARE = 2 };
 
 struct listed {
     int ndirs;
@@ -1411,7 +1415,7 @@ struct listed {
     Py_ssize_t *first; /* index of the first name of dir i in names; first[ndirs] = total */
     char **names;
     Py_ssize_t total;
-    int get;
+    int mode; /* enum floor_mode */
     const char *label;
     size_t label_len;
     int use_xattrat;
@@ -1441,7 +1445,15 @@ static void *listed_worker(void *arg)
             fd = open(l->dirs[dir], O_RDONLY | O_DIRECTORY | O_CLOEXEC);
             open_dir_index = dir;
         }
-        long r = fd < 0 ? -1 : l->get ? xget_at(&w, fd, l->names[i], buf, sizeof buf) : xset_at(&w, fd, l->names[i]);
+        long r = -1;
+        if (fd >= 0 && l->mode == FLOOR_SET)
+            r = xset_at(&w, fd, l->names[i]);
+        else if (fd >= 0 && l->mode == FLOOR_GET)
+            r = xget_at(&w, fd, l->names[i], buf, sizeof buf);
+        else if (fd >= 0) {
+            ssize_t len = xget_at(&w, fd, l->names[i], buf, sizeof buf);
+            r = len >= 0 && label_matches(&w, buf, len) ? 0 : xset_at(&w, fd, l->names[i]);
+        }
         if (r < 0)
             errors++;
         else
@@ -1455,22 +1467,23 @@ static void *listed_worker(void *arg)
 }
 
 PyDoc_STRVAR(floor_doc,
-             "floor(dirs: list[bytes], names: list[list[bytes]], label: bytes, threads: int, get: bool) -> "
-             "(done, errors, seconds)\n\nOne setxattrat (get: getxattrat) per listed name, split evenly across "
-             "threads; the benchmark's syscall floor.");
+             "floor(dirs: list[bytes], names: list[list[bytes]], label: bytes, threads: int, mode: int) -> "
+             "(done, errors, seconds)\n\nPer listed name, split evenly across threads: mode 0 one setxattrat, "
+             "1 one getxattrat, 2 a getxattrat and a setxattrat when the label differs; the benchmark's syscall "
+             "floors.");
 
 static PyObject *py_floor(PyObject *self, PyObject *args)
 {
     PyObject *dirs, *names;
     const char *label;
     Py_ssize_t label_len;
-    int nthreads, get;
-    if (!PyArg_ParseTuple(args, "O!O!y#ip", &PyList_Type, &dirs, &PyList_Type, &names, &label, &label_len,
-                          &nthreads, &get))
+    int nthreads, mode;
+    if (!PyArg_ParseTuple(args, "O!O!y#ii", &PyList_Type, &dirs, &PyList_Type, &names, &label, &label_len,
+                          &nthreads, &mode))
         return NULL;
     Py_ssize_t ndirs = PyList_GET_SIZE(dirs);
-    if (PyList_GET_SIZE(names) != ndirs || nthreads < 1) {
-        PyErr_SetString(PyExc_ValueError, "dirs and names must have the same length; threads >= 1");
+    if (PyList_GET_SIZE(names) != ndirs || nthreads < 1 || mode < FLOOR_SET || mode > FLOOR_COMPARE) {
+        PyErr_SetString(PyExc_ValueError, "dirs and names must have the same length; threads >= 1; mode 0, 1 or 2");
         return NULL;
     }
     struct listed l = {0};
@@ -1507,7 +1520,7 @@ static PyObject *py_floor(PyObject *self, PyObject *args)
     l.first[ndirs] = total;
     l.first[ndirs + 1] = total + 1;
     l.total = total;
-    l.get = get;
+    l.mode = mode;
     l.label = label;
     l.label_len = (size_t)label_len;
     l.nthreads = nthreads;

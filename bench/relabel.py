@@ -7,6 +7,8 @@ Every runner relabels the same tree in the same run, in its own process (so peak
                     built from bench/go (the code CRI-O, containerd and podman run)
   python            os.walk + os.setxattr(follow_symlinks=False)
   floor-1 / floor-N one setxattrat per pre-listed (directory, name), no walk (agent._relabel.floor)
+  floor-N compare   one getxattrat per pre-listed name and a setxattrat where the label differs, no walk:
+                    the least any compare-before-set walker has to do, so each target's best reachable value
 Two passes per runner: a relabel pass (every entry carries another label first) and an already-labelled pass.
 
 Usage: python bench/relabel.py [--sizes 100000,1000000] [--fs tmpfs,ext4] [--quick] [--no-docs]
@@ -32,6 +34,7 @@ LABEL_A = "system_u:object_r:container_file_t:s0:c10,c20"
 LABEL_B = "system_u:object_r:container_file_t:s0:c30,c40"
 PY = sys.executable
 CPUS = len(os.sched_getaffinity(0))
+FLOOR_SET, FLOOR_COMPARE = 0, 2  # agent._relabel.floor modes
 
 TARGETS = {
     "vs_chcon": 3.0,  # ours-N relabel pass at the largest size vs chcon -R
@@ -182,7 +185,7 @@ dirs, names = [], []
 for dirpath, dirnames, filenames in os.walk(root):
     dirs.append(dirpath)
     names.append(dirnames + filenames)
-done, errors, seconds = _relabel.floor(dirs, names, {label!r}.encode(), {threads}, {get})
+done, errors, seconds = _relabel.floor(dirs, names, {label!r}.encode(), {threads}, {mode})
 assert errors == 0
 print(seconds)
 """
@@ -200,14 +203,15 @@ def runners(go_binary: str | None):
     if go_binary:
         out["go-selinux"] = lambda p, l: internal([go_binary, p, l])
     out["python os.walk"] = lambda p, l: internal([PY, "-c", PYTHON_WALK, p, l])
-    for threads in sorted({1, CPUS}):
-        def floor(p, l, threads=threads):
-            # The floor is the C-timed syscall loop only; listing the tree first is not part of it.
-            _, rss, out_text = timed_rss([PY, "-c", FLOOR.format(repo=REPO, path=p, label=l, threads=threads,
-                                                                  get=False)])
-            return float(out_text.strip()), rss, out_text
+    for mode, suffix in ((FLOOR_SET, ""), (FLOOR_COMPARE, " compare")):
+        for threads in sorted({1, CPUS}):
+            def floor(p, l, threads=threads, mode=mode):
+                # The floor is the C-timed syscall loop only; listing the tree first is not part of it.
+                _, rss, out_text = timed_rss([PY, "-c", FLOOR.format(repo=REPO, path=p, label=l, threads=threads,
+                                                                      mode=mode)])
+                return float(out_text.strip()), rss, out_text
 
-        out[f"floor-{threads}"] = floor
+            out[f"floor-{threads}{suffix}"] = floor
     return out
 
 
@@ -321,25 +325,36 @@ def _get(results, tree, runner, key="relabel_s"):
 
 
 def summarise(results, sizes):
-    """Target checks per tree at the largest size: list of (tree, check, value, target, met)."""
+    """Target checks per tree at the largest size: list of (tree, check, value, target, met, bound).
+
+    `bound` is the value the check would have if our walk cost nothing beyond the compare floor (a get per
+    entry, a set where the label differs): no compare-before-set walker can do better on this machine, so a
+    bound below the target means the target cannot be met while correct entries keep their ctime."""
     largest = max(sizes)
     ours_n, ours_1 = f"ours-{CPUS}", "ours-1"
     checks = []
     for tree in sorted({r["tree"] for r in results if r["size"] == largest}):
         n = _get(results, tree, ours_n)
+        best_n = _get(results, tree, f"floor-{CPUS} compare")
+        best_1 = _get(results, tree, "floor-1 compare")
         for label, runner, target in (("ours-N vs chcon -R", "chcon -R", TARGETS["vs_chcon"]),
                                       ("ours-N vs go-selinux", "go-selinux", TARGETS["vs_go"])):
             other = _get(results, tree, runner)
             if other is not None:
-                checks.append((tree, label, other / n, f">= {target}x", other / n >= target))
+                checks.append((tree, label, other / n, f">= {target}x", other / n >= target,
+                               other / best_n if best_n else None))
         one, floor1 = _get(results, tree, ours_1), _get(results, tree, "floor-1")
         checks.append((tree, "ours-1 vs floor-1 (per core)", floor1 / one, f">= {TARGETS['vs_floor_per_core']}x",
-                       floor1 / one >= TARGETS["vs_floor_per_core"]))
+                       floor1 / one >= TARGETS["vs_floor_per_core"], floor1 / best_1 if best_1 else None))
         again = _get(results, tree, ours_n, "again_s")
+        best_again = _get(results, tree, f"floor-{CPUS} compare", "again_s")
         checks.append((tree, "ours-N already-labelled vs relabel pass", n / again,
-                       f">= {TARGETS['already_vs_relabel']}x", n / again >= TARGETS["already_vs_relabel"]))
+                       f">= {TARGETS['already_vs_relabel']}x", n / again >= TARGETS["already_vs_relabel"],
+                       best_n / best_again if best_n else None))
+        if best_n:
+            checks.append((tree, "ours-N vs floor-N compare (how close to the bound)", best_n / n, "", None, 1.0))
         rss = max(r["rss_mb"] for r in results if r["tree"] == tree and r["runner"].startswith("ours"))
-        checks.append((tree, "ours peak RSS (MB)", rss, f"< {TARGETS['rss_mb']}", rss < TARGETS["rss_mb"]))
+        checks.append((tree, "ours peak RSS (MB)", rss, f"< {TARGETS['rss_mb']}", rss < TARGETS["rss_mb"], None))
     return checks
 
 
@@ -360,7 +375,8 @@ def render_markdown(results, scaling, summary, command, go_note) -> str:
         "Passes: *relabel* = every entry carries another label first, *already* = run again with the same "
         "label. `ours` reads each label and writes only when it differs (no ctime change for correct "
         "entries); `ours no-compare`, chcon -R and go-selinux write every entry blindly. `floor-N` is one "
-        "setxattrat per pre-listed name, no walk, timed inside C. Each runner runs in its own process; "
+        "setxattrat per pre-listed name, no walk, timed inside C; `floor-N compare` is a getxattrat per "
+        "pre-listed name and a setxattrat where the label differs (its already pass: gets only). Each runner runs in its own process; "
         "times are the walk as the runner itself measures it (Python start-up and imports excluded; "
         "chcon -R is timed from outside, its start-up is about 1 ms); peak RSS is the process's own.",
         "",
@@ -378,9 +394,19 @@ def render_markdown(results, scaling, summary, command, go_note) -> str:
                          f"{r['rss_mb']:.0f} |")
         lines.append("")
     if summary:
-        lines += ["## Targets (largest size)", "", "| tree | check | measured | target | met |", "|---|---|---:|---|---|"]
-        for tree, check, value, target, met in summary:
-            lines.append(f"| {tree} | {check} | {value:.2f} | {target} | {'yes' if met else '**no**'} |")
+        lines += ["## Targets (largest size)", "",
+                  "*bound*: the value if the walk cost nothing beyond `floor-N compare` (a get per entry and a set "
+                  "where the label differs, measured in this run); no walker that leaves correct entries "
+                  "unwritten can score better here.", "",
+                  "| tree | check | measured | target | met | bound | target reachable |",
+                  "|---|---|---:|---|---|---:|---|"]
+        for tree, check, value, target, met, bound in summary:
+            met_text = "" if met is None else "yes" if met else "**no**"
+            bound_text = "" if bound is None else f"{bound:.2f}"
+            reachable = ""
+            if bound is not None and target.startswith(">="):
+                reachable = "yes" if bound >= float(target.split()[1].rstrip("x")) else "no"
+            lines.append(f"| {tree} | {check} | {value:.2f} | {target} | {met_text} | {bound_text} | {reachable} |")
         lines.append("")
     if scaling:
         lines += ["## Thread scaling (ours, relabel pass)", "", "![files/s vs threads](relabel-threads.png)", "",

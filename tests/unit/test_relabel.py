@@ -734,3 +734,31 @@ def test_cli_rejects_bad_numbers(tmp_path, capsys):
         assert exc.value.code == 2
     capsys.readouterr()
     assert label_of(tmp_path) is None
+
+
+def test_floor_modes_set_get_and_compare(tmp_path):
+    """The benchmark's floors: set writes every name, get writes none, compare writes only differing labels."""
+    names = [f"f{i}".encode() for i in range(6)]
+    for name in names:
+        (tmp_path / name.decode()).write_bytes(b"")
+        os.setxattr(tmp_path / name.decode(), XATTR, OTHER.encode() + b"\0")
+    dirs = [os.fsencode(tmp_path)]
+
+    done, errors, seconds = _relabel.floor(dirs, [names], LABEL.encode(), 2, 1)  # get
+    assert (done, errors) == (6, 0) and seconds >= 0
+    assert all(os.getxattr(tmp_path / n.decode(), XATTR) == OTHER.encode() + b"\0" for n in names)
+
+    os.setxattr(tmp_path / "f0", XATTR, LABEL.encode() + b"\0")
+    ctime_before = os.lstat(tmp_path / "f0").st_ctime_ns
+    time.sleep(0.01)
+    assert _relabel.floor(dirs, [names], LABEL.encode(), 2, 2)[:2] == (6, 0)  # compare
+    assert all(os.getxattr(tmp_path / n.decode(), XATTR) == LABEL.encode() + b"\0" for n in names)
+    assert os.lstat(tmp_path / "f0").st_ctime_ns == ctime_before  # already correct: not written
+    assert os.lstat(tmp_path / "f1").st_ctime_ns > ctime_before
+
+    assert _relabel.floor(dirs, [names], OTHER.encode(), 1, 0)[:2] == (6, 0)  # set
+    assert all(os.getxattr(tmp_path / n.decode(), XATTR) == OTHER.encode() + b"\0" for n in names)
+    assert _relabel.floor(dirs, [names + [b"missing"]], OTHER.encode(), 1, 0)[:2] == (6, 1)
+
+    with pytest.raises(ValueError, match="mode 0, 1 or 2"):
+        _relabel.floor(dirs, [names], LABEL.encode(), 1, 3)
