@@ -236,6 +236,7 @@ class Cluster:
         self.other: dict[str, dict] = {}  # owner objects: ReplicaSet, Job, ... by "Kind ns/name"
         # Resolved values, shared by every pod that uses the same PV or driver.
         self._pv_cache: dict[str, PersistentVolumeFacts] = {}
+        self._source_cache: dict[str, tuple[str, str | None]] = {}  # PV name -> (unique name, CSI driver)
         self._driver_cache: dict[str, CSIDriverFacts] = {}
         # seLinuxOptions by their four raw fields, parsed and validated once: most pods spell theirs like their
         # neighbours. Derived from the pod alone, so storage changes never invalidate it.
@@ -266,6 +267,13 @@ class Cluster:
             self.storage_classes[name] = obj
         else:
             self.other[f"{kind} {namespace}/{name}"] = obj
+
+    def storage_changed(self) -> None:
+        """Forget resolved PVs, claim sources and drivers: a live model calls this after replacing or removing
+        a PVC, PV, CSIDriver or StorageClass in the index."""
+        self._pv_cache.clear()
+        self._source_cache.clear()
+        self._driver_cache.clear()
 
     # --- resolution ---------------------------------------------------------------------------------------
 
@@ -369,12 +377,16 @@ class Cluster:
         pvc = self.pvcs.get((namespace, claim_name))
         spec = pvc.get("spec") if pvc is not None else None
         pv_name = spec.get("volumeName") if isinstance(spec, dict) else None
+        found = self._source_cache.get(pv_name) if pv_name else None
+        if found is not None:
+            return found
         pv = self.pvs.get(pv_name) if pv_name else None
         if pv is None:  # unbound, or an error to raise
-            found = self._claim_volume(namespace, pod_name, claim_name, template)
-            return found.unique_name, found.csi_driver
+            facts = self._claim_volume(namespace, pod_name, claim_name, template)
+            return facts.unique_name, facts.csi_driver
         source, driver, handle = _pv_source(pv_name, pv.get("spec") or {})
-        return unique_volume_name(pv_name, source, driver, handle), driver
+        found = self._source_cache[pv_name] = (unique_volume_name(pv_name, source, driver, handle), driver)
+        return found
 
     def _selinux_options(self, raw, ref: str, container: str | None) -> SELinuxOptions | None:
         """A pod's (container None) or a container's seLinuxOptions, parsed and validated once per spelling."""

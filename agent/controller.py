@@ -93,8 +93,7 @@ class ConflictModel:
         else:
             store[key] = obj
         # Resolved PVs and drivers are cached by the index; a storage change invalidates them.
-        self.cluster._pv_cache.clear()
-        self.cluster._driver_cache.clear()
+        self.cluster.storage_changed()
 
     def _pod(self, obj: dict, deleted: bool) -> set[str]:
         ref = _ref(obj)

@@ -7,8 +7,6 @@ import gc
 import json
 from contextlib import contextmanager
 
-import yaml
-
 from agent.errors import InvalidManifest
 
 
@@ -44,6 +42,8 @@ def parse_text(text: str, source: str) -> list[dict]:
                 from None
         documents = data if isinstance(data, list) else [data]
     else:
+        import yaml  # only for YAML input: a JSON dump (the large case) does not pay for the import
+
         try:
             documents = list(yaml.safe_load_all(text))
         except yaml.YAMLError as err:

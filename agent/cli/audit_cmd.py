@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import sys
 
-import yaml
-from prometheus_client import CollectorRegistry, generate_latest
-
 from agent.audit import AuditReport, audit
 from agent.cli.model_options import add_model_arguments, build_node
 from agent.cluster import Cluster
 from agent.manifests import batch_run, load_files
-from agent.metrics import VolumeConflictCollector
 from agent.remediation import FORMATS, documents
+
+# yaml and prometheus_client are imported by the output modes that use them: together they are most of the
+# command's import time, which a JSON report of a large dump would otherwise pay for nothing.
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -72,10 +72,16 @@ def remediation_yaml(docs: list[dict], form: str, report: AuditReport) -> str:
                                      "# It changes pods created from now on; restart existing workloads.\n",
         "kyverno": "# kubectl apply -f F  (needs Kyverno). It changes pods created from now on.\n",
     }[form]
+    import yaml
+
     return header + yaml.safe_dump_all(docs, sort_keys=False, explicit_start=True)
 
 
 def prometheus_text(report: AuditReport, censor: bool = False) -> str:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from agent.metrics import VolumeConflictCollector
+
     registry = CollectorRegistry(auto_describe=False)
     registry.register(VolumeConflictCollector(lambda: report.conflicts, censor))
     return generate_latest(registry).decode()
