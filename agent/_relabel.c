@@ -79,6 +79,7 @@ struct rl_xattr_args {
 #define F_ABORT_FATAL 0x08 /* stop at the first EROFS/ENOTSUP on the root's filesystem */
 #define F_RO_GROUP 0x10    /* fs_group on a read-only volume: group r (0440) instead of rw (0660) */
 #define F_BLIND 0x20       /* write without reading first (benchmark comparison only) */
+#define F_STAT_FILES 0x40  /* stat non-directories too: a mount point below the root may be a file */
 
 #define CHUNK_ENTRIES 512
 #define CHUNK_BYTES (CHUNK_ENTRIES * 48)
@@ -86,8 +87,9 @@ struct rl_xattr_args {
 #define BATCH_BYTES (32 << 20)
 #define SORT_MIN_ENTRIES 4096
 #define DENTS_BYTES (64 * 1024)
-#define MAX_SAMPLES 8
-#define ERRNO_SLOTS 160
+#define MAX_SAMPLES 8        /* error paths kept; the first of each errno is kept beyond that */
+#define MAX_EXTRA_SAMPLES 56
+#define ERRNO_SLOTS 4096     /* MAX_ERRNO + 1: every errno the kernel can return has its own count */
 #define PROC_PATH_MAX (32 + 256)
 
 struct linux_dirent64 {
@@ -151,6 +153,8 @@ struct walk {
     int active;
     int exited;
     int oom;
+    int threads_active; /* worker threads that labelled anything */
+    int root_deferred; /* the root was left as it was: something below it failed or the walk stopped */
     atomic_int cancel;
     atomic_int noatime; /* O_NOATIME is allowed (cleared at the first EPERM) */
 
@@ -163,7 +167,7 @@ struct walk {
     atomic_ullong by_errno[ERRNO_SLOTS];
 
     pthread_mutex_t errlock;
-    struct sample samples[MAX_SAMPLES];
+    struct sample samples[MAX_SAMPLES + MAX_EXTRA_SAMPLES];
     int nsamples;
     int fatal_errno;
 };
@@ -171,10 +175,13 @@ struct walk {
 /* Per-thread counters, flushed once per work item. */
 struct tally {
     unsigned long long seen, changed, correct, other_fs, vanished, owner_changed, mode_changed;
+    int worked; /* this thread labelled at least one entry (threads_active: large directories get shared) */
 };
 
 static void tally_flush(struct walk *w, struct tally *t)
 {
+    if (t->seen)
+        t->worked = 1;
 #define FLUSH(f)                                                      \
     if (t->f) {                                                       \
         atomic_fetch_add_explicit(&w->f, t->f, memory_order_relaxed); \
@@ -348,16 +355,19 @@ static void record_error_on(struct walk *w, int err, const char *op, struct node
                             dev_t dev)
 {
     atomic_fetch_add_explicit(&w->errors, 1, memory_order_relaxed);
-    atomic_fetch_add_explicit(&w->by_errno[err > 0 && err < ERRNO_SLOTS ? err : 0], 1, memory_order_relaxed);
+    unsigned long long before =
+        atomic_fetch_add_explicit(&w->by_errno[err > 0 && err < ERRNO_SLOTS ? err : 0], 1, memory_order_relaxed);
     int fatal = (w->flags & F_ABORT_FATAL) && is_fatal(err) && dev == w->root_dev;
-    if (!fatal && w->nsamples >= MAX_SAMPLES)
+    /* Past MAX_SAMPLES only the first path of an errno not seen before is kept, so every count has a path. */
+    int room = w->nsamples < MAX_SAMPLES || (before == 0 && w->nsamples < MAX_SAMPLES + MAX_EXTRA_SAMPLES);
+    if (!fatal && !room)
         return;
     pthread_mutex_lock(&w->errlock);
     if (fatal && !w->fatal_errno) {
         w->fatal_errno = err;
         atomic_store(&w->cancel, 1);
     }
-    if (w->nsamples < MAX_SAMPLES) {
+    if (w->nsamples < MAX_SAMPLES || (w->nsamples < MAX_SAMPLES + MAX_EXTRA_SAMPLES && (before == 0 || fatal))) {
         struct sample *s = &w->samples[w->nsamples];
         s->path = node ? node_path(node, name, &s->pathlen) : NULL;
         if (!node && name) {
@@ -667,8 +677,10 @@ static unsigned char type_of(mode_t mode)
     }
 }
 
-/* Label one non-directory entry (or, dirfd AT_FDCWD, one path). Returns 0, or -1 when it vanished. */
-static int label_entry(struct walk *w, struct tally *t, int dirfd, struct node *node, const char *name)
+/* Label one non-directory entry (or, dirfd AT_FDCWD, one path) on filesystem `dev`. Returns 0, or -1 when it
+ * vanished. */
+static int label_entry_on(struct walk *w, struct tally *t, int dirfd, struct node *node, const char *name,
+                          dev_t dev)
 {
     if (!(w->flags & F_BLIND)) {
         char buf[w->label_len + 1];
@@ -682,7 +694,7 @@ static int label_entry(struct walk *w, struct tally *t, int dirfd, struct node *
                 t->vanished++;
                 return -1;
             }
-            record_error(w, errno, "getxattr", node, name);
+            record_error_on(w, errno, "getxattr", node, name, dev);
             return 0;
         }
     }
@@ -695,11 +707,16 @@ static int label_entry(struct walk *w, struct tally *t, int dirfd, struct node *
             t->vanished++;
             return -1;
         }
-        record_error(w, errno, "setxattr", node, name);
+        record_error_on(w, errno, "setxattr", node, name, dev);
         return 0;
     }
     t->changed++;
     return 0;
+}
+
+static int label_entry(struct walk *w, struct tally *t, int dirfd, struct node *node, const char *name)
+{
+    return label_entry_on(w, t, dirfd, node, name, node ? node->dev : w->root_dev);
 }
 
 /* Label a directory through its own fd. */
@@ -832,7 +849,7 @@ static int process_entry(struct walk *w, struct tally *t, struct node *node, int
 {
     struct stat st;
     int have_st = 0;
-    if (type == DT_UNKNOWN || (w->gid >= 0 && type != DT_DIR)) {
+    if (type == DT_UNKNOWN || (type != DT_DIR && (w->gid >= 0 || (w->flags & F_STAT_FILES)))) {
         if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
             if (errno == ENOENT)
                 t->vanished++;
@@ -845,6 +862,19 @@ static int process_entry(struct walk *w, struct tally *t, struct node *node, int
     }
     if (type == DT_DIR)
         return 1;
+    if (have_st && st.st_dev != node->dev) {
+        /* A file mount point (a bind-mounted file): another filesystem, like a mounted directory. */
+        if (w->flags & F_ONE_FS) {
+            t->other_fs++;
+            return 0;
+        }
+        t->seen++;
+        if (label_entry_on(w, t, dirfd, node, name, st.st_dev) < 0)
+            return 0;
+        if (w->gid >= 0)
+            own_entry(w, t, dirfd, node, name, &st);
+        return 0;
+    }
     t->seen++;
     if (label_entry(w, t, dirfd, node, name) < 0)
         return 0;
@@ -1124,6 +1154,8 @@ static void *worker(void *arg)
         w->active--;
     }
 leave:
+    if (t.worked || t.seen)
+        w->threads_active++;
     pthread_cond_broadcast(&w->cond);
     w->exited++;
     pthread_cond_broadcast(&w->cdone);
@@ -1165,12 +1197,13 @@ static PyObject *result_dict(struct walk *w, int xattrat_used)
         Py_DECREF(tup);
     }
     PyObject *d = Py_BuildValue(
-        "{sKsKsKsKsKsKsKsKsKsNsNsisisO}", "seen", atomic_load(&w->seen), "changed", atomic_load(&w->changed),
+        "{sKsKsKsKsKsKsKsKsKsNsNsisisOsOsi}", "seen", atomic_load(&w->seen), "changed", atomic_load(&w->changed),
         "already_correct", atomic_load(&w->correct), "other_filesystem", atomic_load(&w->other_fs), "vanished",
         atomic_load(&w->vanished), "owner_changed", atomic_load(&w->owner_changed), "mode_changed",
         atomic_load(&w->mode_changed), "errors", atomic_load(&w->errors), "reopened", atomic_load(&w->reopened),
         "errors_by_errno", by_errno, "error_samples", samples, "fatal_errno", w->fatal_errno, "cancelled",
-        atomic_load(&w->cancel) && !w->fatal_errno, "xattrat", xattrat_used ? Py_True : Py_False);
+        atomic_load(&w->cancel) && !w->fatal_errno, "xattrat", xattrat_used ? Py_True : Py_False,
+        "root_deferred", w->root_deferred ? Py_True : Py_False, "threads_active", w->threads_active);
     return d;
 fail:
     Py_XDECREF(by_errno);
@@ -1381,8 +1414,10 @@ static PyObject *py_walk(PyObject *self, PyObject *args, PyObject *kw)
     Py_BEGIN_ALLOW_THREADS
     for (int i = 0; i < started; i++)
         pthread_join(threads[i], NULL);
-    /* Everything below the root is done: label the root last. */
-    if (!atomic_load(&w->cancel)) {
+    /* Everything below the root is done: label the root last, and only when nothing below it failed, so that a
+     * root with the label (and the ownership) always means a complete walk; OnRootMismatch relies on it. */
+    w->root_deferred = atomic_load(&w->cancel) || w->oom || atomic_load(&w->errors) != 0;
+    if (!w->root_deferred) {
         t.seen++;
         label_dirfd(w, &t, rootfd, NULL, "", st.st_dev);
         if (gid >= 0)
@@ -1581,6 +1616,7 @@ PyMODINIT_FUNC PyInit__relabel(void)
         PyModule_AddIntConstant(m, "FORCE_PROC", F_FORCE_PROC) < 0 ||
         PyModule_AddIntConstant(m, "ABORT_FATAL", F_ABORT_FATAL) < 0 ||
         PyModule_AddIntConstant(m, "RO_GROUP", F_RO_GROUP) < 0 || PyModule_AddIntConstant(m, "BLIND", F_BLIND) < 0 ||
+        PyModule_AddIntConstant(m, "STAT_FILES", F_STAT_FILES) < 0 ||
         PyModule_AddIntConstant(m, "CHUNK_ENTRIES", CHUNK_ENTRIES) < 0) {
         Py_DECREF(m);
         return NULL;

@@ -11,11 +11,13 @@ Semantics, compared with go-selinux `Chcon(path, label, true)` (what CRI-O, cont
   - directories are read with O_NOATIME (where the caller owns them or has CAP_FOWNER), so the walk does not
     write their atimes either;
   - with `one_file_system` (the default) directories on another filesystem are neither labelled nor
-    entered (go-selinux crosses mounts);
+    entered (go-selinux crosses mounts), and neither are files mounted over an entry (a bind-mounted file):
+    when mountinfo lists a mount point below the root, every entry is stat'ed to find them;
   - entries removed during the walk count as `vanished`, not as errors (go-selinux does the same for ENOENT);
   - other errors do not stop the walk: they are counted by errno with the first few paths, except EROFS
     and ENOTSUP on the volume's own filesystem, which stop it and raise `RelabelFailed`;
-  - the root is labelled last, so a root carrying the label means a finished walk.
+  - the root is labelled last, and only when nothing below it failed (`root_deferred` otherwise), so a root
+    carrying the label means a finished, complete walk.
 """
 
 from __future__ import annotations
@@ -93,6 +95,8 @@ class RelabelStats:
     ownership_skipped: bool = False  # OnRootMismatch found the root's ownership already right
     walk_skipped: bool = False  # OnRootMismatch found ownership and label of the root right: no walk at all
     xattr_calls: str = "setxattrat"  # or "proc-fd" before Linux 6.13
+    root_deferred: bool = False  # the root was left as it was because entries below it failed
+    threads_active: int = 0  # walker threads that labelled at least one entry
 
     @property
     def ok(self) -> bool:
@@ -112,7 +116,7 @@ class RelabelStats:
             "errors": self.errors, "errorsByErrno": dict(self.errors_by_errno),
             "errorSamples": [sample.to_json() for sample in self.error_samples],
             "elapsedSeconds": round(self.elapsed, 6), "entriesPerSecond": round(self.rate),
-            "xattrCalls": self.xattr_calls,
+            "xattrCalls": self.xattr_calls, "rootDeferred": self.root_deferred,
         }
 
 
@@ -196,6 +200,19 @@ def _filesystem_of(path: bytes) -> str:
     return "filesystem"
 
 
+def mount_points_below(root: bytes, mountinfo: str = "/proc/self/mountinfo") -> bool:
+    """Whether any mount point lies strictly below `root` (then the walker stats files too, to find files
+    mounted over entries). An unreadable mountinfo counts as yes: the stat costs time, not correctness."""
+    from agent.mountinfo import read_mountinfo
+
+    try:
+        mounts = read_mountinfo(mountinfo)
+    except (OSError, ValueError):
+        return True
+    real = os.path.realpath(root).rstrip(b"/") + b"/"
+    return any(os.fsencode(m.mount_point).startswith(real) for m in mounts)
+
+
 def relabel(path, label, *, threads: int | None = None, one_file_system: bool = True, dry_run: bool = False,
             fs_group: int | None = None, fs_group_policy: str = "Always", read_only: bool = False,
             compare: bool = True, progress: Progress | None = None, progress_interval: float = 0.2,
@@ -257,6 +274,8 @@ def relabel(path, label, *, threads: int | None = None, one_file_system: bool = 
         flags |= _relabel.BLIND
     if _force_proc:
         flags |= _relabel.FORCE_PROC
+    if mount_points_below(root):
+        flags |= _relabel.STAT_FILES
 
     callback = None
     started = time.monotonic()
@@ -294,4 +313,5 @@ def relabel(path, label, *, threads: int | None = None, one_file_system: bool = 
         errors_by_errno={errno_mod.errorcode.get(k, str(k)): v for k, v in sorted(raw["errors_by_errno"].items())},
         error_samples=samples, dry_run=dry_run, threads=threads, elapsed=elapsed, fs_group=fs_group,
         ownership_skipped=ownership_skipped, xattr_calls="setxattrat" if raw["xattrat"] else "proc-fd",
+        root_deferred=raw["root_deferred"], threads_active=raw["threads_active"],
     )

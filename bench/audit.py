@@ -25,6 +25,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from notes import write_keeping_notes  # noqa: E402
 DRIVERS = ("ebs.csi.aws.com", "local.selinux-mount-agent.io", "nfs.csi.example.com")
 
 
@@ -223,7 +226,8 @@ def main() -> int:
     print(table)
     if args.output:
         command = f"python bench/audit.py --pods {args.pods} --seed {args.seed} --runs {args.runs}"
-        Path(args.output).write_text(
+        write_keeping_notes(
+            args.output,
             "# `audit` benchmark\n\n"
             f"Command: `{command} --output {args.output}`\n\n"
             f"Machine: {os.cpu_count()} cores; the audit runs as `selinux-mount-agent audit -f dump.json -o json` "

@@ -29,6 +29,9 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from notes import write_keeping_notes  # noqa: E402
 
 LABEL_A = "system_u:object_r:container_file_t:s0:c10,c20"
 LABEL_B = "system_u:object_r:container_file_t:s0:c30,c40"
@@ -328,9 +331,9 @@ def main(argv=None) -> int:
     if not args.no_docs:
         docs = os.path.join(REPO, "docs")
         os.makedirs(docs, exist_ok=True)
-        with open(os.path.join(docs, "relabel-benchmark.md"), "w") as handle:
-            handle.write(render_markdown(results, scaling, summary, command,
-                                         go_note if go_binary else "skipped: " + go_note))
+        write_keeping_notes(os.path.join(docs, "relabel-benchmark.md"),
+                            render_markdown(results, scaling, summary, command,
+                                            go_note if go_binary else "skipped: " + go_note))
         plot(scaling, os.path.join(docs, "relabel-threads.png"))
     return 0
 

@@ -128,6 +128,8 @@ def print_table(stats: RelabelStats) -> None:
     rows.append(("errors", f"{stats.errors:,}" + (
         "  (" + ", ".join(f"{name} {count:,}" for name, count in stats.errors_by_errno.items()) + ")"
         if stats.errors else "")))
+    if stats.root_deferred and stats.errors:
+        rows.append(("root", "left as it was, because entries below it failed: a rerun walks again"))
     rows.append(("time", f"{stats.elapsed:.3f}s, {stats.rate:,.0f} entries/s, {stats.threads} threads"))
     width = max(len(key) for key, _ in rows)
     for key, value in rows:

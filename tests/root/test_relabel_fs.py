@@ -23,6 +23,7 @@ from agent.relabel import relabel
 XATTR = "security.selinux"
 LABEL = "system_u:object_r:container_file_t:s0:c7,c8"
 WANT = LABEL.encode() + b"\0"
+OTHER_LABEL = "system_u:object_r:container_file_t:s0:c9,c10"
 
 pytestmark = pytest.mark.root
 
@@ -101,6 +102,50 @@ def test_tmpfs_inside_an_ext4_loop_image(tmp_path, mounts):
     _check_inner_mount(root, inner)
 
 
+def _file_mounted_over_an_entry(tmp_path, mounts, entry):
+    """A tmpfs file bind-mounted over vol/`entry`; returns (vol, the file on its own filesystem)."""
+    other = tmp_path / "other"
+    other.mkdir()
+    mounts("-t", "tmpfs", "tmpfs", other)
+    (other / "file").write_text("x")
+    root = tmp_path / "vol"
+    (root / entry).parent.mkdir(parents=True, exist_ok=True)
+    (root / entry).parent.joinpath("plain").write_text("x")
+    (root / entry).write_text("placeholder")
+    mounts("--bind", other / "file", root / entry)
+    return root, other / "file"
+
+
+def test_bind_mounted_file_is_another_filesystem(tmp_path, mounts):
+    # A file mounted over an entry (what a runtime does for /etc/hosts-like files) is on another
+    # filesystem: with one_file_system it is neither labelled nor chowned, like a mounted directory.
+    root, secret = _file_mounted_over_an_entry(tmp_path, mounts, "d/over")
+    before = os.lstat(secret)
+    stats = relabel(root, LABEL, fs_group=4321)
+    assert stats.other_filesystem == 1 and stats.errors == 0
+    assert label_of(secret) is None
+    after = os.lstat(secret)
+    assert (after.st_gid, after.st_mode) == (before.st_gid, before.st_mode)
+    assert label_of(root / "d" / "plain") == WANT and label_of(root) == WANT
+    # Without fs_group the walker stats files only because mountinfo lists a mount below the root.
+    stats = relabel(root, OTHER_LABEL)
+    assert stats.other_filesystem == 1 and label_of(secret) is None
+    # Crossing filesystems, the mounted file is labelled like everything else.
+    stats = relabel(root, LABEL, one_file_system=False)
+    assert stats.other_filesystem == 0 and label_of(secret) == WANT
+
+
+def test_read_only_bind_mounted_file_does_not_stop_a_walk_that_crosses_mounts(tmp_path, mounts):
+    # EROFS stops a walk only on the volume's own filesystem; a read-only file mounted inside it is an error
+    # on that one entry.
+    root, _ = _file_mounted_over_an_entry(tmp_path, mounts, "over")
+    subprocess.run(["mount", "-o", "remount,bind,ro", str(root / "over")], check=True, capture_output=True)
+    stats = relabel(root, LABEL, one_file_system=False)
+    assert stats.errors_by_errno == {"EROFS": 1}
+    assert [s.path for s in stats.error_samples] == [os.fsencode(root / "over")]
+    assert label_of(root / "plain") == WANT and stats.root_deferred
+
+
 def test_filesystem_without_labels_fails_naming_it(tmp_path, mounts):
     root = tmp_path / "vol"
     root.mkdir()
@@ -119,7 +164,8 @@ def test_nested_filesystem_without_labels_is_counted_when_crossing_mounts(tmp_pa
     (root / "r" / "f").write_text("x")
     stats = relabel(root, LABEL, one_file_system=False)
     assert stats.errors_by_errno.get("EOPNOTSUPP", 0) + stats.errors_by_errno.get("ENOTSUP", 0) >= 1
-    assert label_of(root / "file") == WANT and label_of(root) == WANT
+    assert label_of(root / "file") == WANT
+    assert stats.root_deferred and label_of(root) is None
 
 
 def test_read_only_filesystem(tmp_path, mounts):
@@ -171,14 +217,19 @@ def test_immutable_entries_are_errors_with_their_paths(tmp_path, capsys):
         assert stats.errors == 1 and stats.errors_by_errno == {"EPERM": 1}
         assert [(s.errno, s.op, s.path) for s in stats.error_samples] == [(errno.EPERM, "setxattr", bad)]
         assert label_of(os.path.join(root, b"fine")) == WANT and label_of(bad) is None
-        assert label_of(root) == WANT
+        # The root is left as it was: a labelled root must mean that everything below it is done.
+        assert stats.root_deferred and label_of(root) is None
         # The CLI exits 1 (walk done, some entries failed) and shows the non-UTF-8 path escaped.
         assert cli_main(["relabel", os.fsdecode(root), "--label", LABEL, "-o", "json"]) == 1
         doc = json.loads(capsys.readouterr().out)
         assert doc["errorSamples"][0]["path"].endswith("locked-\\xff")
-        assert doc["errorsByErrno"] == {"EPERM": 1}
+        assert doc["errorsByErrno"] == {"EPERM": 1} and doc["rootDeferred"] is True
     finally:
         _set_immutable(bad, False)
+    # Once the entry can be written, the next walk finishes and labels the root.
+    stats = relabel(root, LABEL)
+    assert stats.errors == 0 and not stats.root_deferred
+    assert label_of(bad) == WANT and label_of(root) == WANT
 
 
 def _run_as(uid: int, func):
@@ -241,11 +292,33 @@ def test_unprivileged_walk_counts_permission_errors(public_dir):
     assert doc["errorsByErrno"] == {"EACCES": 1, "EPERM": 1}
     assert sorted((s["op"], s["path"].rsplit("/", 1)[1]) for s in doc["errorSamples"]) == [
         ("open", "closed"), ("setxattr", "closed")]
-    assert (doc["seen"], doc["changed"]) == (4, 3)
-    for path in (root, root / "open", root / "open" / "f"):
+    # The root is left unchecked and unlabelled: something below it failed.
+    assert (doc["seen"], doc["changed"], doc["rootDeferred"]) == (3, 2, True)
+    for path in (root / "open", root / "open" / "f"):
         assert label_of(path) == WANT
-    for path in (root / "closed", root / "closed" / "hidden"):
+    for path in (root, root / "closed", root / "closed" / "hidden"):
         assert label_of(path) is None
+
+
+def test_every_errno_keeps_a_sample_path(public_dir):
+    # Twelve EPERMs fill the first samples; the EACCES that comes after them still gets its path.
+    nobody = 65534
+    root = public_dir / "vol"
+    root.mkdir()
+    for i in range(12):
+        (root / f"root-owned-{i:02d}").write_text("x")
+    (root / "closed").mkdir()
+    os.chmod(root / "closed", 0o000)
+    os.chown(root, nobody, nobody)
+
+    def walk():
+        return relabel(root, LABEL, threads=1).to_json()
+
+    doc = _run_as(nobody, walk)
+    assert "exception" not in doc, doc
+    assert doc["errorsByErrno"] == {"EACCES": 1, "EPERM": 13}
+    assert {s["errno"] for s in doc["errorSamples"]} == {"EACCES", "EPERM"}
+    assert len(doc["errorSamples"]) == 9  # the first 8, and the first of the errno that came later
 
 
 def test_unprivileged_walk_enters_readable_directories_it_does_not_own(public_dir):
@@ -268,6 +341,7 @@ def test_unprivileged_walk_enters_readable_directories_it_does_not_own(public_di
     # Only `foreign` itself (root's) cannot be labelled; what is inside it was reached and labelled.
     assert [s["op"] for s in doc["errorSamples"]] == ["setxattr"]
     assert doc["errorSamples"][0]["path"].endswith("/foreign")
-    for path in (root, root / "foreign" / "mine", root / "foreign" / "deeper"):
+    for path in (root / "foreign" / "mine", root / "foreign" / "deeper"):
         assert label_of(path) == WANT
     assert label_of(root / "foreign") is None
+    assert doc["rootDeferred"] is True and label_of(root) is None

@@ -364,6 +364,11 @@ def test_huge_flat_directory_is_split_across_threads(tmp_path, threads):
     stats = relabel(root, LABEL, threads=threads)
     assert (stats.seen, stats.changed, stats.already_correct) == (count + 1, count, 1)
     assert all(label_of(root / f"f{i}") == want() for i in range(count))
+    # One directory, yet every thread got a share of it (its chunks are handed to idle threads).
+    if threads == 1:
+        assert stats.threads_active == 1
+    else:
+        assert stats.threads_active >= 2
 
 
 def test_wide_tree_of_many_small_directories(tmp_path):
@@ -725,6 +730,86 @@ def test_cli_json_and_exit_codes(tmp_path, capsys):
     assert "not allowed" in capsys.readouterr().err
     assert cli_main(["relabel", str(tmp_path / "missing"), "--label", LABEL]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_cli_fs_group_in_the_same_pass(tmp_path, capsys):
+    root = tmp_path / "vol"
+    total = make_tree(root, dirs=2, files=2, depth=1)
+    assert cli_main(["relabel", str(root), "--label", LABEL, "--fs-group", "4321", "-o", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert (doc["seen"], doc["changed"], doc["fsGroup"], doc["errors"]) == (total, total, 4321, 0)
+    assert doc["ownerChanged"] == total
+    for dirpath, dirnames, filenames in os.walk(root):
+        st = os.lstat(dirpath)
+        assert st.st_gid == 4321 and st.st_mode & 0o2070 == 0o2070  # setgid, group rwx
+        for name in filenames:
+            st = os.lstat(os.path.join(dirpath, name))
+            assert st.st_gid == 4321 and st.st_mode & 0o060 == 0o060
+    # OnRootMismatch: the root is right, so nothing is walked; the table says so.
+    assert cli_main(["relabel", str(root), "--label", LABEL, "--fs-group", "4321",
+                     "--fs-group-policy", "OnRootMismatch"]) == 0
+    assert "walk skipped" in capsys.readouterr().out
+
+
+def test_progress_line_shows_after_a_second_and_is_cleared():
+    import io
+
+    from agent.cli.relabel_cmd import _ProgressLine
+    from agent.relabel import RelabelProgress
+
+    stream = io.StringIO()
+    line = _ProgressLine(stream)
+    line(RelabelProgress(500, 10, 0.4))
+    assert stream.getvalue() == ""  # short walks show nothing
+    line(RelabelProgress(250_000, 1_000, 2.0))
+    assert stream.getvalue() == "\rrelabel: 250,000 entries, 1,000 changed, 125,000/s, 2s\x1b[K"
+    line.close()
+    assert stream.getvalue().endswith("\r\x1b[K")
+
+
+def test_progress_line_only_on_a_terminal(tmp_path):
+    """Through a real pseudo-terminal: the command asks for progress when stderr is a TTY, not otherwise."""
+    import pty
+    import subprocess
+    import sys
+
+    root = tmp_path / "vol"
+    make_tree(root, dirs=2, files=2, depth=1)
+    code = ("import sys, agent.cli.relabel_cmd as c, agent.relabel as r\n"
+            "real = r.relabel\n"
+            "def spy(*a, **k):\n"
+            "    print('progress' if k.get('progress') else 'no progress', file=sys.stdout, flush=True)\n"
+            "    return real(*a, **k)\n"
+            "c.relabel = spy\n"
+            "from agent.cli.main import main\n"
+            "sys.exit(main(['relabel', sys.argv[1], '--label', sys.argv[2], '-o', 'json']))\n")
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    primary, secondary = pty.openpty()
+    try:
+        proc = subprocess.run([sys.executable, "-c", code, str(root), LABEL], stdout=subprocess.PIPE,
+                              stderr=secondary, cwd=repo, timeout=60)
+    finally:
+        os.close(secondary)
+        os.close(primary)
+    assert proc.returncode == 0 and proc.stdout.decode().splitlines()[0] == "progress"
+    proc = subprocess.run([sys.executable, "-c", code, str(root), OTHER], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, cwd=repo, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.decode().splitlines()[0] == "no progress"
+
+
+def test_mount_points_below_reads_mountinfo(tmp_path):
+    from agent.relabel import mount_points_below
+
+    info = tmp_path / "mountinfo"
+    info.write_text(
+        "22 1 0:21 / / rw - ext4 /dev/sda1 rw\n"
+        "30 22 0:30 / /data/vol rw - ext4 /dev/sdb rw\n"
+        "31 30 0:31 /hosts /data/vol/etc/hosts\\040x rw - tmpfs tmpfs rw\n")
+    assert mount_points_below(b"/data/vol", str(info)) is True
+    assert mount_points_below(b"/data/vol/etc", str(info)) is True
+    assert mount_points_below(b"/data/vol/etc/hosts x", str(info)) is False  # the root itself is not below
+    assert mount_points_below(b"/data/volume", str(info)) is False  # a prefix of a name is not a parent
+    assert mount_points_below(b"/data/vol", str(tmp_path / "missing")) is True  # unreadable: check anyway
 
 
 def test_cli_rejects_bad_numbers(tmp_path, capsys):
