@@ -765,11 +765,17 @@ static mode_t wanted_mode(struct walk *w, mode_t mode)
 static int chmod_nofollow(int dirfd, const char *name, mode_t mode)
 {
     static atomic_int have_fchmodat2 = 1;
+    int eperm = 0;
     if (atomic_load_explicit(&have_fchmodat2, memory_order_relaxed)) {
         long r = syscall(__NR_fchmodat2, dirfd, name, mode, AT_SYMLINK_NOFOLLOW);
         if (r == 0 || (errno != ENOSYS && errno != EPERM))
             return (int)r;
-        atomic_store(&have_fchmodat2, 0);
+        /* ENOSYS: no such syscall. EPERM: a seccomp filter refusing syscalls it does not know, or a real
+         * permission error; only if the fallback then succeeds was it the filter. */
+        if (errno == ENOSYS)
+            atomic_store(&have_fchmodat2, 0);
+        else
+            eperm = 1;
     }
     /* Before Linux 6.6: pin the inode with O_PATH, check it is not a symlink, chmod through /proc. */
     int fd = openat(dirfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
@@ -787,6 +793,8 @@ static int chmod_nofollow(int dirfd, const char *name, mode_t mode)
     }
     int saved = errno;
     close(fd);
+    if (eperm && r == 0)
+        atomic_store(&have_fchmodat2, 0);
     errno = saved;
     return r;
 }
@@ -1055,15 +1063,18 @@ static void open_dir(struct walk *w, struct tally *t, struct node *parent, const
         int err = errno;
         if (err == ENOENT) {
             t->vanished++;
-        } else if (err == ELOOP || err == ENOTDIR) {
-            /* Replaced by a symlink or a file since it was listed: label what is there now, never follow. */
-            t->seen++;
-            label_entry(w, t, pfd, parent, name);
         } else {
-            /* Cannot enter it (EACCES...): still try to label the directory itself by name. */
-            record_error(w, err, "open", parent, name);
+            if (err == ELOOP || err == ENOTDIR) {
+                /* Replaced by a symlink or a file since it was listed: label what is there now, never follow. */
+            } else {
+                /* Cannot enter it (EACCES...): still label (and own) the directory itself by name. */
+                record_error(w, err, "open", parent, name);
+            }
             t->seen++;
-            label_entry(w, t, pfd, parent, name);
+            struct stat est;
+            if (label_entry(w, t, pfd, parent, name) == 0 && w->gid >= 0 &&
+                fstatat(pfd, name, &est, AT_SYMLINK_NOFOLLOW) == 0)
+                own_entry(w, t, pfd, parent, name, &est);
         }
         node_done(w, parent);
         return;

@@ -321,6 +321,25 @@ def test_every_errno_keeps_a_sample_path(public_dir):
     assert len(doc["errorSamples"]) == 9  # the first 8, and the first of the errno that came later
 
 
+def test_directory_that_cannot_be_entered_still_gets_label_and_fs_group(public_dir):
+    nobody = 65534
+    root = public_dir / "vol"
+    (root / "closed").mkdir(parents=True)
+    os.chown(root, nobody, 0)
+    os.chown(root / "closed", nobody, 0)
+    os.chmod(root / "closed", 0o000)
+
+    def walk():
+        return relabel(root, LABEL, threads=1, fs_group=nobody).to_json()
+
+    doc = _run_as(nobody, walk)
+    assert "exception" not in doc, doc
+    assert doc["errorsByErrno"] == {"EACCES": 1}  # it cannot be read, but it is labelled and owned
+    st = os.lstat(root / "closed")
+    assert label_of(root / "closed") == WANT
+    assert st.st_gid == nobody and stat.S_IMODE(st.st_mode) == 0o2770  # kubelet: ug+rw, ug+x and setgid
+
+
 def test_unprivileged_walk_enters_readable_directories_it_does_not_own(public_dir):
     # O_NOATIME is refused (EPERM) on a directory the caller does not own; the walker opens it without and
     # carries on, so the walk does not depend on owning every directory.
