@@ -23,6 +23,7 @@ import yaml
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from agent import host
+from agent.avc.applied import AppliedLevels, PublishNotifier
 from agent.errors import InvalidInput
 from agent.kubeapi import KUBE_API_CHOICES
 from agent.metrics import NodeMetrics
@@ -189,6 +190,8 @@ class Daemon:
         self.config = config
         self.registry = CollectorRegistry()
         self.metrics = NodeMetrics(self.registry)
+        # The CSI shim's published volumes, as level → pod hints for the AVC watcher (both run here).
+        self.applied_levels = AppliedLevels()
         self.ready = threading.Event()
         self.stopped = threading.Event()
         self.selinux = False
@@ -272,16 +275,20 @@ class CSIComponent(Component):
             strip_context=config.strip_context, on_context_dropped=config.on_context_dropped)
         self.socket = socket_path(self.shim_config.csi_endpoint, "--csi-endpoint")
         self.metrics = daemon.metrics
+        self.levels = daemon.applied_levels
         self.server = None
 
     def start(self) -> None:
         from csi_shim.server import build_server
 
-        self.server = build_server(self.shim_config, self.metrics).start()
+        server = build_server(self.shim_config, PublishNotifier(self.metrics, self.levels.sync))
+        self.levels.watch(server.state)  # the records recovered from before a restart count too
+        self.server = server.start()
 
     def stop(self, grace: float) -> None:
         if self.server is not None:
             self.server.stop(grace)
+            self.levels.watch(None)
 
     def problem(self) -> str | None:
         if self.server is not None and not os.path.exists(self.socket):
@@ -291,7 +298,8 @@ class CSIComponent(Component):
 
 class AVCComponent(Component):
     """The AVC denial watcher: kernel audit multicast (netlink) or an audit log, attributed to pods, counted in
-    selinux_avc_denials_total. With an API (`kube_api`), a watch of this node's pods turns UIDs into names."""
+    selinux_avc_denials_total. With an API (`kube_api`), a watch of this node's pods turns UIDs into names;
+    the levels the CSI shim applied to published volumes name the pods of processes that have exited."""
 
     name = "avc"
 
@@ -300,6 +308,7 @@ class AVCComponent(Component):
         self.kube_api = daemon.config.kube_api
         self.node = daemon.config.node_id
         self.registry = daemon.registry
+        self.levels = daemon.applied_levels
         self.watcher = None
         self.pod_watch = None
 
@@ -316,7 +325,9 @@ class AVCComponent(Component):
         else:
             log.info("no Kubernetes API configured (kube_api=%s): denials name pods by UID", self.kube_api)
         pods = self.pod_watch.pods if self.pod_watch is not None else None
-        self.watcher = AvcWatcher(open_source(self.spec), Attributor(pods=pods), AvcMetrics(self.registry)).start()
+        attributor = Attributor(pods=pods)
+        self.levels.feed(attributor)  # levels the CSI shim applied, kept current as volumes come and go
+        self.watcher = AvcWatcher(open_source(self.spec), attributor, AvcMetrics(self.registry)).start()
 
     def stop(self, grace: float) -> None:
         if self.watcher is not None:

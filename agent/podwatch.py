@@ -82,9 +82,6 @@ class NodePods:
     def __len__(self) -> int:
         return len(self._directory)
 
-    def __bool__(self) -> bool:  # an empty directory is still the one to fill, not a reason to make another
-        return True
-
 
 class PodWatch:
     """Keeps a `NodePods` up to date in a background thread."""

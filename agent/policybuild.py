@@ -89,7 +89,8 @@ def build_pp(te_path: Path, output_dir: Path | None = None) -> Path:
     if te_path.suffix != ".te":
         raise InvalidInput(f"{te_path} is not a .te file")
     name = module_name_of(te_path)
-    out = Path(output_dir) if output_dir else te_path.parent
+    # Absolute, because the tools run with cwd=out: a relative out/NAME.mod would be looked up in out/out/.
+    out = (Path(output_dir) if output_dir else te_path.parent).resolve()
     out.mkdir(parents=True, exist_ok=True)
     checkmodule, semodule_package = _tool("checkmodule"), _tool("semodule_package")
     mod, pp = out / f"{name}.mod", out / f"{name}.pp"

@@ -28,7 +28,15 @@ Two output forms:
 
 Module names follow `^[A-Za-z][A-Za-z0-9_]*$`: a letter first, then letters, digits and underscores. That is
 stricter than checkmodule, on purpose: the name is also a file base name, a CIL block name and a semodule
-argument, and checkmodule refuses a module whose name differs from its output file's base name.
+argument, and checkmodule refuses a module whose name differs from its output file's base name. Two kinds of
+names are refused besides:
+
+- keywords of the policy language (checkpolicy's scanner, policy_scan.l, in lower or upper case, plus
+  `self`): `module allow 1.0;` is a syntax error for checkmodule, and `self` means the source type in a rule
+  and is reserved in CIL;
+- names of modules that distributions ship (refpolicy, Fedora's policy, container-selinux). semodule uses
+  the highest priority of a name, so our module at 350 would replace the system's `container` or `kernel`
+  module and take the rest of its policy with it.
 """
 
 from __future__ import annotations
@@ -50,6 +58,26 @@ DENIED_PERMISSIONS = frozenset({"load_policy", "mac_admin", "mounton", "relabelf
                                 "setenforce", "setsecparam"})
 CAPABILITY_CLASSES = frozenset({"capability", "capability2", "cap_userns", "cap2_userns"})
 
+# checkpolicy/policy_scan.l (SELinux userspace 3.x): each is matched in lower or upper case as a token.
+POLICY_KEYWORDS = frozenset("""
+    alias allow allowxperm and attribute attribute_role auditallow auditallowxperm auditdeny bool category class
+    clone common constrain default_range default_role default_type default_user devicetreecon dom domby
+    dominance dontaudit dontauditxperm else eq expandattribute false fs_use_task fs_use_trans fs_use_xattr
+    fscon genfscon glblub h1 h2 high ibendportcon ibpkeycon if incomp inherits iomemcon ioportcon l1 l2 level low
+    mlsconstrain mlsvalidatetrans module netifcon neverallow neverallowxperm nodecon not optional or
+    pcidevicecon permissive pirqcon policycap portcon r1 r2 r3 range range_transition require role
+    role_transition roleattribute roles sameuser sensitivity sid source t1 t2 t3 target true tunable type
+    type_change type_member type_transition typealias typeattribute typebounds types u1 u2 u3 user
+    validatetrans xor
+""".split()) | {"self"}
+
+# Modules of the base policies and container-selinux that a local module must never shadow.
+SYSTEM_MODULES = frozenset("""
+    base base_container container corecommands corenetwork devices docker domain files init kernel libraries
+    logging mcs miscfiles mls permissivedomains sandbox selinux selinuxutil staff sysadm systemd unconfined
+    unprivuser user userdomain virt
+""".split())
+
 
 def validate_module_name(name) -> str:
     """The name unchanged, or InvalidModuleName saying why checkmodule/semodule or a path would refuse it."""
@@ -61,6 +89,14 @@ def validate_module_name(name) -> str:
         raise InvalidModuleName(
             f"invalid module name {name!r}: use a letter followed by letters, digits or '_' "
             "(no '-', '.', '/' or spaces; the name is also the file name and the CIL block name)")
+    if name.lower() in POLICY_KEYWORDS and (name.islower() or name.isupper()):
+        raise InvalidModuleName(f"invalid module name {name!r}: it is a keyword of the SELinux policy language, "
+                                "which checkmodule cannot take as a module name")
+    if name in SYSTEM_MODULES:
+        raise InvalidModuleName(
+            f"module name {name!r} is taken by a module of the system policy (refpolicy, the distribution's "
+            "policy or container-selinux); semodule would use ours in its place and break the system policy, so "
+            "pick a name of your own, e.g. with your workload's name in it")
     return name
 
 

@@ -237,31 +237,77 @@ def _pod_from_object(pod: dict) -> PodRef:
                   canonical_level(level) if level else None, workload, tuple(sorted(containers)))
 
 
+def pod_key(pod: PodRef):
+    """What makes two PodRefs the same pod: the UID, or namespace and name when there is no UID."""
+    return pod.uid or (pod.namespace, pod.name)
+
+
+class LevelIndex:
+    """MCS level → the pods holding it. A level held by one pod names it; a level held by two different pods
+    names none (runtimes reuse levels, OpenShift gives one per namespace). A pod is counted once however
+    often it is added, so updating a pod never makes its own level ambiguous.
+
+    Writers replace the per-level dicts instead of changing them, so a reader in another thread never sees
+    one half-changed; concurrent writers need a lock of their own."""
+
+    def __init__(self):
+        self._holders: dict[str, dict] = {}
+
+    def add(self, level: str, pod: PodRef) -> None:
+        held = self._holders.get(level, {})
+        self._holders[level] = {**held, pod_key(pod): pod}
+
+    def discard(self, level: str, pod: PodRef) -> None:
+        held = self._holders.get(level)
+        key = pod_key(pod)
+        if held is None or key not in held:
+            return
+        rest = {k: v for k, v in held.items() if k != key}
+        if rest:
+            self._holders[level] = rest
+        else:
+            self._holders.pop(level, None)
+
+    def get(self, level: str) -> PodRef | None:
+        held = self._holders.get(level)
+        return next(iter(held.values())) if held is not None and len(held) == 1 else None
+
+    def __contains__(self, level: str) -> bool:
+        return level in self._holders
+
+
 class PodDirectory:
-    """Pods known to the caller, by UID and by MCS level. A level shared by several pods is ambiguous
-    and resolves to none of them."""
+    """Pods known to the caller, by UID and by MCS level. Adding a pod again replaces it (its old level is
+    dropped when it changed); a level shared by several pods is ambiguous and resolves to none of them."""
 
     def __init__(self, pods=()):
-        self._by_uid: dict[str, PodRef] = {}
-        self._by_level: dict[str, PodRef | None] = {}
+        self._pods: dict = {}  # pod_key → PodRef
+        self._levels = LevelIndex()
         for pod in pods:
             self.add(pod)
 
     def add(self, pod: PodRef) -> None:
-        if pod.uid:
-            self._by_uid[pod.uid] = pod
+        key = pod_key(pod)
+        old = self._pods.get(key)
+        if old is not None and old.level and old.level != pod.level:
+            self._levels.discard(old.level, old)
+        self._pods[key] = pod
         if pod.level:
-            current = self._by_level.get(pod.level, pod)
-            self._by_level[pod.level] = pod if current == pod else None
+            self._levels.add(pod.level, pod)
+
+    def remove(self, pod: PodRef) -> None:
+        old = self._pods.pop(pod_key(pod), None)
+        if old is not None and old.level:
+            self._levels.discard(old.level, old)
 
     def by_uid(self, uid: str) -> PodRef | None:
-        return self._by_uid.get(uid)
+        return self._pods.get(uid)
 
     def by_level(self, level: str) -> PodRef | None:
-        return self._by_level.get(level)
+        return self._levels.get(level)
 
     def __len__(self) -> int:
-        return len(set(self._by_uid.values()) | {p for p in self._by_level.values() if p})
+        return len(self._pods)
 
 
 # --- attribution ---------------------------------------------------------------------------------------
@@ -327,30 +373,48 @@ class Attributor:
                  max_cache: int = 65536, clock: Callable[[], float] = time.monotonic,
                  reader: ProcReader | None = None):
         self.reader = reader or ProcReader(proc_root)
-        self.pods = pods or PodDirectory()
-        # Extra level → pod entries, e.g. the levels this agent applied to volumes.
-        self.levels = {canonical_level(k) or k: v for k, v in (levels or {}).items()}
+        # The caller's object, even empty: a pod watch fills it later.
+        self.pods = pods if pods is not None else PodDirectory()
+        # Levels this agent applied to volumes, with their pods; asked before the pod directory.
+        self.applied = LevelIndex()
+        for level, pod in (levels or {}).items():
+            self.add_level(level, pod)
         self.revalidate_after = revalidate_after
         self.max_cache = max_cache
         self.clock = clock
         self.stats = AttributionStats()
         # pid → (start time, checked at, CgroupInfo or _GONE)
         self._cache: dict[int, tuple[int | None, float, object]] = {}
-        # pid → (checked at, Attribution) for pids found in a pod; level → Attribution.
+        # pid → (checked at, Attribution) for pids found in a pod; level → (PodRef, Attribution).
         self._found_cache: dict[int, tuple[float, Attribution]] = {}
-        self._by_level: dict[str, Attribution] = {}
+        self._by_level: dict[str, tuple[PodRef, Attribution]] = {}
         # (method, pod UID, container ID) → (the PodRef it was made from, Attribution)
         self._by_container: dict[tuple, tuple] = {}
 
     def add_level(self, level: str, pod: PodRef) -> None:
-        self.levels[canonical_level(level) or level] = pod
-        self._by_level.clear()
+        """`pod` holds `level` (e.g. a volume was labelled at it for that pod)."""
+        self.applied.add(canonical_level(level) or level, pod)
+
+    def remove_level(self, level: str, pod: PodRef) -> None:
+        """`pod` no longer holds `level` (its volume was unpublished)."""
+        self.applied.discard(canonical_level(level) or level, pod)
 
     def add_pod(self, pod: PodRef) -> None:
         """Tell the attributor about a pod (e.g. from an informer); cached results are dropped."""
         self.pods.add(pod)
-        self._by_level.clear()
         self._found_cache.clear()
+
+    def pod_at_level(self, level: str) -> PodRef | None:
+        """The one pod holding `level`: from the levels applied to volumes if the agent knows the level, else
+        from the pod directory."""
+        listed = self.pods.by_level(level)
+        if level not in self.applied:
+            return listed
+        pod = self.applied.get(level)
+        if pod is not None and pod.uid is None and listed is not None and \
+                (listed.namespace, listed.name) == (pod.namespace, pod.name):
+            return listed  # the same pod, as the directory knows it (UID, workload)
+        return pod
 
     def cgroup_info(self, pid: int) -> CgroupInfo | None:
         """The cached or freshly read cgroup of a live pid; None when the process is gone."""
@@ -414,16 +478,18 @@ class Attributor:
         if level is None or ":" not in level:
             # s0 alone is what privileged pods and host daemons run at: it names no pod.
             return self._missing(reason, NO_CATEGORIES)
-        found = self._by_level.get(level)
-        if found is None:
-            pod = self.levels.get(level) or self.pods.by_level(level)
-            if pod is None:
-                return self._missing(reason, UNKNOWN_LEVEL)
-            found = Attribution(method="mcs", pod_uid=pod.uid, namespace=pod.namespace, pod=pod.name,
-                                workload=pod.workload_name)
-            self._by_level[level] = found
+        pod = self.pod_at_level(level)
+        if pod is None:
+            return self._missing(reason, UNKNOWN_LEVEL)
+        # The same Attribution object while the level names the same PodRef (see _found).
+        entry = self._by_level.get(level)
+        if entry is None or entry[0] is not pod:
+            if len(self._by_level) >= self.max_cache:
+                self._by_level.clear()
+            entry = self._by_level[level] = (pod, Attribution(
+                method="mcs", pod_uid=pod.uid, namespace=pod.namespace, pod=pod.name, workload=pod.workload_name))
         self.stats.attributed["mcs"] += 1
-        return found
+        return entry[1]
 
     def _found(self, method: str, uid: str, container_id: str | None) -> Attribution:
         # The same object for the same pod and container while the directory holds the same PodRef, so

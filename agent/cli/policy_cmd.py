@@ -156,7 +156,8 @@ def run_generate(args) -> int:
         path.write_text(module.cil, encoding="utf-8")
         written.append(path)
     if args.build:
-        written.append(build_pp(out_dir / f"{name}.te", out_dir))
+        pp = build_pp(out_dir / f"{name}.te", out_dir)
+        written.append(out_dir / pp.name)  # printed like the other paths, relative when --output-dir is
     for path in written:
         print(path)
     return 0

@@ -148,8 +148,9 @@ def test_a_pod_named_later_is_named_after_the_next_check(tmp_path):
     # The daemon's pod watch fills the directory behind the attributor's back (no add_pod).
     clock = Clock()
     write_proc(tmp_path, 4242, LAYOUTS["systemd-crio"])
-    directory = PodDirectory([PodRef("other", "p", "uid-other")])  # not empty: an empty one is replaced
+    directory = PodDirectory()
     attributor = Attributor(proc_root=str(tmp_path), pods=directory, clock=clock)
+    assert attributor.pods is directory  # kept even when empty
     first = attributor.attribute(denial())
     assert first.pod_uid == UID and first.pod is None
     assert attributor.attribute(denial()) is first
@@ -218,6 +219,68 @@ def test_shared_level_is_ambiguous():
     pods = PodDirectory([a, b])
     assert pods.by_level("s0:c1,c2") is None
     assert pods.by_uid("u2") == b
+
+
+def test_a_pod_added_later_to_an_empty_directory_is_found_by_level(tmp_path):
+    directory = PodDirectory()
+    attributor = Attributor(proc_root=str(tmp_path), pods=directory)
+    assert attributor.attribute(denial(pid=999)).reason == PID_GONE
+    directory.add(POD)
+    assert attributor.attribute(denial(pid=999)).pod == POD.name
+
+
+def test_updating_a_pod_keeps_its_level():
+    pods = PodDirectory([POD])
+    updated = PodRef(POD.namespace, POD.name, POD.uid, POD.level, POD.workload, ((CID, "nginx"), ("b" * 64, "side")))
+    pods.add(updated)
+    assert pods.by_level(POD.level) is updated and pods.by_uid(UID) is updated and len(pods) == 1
+
+
+def test_a_changed_level_drops_the_old_mapping():
+    a = PodRef("ns", "a", "u1", "s0:c1,c2")
+    b = PodRef("ns", "b", "u2", "s0:c1,c2")
+    pods = PodDirectory([a, b])
+    assert pods.by_level("s0:c1,c2") is None
+    moved = PodRef("ns", "a", "u1", "s0:c3,c4")
+    pods.add(moved)
+    assert pods.by_level("s0:c3,c4") is moved
+    assert pods.by_level("s0:c1,c2") is b  # a no longer shares it
+    pods.remove(b)
+    assert pods.by_level("s0:c1,c2") is None and pods.by_uid("u2") is None and len(pods) == 1
+
+
+def test_pods_without_uid_are_told_apart_by_name():
+    pods = PodDirectory([PodRef("ns", "a", None, "s0:c1,c2")])
+    pods.add(PodRef("ns", "a", None, "s0:c1,c2", "web"))
+    assert pods.by_level("s0:c1,c2").workload == "web"
+    pods.add(PodRef("ns", "b", None, "s0:c1,c2"))
+    assert pods.by_level("s0:c1,c2") is None
+
+
+def test_applied_levels_are_counted_once_per_pod_and_forgotten(tmp_path):
+    attributor = Attributor(proc_root=str(tmp_path))
+    web, db = PodRef("shop", "web-1"), PodRef("shop", "db-0")
+    attributor.add_level("s0:c1,c2", web)
+    attributor.add_level("s0:c2,c1", web)  # a second volume of the same pod
+    first = attributor.attribute(denial(pid=999))
+    assert first.method == "mcs" and first.pod == "web-1"
+    assert attributor.attribute(denial(pid=999)) is first  # one object per pod, for the metrics' memo
+    attributor.add_level("s0:c1,c2", db)
+    assert attributor.attribute(denial(pid=999)).reason == PID_GONE  # two pods: ambiguous
+    attributor.remove_level("s0:c1,c2", web)
+    assert attributor.attribute(denial(pid=999)).pod == "db-0"
+    attributor.remove_level("s0:c1,c2", db)
+    assert not attributor.attribute(denial(pid=999)).attributed
+
+
+def test_an_applied_level_is_named_as_the_directory_knows_the_pod(tmp_path):
+    # The CSI records name a pod by namespace and name only; the pod watch adds UID and workload.
+    attributor = Attributor(proc_root=str(tmp_path), pods=PodDirectory([POD]))
+    attributor.add_level(POD.level, PodRef(POD.namespace, POD.name))
+    found = attributor.attribute(denial(pid=999))
+    assert found.pod_uid == UID and found.workload == "web"
+    attributor.add_level(POD.level, PodRef("other", "intruder"))
+    assert not attributor.attribute(denial(pid=999)).attributed  # the agent saw two pods at this level
 
 
 def test_cache_is_bounded(tmp_path):

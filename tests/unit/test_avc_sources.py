@@ -154,6 +154,51 @@ def test_netlink_overflow_is_counted_and_reading_goes_on():
     assert source.drops >= 1 and got >= 1
 
 
+def test_netlink_overflow_reaches_the_enobufs_metric():
+    source = open_or_skip(rcvbuf=1, tick=0.05)
+    registry = CollectorRegistry()
+    watcher = AvcWatcher(source, metrics=AvcMetrics(registry))
+    for _ in range(300):
+        inject_user_avc(avc_text(comm=f"flood{os.getpid()}"))
+    watcher.start()
+    deadline = time.monotonic() + 5
+    while source.drops == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)  # a few idle ticks: the watcher moves counters into the metrics on ticks
+    watcher.stop()
+    if source.drops == 0:
+        pytest.skip("the receive buffer did not overflow on this kernel")
+    assert registry.get_sample_value("selinux_audit_netlink_enobufs_total") == source.drops
+
+
+class DroppingSource:
+    """A source whose `drops` grows between items, as the netlink source's does on ENOBUFS."""
+
+    def __init__(self, steps):
+        self.steps = steps
+        self.drops = 0
+
+    def __iter__(self):
+        for added, item in self.steps:
+            self.drops += added
+            yield item
+
+
+def test_enobufs_metric_gets_each_drop_once():
+    registry = CollectorRegistry()
+    value = registry.get_sample_value
+    seen = []
+    source = DroppingSource([(2, (None, LOG[0])), (0, None), (3, None), (0, (None, LOG[2])), (1, None)])
+    watcher = AvcWatcher(source, metrics=AvcMetrics(registry),
+                         callback=lambda item: seen.append(value("selinux_audit_netlink_enobufs_total")))
+    watcher.run()
+    # Each denial is handed on at an idle tick, before that tick moves the drops: the first sees none, the
+    # second the 2 + 3 of the ticks before it. The counter adds differences, so it ends at 6, not at a sum of
+    # the running totals (2 + 5 + 6).
+    assert seen == [0.0, 5.0]
+    assert value("selinux_audit_netlink_enobufs_total") == 6
+
+
 def test_constants():
     assert NETLINK_AUDIT == 9 and AUDIT_NLGRP_READLOG == 1
 

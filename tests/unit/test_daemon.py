@@ -224,3 +224,135 @@ def test_node_metrics_count_what_the_shim_reports():
     assert ('volume_manager_selinux_volumes_admitted_total{access_mode="RWOP",'
             'volume_plugin="kubernetes.io/csi/local.selinux-mount-agent.io"} 1.0') in text
     assert 'method="other"' in text  # unknown methods do not add label values
+
+
+LABEL_AT_C4_C9 = "system_u:object_r:container_file_t:s0:c4,c9"
+
+
+def published_record(label, pod, status="done"):
+    """A `published` record as the CSI node service writes it once NodePublishVolume has finished."""
+    return {"volume_id": "vol-1", "staging_path": "/staging", "label": label, "readonly": False,
+            "mount_flags": [f'context="{label}"'] if label else [], "pod": list(pod) if pod else None,
+            "status": status, "verification": "applied", "action": "nothing"}
+
+
+def test_levels_of_published_volumes_follow_the_csi_state(tmp_path):
+    """AppliedLevels over a real shim State: publishes add their level, unpublishes remove it, a level shared
+    by two pods names neither, and a pending or unlabelled publish counts for nothing."""
+    from agent.avc.applied import AppliedLevels, PublishNotifier
+    from agent.avc.attribution import Attributor
+    from agent.avc.records import parse_lines
+    from agent.metrics import NodeMetrics
+    from csi_shim.state import State
+    from prometheus_client import CollectorRegistry
+
+    state = State(str(tmp_path / "csi" / "csi-state.json"))
+    attributor = Attributor(proc_root=str(tmp_path / "proc"))
+    levels = AppliedLevels()
+    levels.feed(attributor)
+    levels.watch(state)
+    registry = CollectorRegistry()
+    notifier = PublishNotifier(NodeMetrics(registry), levels.sync)
+    [gone] = parse_lines([
+        'type=AVC msg=audit(1700000000.123:1): avc:  denied  { read } for  pid=999999 comm="cat" '
+        'scontext=system_u:system_r:container_t:s0:c4,c9 tcontext=system_u:object_r:etc_t:s0 tclass=file '
+        'permissive=0'])[0]
+
+    def publish(target, record):
+        with state.change():
+            state.published[target] = record
+        notifier.observe_csi("NodePublishVolume", "OK", 0.01)
+
+    def unpublish(target):
+        with state.change():
+            state.published.pop(target)
+        notifier.observe_csi("NodeUnpublishVolume", "OK", 0.01)
+
+    publish("/pods/a/1", published_record(LABEL_AT_C4_C9, ("shop", "web-1"), status="pending"))
+    publish("/pods/b/1", published_record(None, ("shop", "db-0")))
+    assert attributor.attribute(gone).reason == "pid_gone" and len(levels) == 0
+    publish("/pods/a/1", published_record(LABEL_AT_C4_C9, ("shop", "web-1")))
+    publish("/pods/a/2", published_record("system_u:object_r:container_file_t:s0:c9,c4", ("shop", "web-1")))
+    found = attributor.attribute(gone)
+    assert (found.method, found.namespace, found.pod) == ("mcs", "shop", "web-1")
+    unpublish("/pods/a/1")
+    assert attributor.attribute(gone).pod == "web-1"  # its second volume still holds the level
+    publish("/pods/c/1", published_record(LABEL_AT_C4_C9, ("other", "intruder")))
+    assert not attributor.attribute(gone).attributed  # two pods at one level: ambiguous
+    unpublish("/pods/c/1")
+    unpublish("/pods/a/2")
+    assert attributor.attribute(gone).reason == "pid_gone" and len(levels) == 0
+    assert registry.get_sample_value("selinux_mount_agent_csi_request_duration_seconds_count",
+                                     {"method": "NodePublishVolume", "code": "OK"}) == 5  # metrics still recorded
+    state.close()
+
+
+def test_a_failing_level_update_does_not_fail_the_csi_call():
+    from agent.avc.applied import PublishNotifier
+
+    seen = []
+
+    class Metrics:
+        def observe_csi(self, method, code, seconds):
+            seen.append(method)
+
+    def broken():
+        raise RuntimeError("bug")
+
+    PublishNotifier(Metrics(), broken).observe_csi("NodePublishVolume", "OK", 0.01)
+    assert seen == ["NodePublishVolume"]
+
+
+@pytest.mark.root
+@pytest.mark.loop
+def test_daemon_attributes_denials_by_the_level_of_a_volume_it_published(tmp_path):
+    """The whole daemon: a real publish with pod info and context= (relabelled on a kernel without SELinux)
+    makes a denial at that level from an exited process name the pod; the unpublish forgets it."""
+    from tests.root.csi_helpers import Client, cleanup, context_flag
+
+    log_file = tmp_path / "audit.log"
+    log_file.write_text("")
+    config = resolve_config({"avc": f"file:{log_file}", "metrics_address": "127.0.0.1:0", "kube_api": "off",
+                             "state_dir": str(tmp_path / "state"), "csi_endpoint": f"unix://{tmp_path}/csi.sock",
+                             "kubelet_root": str(tmp_path / "kubelet")}, {})
+    (tmp_path / "kubelet").mkdir()
+    daemon = Daemon(config)
+    daemon.start()
+    client = Client(str(tmp_path / "csi.sock"), str(tmp_path / "kubelet"))
+    try:
+        volume = client.create("pvc-levels").volume_id
+        staging, target = client.staging_path(volume), client.target_path("pod-web-1")
+        flags = [context_flag(LABEL_AT_C4_C9)]
+        client.stage(volume, staging, flags)
+        client.publish(volume, staging, target, flags, pod=("shop", "web-1"))
+
+        def named():
+            return any('namespace="shop"' in line and 'pod="web-1"' in line
+                       for line in fetch(daemon.metrics_url + "/metrics")[1].splitlines()
+                       if line.startswith("selinux_avc_denials_total{"))
+
+        assert feed_denials(log_file, named, pid=999999, level="s0:c4,c9")
+        attributor = next(c for c in daemon.components if c.name == "avc").watcher.attributor
+        client.unpublish(volume, target)
+        assert attributor.pod_at_level("s0:c4,c9") is None
+        client.unstage(volume, staging)
+        client.delete(volume)
+    finally:
+        client.close()
+        daemon.stop()
+        cleanup(str(tmp_path))
+
+
+def test_the_node_daemonset_reads_audit_pids_in_the_host_pid_namespace():
+    """Audit pids are host pids: the agent attributes them through its own /proc, so with the AVC watcher on
+    the pod must share the host's pid namespace (and its network namespace for the audit group)."""
+    from pathlib import Path
+
+    import yaml
+
+    manifest = Path(__file__).resolve().parents[2] / "deploy" / "base" / "daemonset.yaml"
+    spec = yaml.safe_load(manifest.read_text())["spec"]["template"]["spec"]
+    agent = next(c for c in spec["containers"] if c["name"] == "agent")
+    assert "--avc=netlink" in agent["args"]
+    assert spec.get("hostPID") is True and spec.get("hostNetwork") is True
+    assert not any(m["mountPath"] == "/proc" for m in agent["volumeMounts"])  # its own /proc is the host's

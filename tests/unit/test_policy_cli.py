@@ -75,6 +75,20 @@ def test_generate_both_and_build(capsys, tmp_path, files):
     assert (tmp_path / "webapp.cil").read_text().count("(block webapp") == 1
 
 
+@pytest.mark.skipif(not (shutil.which("checkmodule") and shutil.which("semodule_package")),
+                    reason="checkmodule and semodule_package are not installed")
+def test_build_with_a_relative_output_dir(capsys, tmp_path, files, monkeypatch):
+    # The tools run inside the output directory, so a relative one must not be taken relative to itself.
+    log, _ = files
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(capsys, "policy", "generate", "--from", str(log), "--module", "webapp", "--build",
+                         "--output-dir", "out")
+    assert code == 0, err
+    assert out.splitlines() == ["out/webapp.te", "out/webapp.pp"]
+    assert (tmp_path / "out" / "webapp.pp").stat().st_size > 0
+    assert not (tmp_path / "out" / "webapp.mod").exists()
+
+
 def test_namespace_and_workload_filters_use_the_pod_map(capsys, tmp_path, files):
     log, pods = files
     code, out, err = run(capsys, "policy", "generate", "--from", str(log), "--module", "db", "--namespace", "team",
@@ -99,6 +113,8 @@ def test_filter_without_attribution_leaves_nothing(capsys, tmp_path, files):
 @pytest.mark.parametrize("argv,message", [
     (["--module", "bad-name"], "invalid module name"),
     (["--module", "ok", "--format", "cil", "--build"], "--build compiles the .te"),
+    (["--module", "require"], "keyword of the SELinux policy language"),
+    (["--module", "container"], "taken by a module of the system policy"),
 ])
 def test_bad_input_exits_2(capsys, tmp_path, files, argv, message):
     log, _ = files
@@ -157,3 +173,34 @@ def test_avc_watch_netlink_duration(capsys):
     assert code in (0, 2)
     if code == 2:
         assert "audit" in err
+
+
+def test_generate_live_collects_from_the_audit_group(capsys, tmp_path):
+    """--live over the real audit multicast group: a USER_AVC denial sent through the kernel while it
+    collects becomes a rule. Needs CAP_AUDIT_READ and CAP_AUDIT_WRITE, not SELinux."""
+    import os
+    import threading
+
+    from tests.unit.test_avc_sources import inject_user_avc, open_or_skip
+
+    open_or_skip().close()
+    text = ('avc:  denied  { read } for pid=1 comm="livegen" scontext=system_u:system_r:container_t:s0:c1,c2 '
+            'tcontext=system_u:object_r:user_home_t:s0 tclass=file permissive=0')
+    inject_user_avc(text)  # skips here when the kernel refuses records from user space
+    done = threading.Event()
+
+    def keep_sending():
+        while not done.wait(0.1):
+            inject_user_avc(text)
+
+    sender = threading.Thread(target=keep_sending, daemon=True)
+    sender.start()
+    try:
+        code, out, err = run(capsys, "policy", "generate", "--live", "--duration", "1", "--module",
+                             f"live{os.getpid()}", "--output-dir", str(tmp_path))
+    finally:
+        done.set()
+        sender.join(5)
+    assert code == 0, err
+    (te,) = out.splitlines()
+    assert "allow container_t user_home_t:file read;" in open(te).read()

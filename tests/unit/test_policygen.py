@@ -1,6 +1,8 @@
 """agent/policygen.py: dedup, determinism, denylist, module names, and the .te and CIL texts."""
 
 import random
+import shutil
+import subprocess
 
 import pytest
 
@@ -179,6 +181,42 @@ def test_good_module_names(name):
                                   None, "mod\n"])
 def test_bad_module_names(name):
     with pytest.raises(InvalidModuleName):
+        validate_module_name(name)
+    with pytest.raises(InvalidModuleName):
+        generate(name, LOG)
+
+
+KEYWORDS = ["allow", "type", "module", "require", "class", "role", "attribute", "typeattribute", "optional",
+            "neverallow", "dontaudit", "auditallow", "bool", "if", "else", "self", "ALLOW", "type_transition"]
+
+
+@pytest.mark.parametrize("name", KEYWORDS)
+def test_policy_keywords_are_refused(name):
+    with pytest.raises(InvalidModuleName, match="keyword of the SELinux policy language"):
+        validate_module_name(name)
+
+
+@pytest.mark.parametrize("name", ["Allow", "allowed", "my_type", "types_ok"])
+def test_names_that_only_contain_a_keyword_are_fine(name):
+    assert validate_module_name(name) == name
+
+
+@pytest.mark.skipif(not shutil.which("checkmodule"), reason="checkmodule is not installed")
+@pytest.mark.parametrize("name", ["allow", "require", "optional", "TYPE"])
+def test_checkmodule_itself_refuses_keyword_names(tmp_path, name):
+    # The premise of the keyword check: checkmodule cannot parse `module <keyword> 1.0;`.
+    te = tmp_path / f"{name}.te"
+    te.write_text(f"module {name} 1.0;\nrequire {{ type etc_t; }}\n")
+    result = subprocess.run(["checkmodule", "-M", "-m", "-o", str(tmp_path / f"{name}.mod"), str(te)],
+                            capture_output=True, text=True)
+    assert result.returncode != 0 and "syntax error" in result.stderr
+
+
+@pytest.mark.parametrize("name", ["base", "container", "unconfined", "sysadm", "staff", "kernel", "init",
+                                  "selinux", "files", "devices", "domain", "corecommands", "userdomain", "virt",
+                                  "docker", "permissivedomains", "sandbox", "base_container"])
+def test_system_module_names_are_refused(name):
+    with pytest.raises(InvalidModuleName, match="taken by a module of the system policy"):
         validate_module_name(name)
     with pytest.raises(InvalidModuleName):
         generate(name, LOG)
