@@ -258,6 +258,15 @@ class Daemon:
         self.stopped.set()
 
 
+def csi_state_dir(state_dir: str) -> str:
+    """Where the shim keeps its files under `run`: `--state-dir` itself, as for `csi`, so both commands find
+    the same volumes. A node whose state was kept in DIR/csi (as `run` once did) keeps using that directory:
+    moving away from it would lose the volume records and leave their loop devices attached."""
+    base = os.path.abspath(state_dir)
+    earlier = os.path.join(base, "csi")
+    return earlier if os.path.exists(os.path.join(earlier, "csi-state.json")) else base
+
+
 class CSIComponent(Component):
     """The CSI shim: the built-in driver, or a proxy when a backend endpoint is set."""
 
@@ -270,7 +279,7 @@ class CSIComponent(Component):
         path = config.csi_endpoint.removeprefix("unix://").removeprefix("unix:")
         self.shim_config = ShimConfig(
             csi_endpoint="unix://" + os.path.abspath(path), backend_endpoint=config.backend_endpoint,
-            state_dir=os.path.join(os.path.abspath(config.state_dir), "csi"),
+            state_dir=csi_state_dir(config.state_dir),
             kubelet_root=os.path.abspath(config.kubelet_root), node_id=config.node_id,
             strip_context=config.strip_context, on_context_dropped=config.on_context_dropped)
         self.socket = socket_path(self.shim_config.csi_endpoint, "--csi-endpoint")

@@ -4,13 +4,22 @@
    per method. The backend answers without mounting (mode `none`), so what is measured is the shim: one more
    gRPC hop over a unix socket, the argument and label checks, the state journal append and, for calls that
    carry context=, the look-up of the mount in /proc/self/mountinfo.
+   NodePublishVolume with context= cannot be verified without a mount, so it is timed against a backend that
+   mounts (tmpfs at stage, a bind mount at publish) and drops context= as libmount does: the shim then runs
+   its costliest path, the verifier (which reports the context dropped) and the relabel fallback on the
+   published path. Each timed publish gets a freshly staged volume of its own, direct and proxied alike, and
+   is unpublished and unstaged (untimed) right after, so the mount table stays the size of a quiet node's.
 2. Concurrency: N volume lifecycles (stage, publish, unpublish, unstage, with kubelet's context= flag) at
    once through the shim to a backend that mounts tmpfs and drops context= (what libmount does without
    SELinux), so every publish also runs the verifier and the relabel fallback. Zero errors expected, and no
    mount left behind.
 
 Usage: sudo .venv/bin/python bench/csi.py [--calls 1000] [--volumes 200] [--state-dir DIR]
-The shim and the backend run as separate processes, as on a node.
+The shim and the backend run as separate processes, as on a node. The exit code is 0 only when every added
+p99 of forwarding and verification is below the target (2 ms) and the lifecycles had no error and left no
+mount; otherwise 1, with each missed condition printed. The publish whose label the backend dropped is timed
+and printed too, but not held to the target: its extra time is the relabel that the runtime would otherwise
+have made, not the shim's overhead.
 """
 
 from __future__ import annotations
@@ -67,10 +76,10 @@ def percentile(samples, q):
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def requests(client: Client, index: int, flags):
-    volume_id = f"vol-{index}"
+def requests(client: Client, index: int, flags, prefix: str = ""):
+    volume_id = f"vol-{prefix}{index}"
     staging = client.staging_path(volume_id)
-    target = client.target_path(f"pod-{index}")
+    target = client.target_path(f"pod-{prefix}{index}")
     cap = capability(flags)
     return {
         "NodeGetCapabilities": pb.NodeGetCapabilitiesRequest(),
@@ -81,6 +90,9 @@ def requests(client: Client, index: int, flags):
         "NodeUnpublishVolume": pb.NodeUnpublishVolumeRequest(volume_id=volume_id, target_path=target),
         "NodeUnstageVolume": pb.NodeUnstageVolumeRequest(volume_id=volume_id, staging_target_path=staging),
     }
+
+
+TARGET_MS = 2.0
 
 
 def timed(stub, method, request) -> float:
@@ -112,6 +124,29 @@ def latency(tmp: str, calls: int, state_dir: str, with_context: bool) -> dict:
             results[method] = samples
         client.close()
         return results
+    finally:
+        stop(shim, backend)
+
+
+def publish_latency(tmp: str, calls: int, state_dir: str) -> dict:
+    """NodePublishVolume with context= against a backend that mounts and drops the flag (see the docstring)."""
+    backend, shim = start(tmp, "drop", state_dir)
+    try:
+        client = Client(f"{tmp}/csi.sock", f"{tmp}/kubelet")
+        direct = rpc.NodeStub(grpc.insecure_channel(f"unix://{tmp}/backend.sock"))
+        flags = [context_flag(LABEL_A)]
+        samples = {"direct": [], "proxy": []}
+        for index in range(calls + 50):
+            for name, stub in (("direct", direct), ("proxy", client.node)):
+                request = requests(client, index, flags, prefix=f"{name}-")
+                stub.NodeStageVolume(request["NodeStageVolume"], timeout=30)
+                value = timed(stub, "NodePublishVolume", request["NodePublishVolume"])
+                stub.NodeUnpublishVolume(request["NodeUnpublishVolume"], timeout=30)
+                stub.NodeUnstageVolume(request["NodeUnstageVolume"], timeout=30)
+                if index >= 50:  # warm-up
+                    samples[name].append(value)
+        client.close()
+        return {"NodePublishVolume": samples}
     finally:
         stop(shim, backend)
 
@@ -160,25 +195,52 @@ def main() -> int:
               f"state dir {state_dir}; load average {os.getloadavg()[0]:.2f}")
         print(f"{'method':<22}{'context=':<10}{'direct p50':>11}{'p99':>8}{'proxy p50':>11}{'p99':>8}"
               f"{'added p50':>11}{'p99':>8}  (ms)")
+        missed = []
+        runs = [("no", lambda: latency(tmp, args.calls, state_dir, False)),
+                ("yes", lambda: latency(tmp, args.calls, state_dir, True)),
+                ("yes*", lambda: publish_latency(tmp, args.calls, state_dir))]
         worst = 0.0
-        for with_context in (False, True):
-            for method, samples in latency(tmp, args.calls, state_dir, with_context).items():
+        fallback = None
+        for context_column, run in runs:
+            for method, samples in run().items():
                 d50, d99 = percentile(samples["direct"], 0.5), percentile(samples["direct"], 0.99)
                 p50, p99 = percentile(samples["proxy"], 0.5), percentile(samples["proxy"], 0.99)
                 added = [p - d for p, d in zip(samples["proxy"], samples["direct"])]
                 a50, a99 = statistics.median(added), percentile(added, 0.99)
+                if context_column == "yes*":
+                    # Not the shim's forwarding cost: the relabel the runtime would otherwise make, done here
+                    # because the backend failed to apply the label. Reported, not held to the target.
+                    fallback = (a50, a99)
+                    print(f"{method:<22}{context_column:<10}{d50:>11.3f}{d99:>8.3f}{p50:>11.3f}"
+                          f"{p99:>8.3f}{a50:>11.3f}{a99:>8.3f}")
+                    continue
                 worst = max(worst, a99)
-                print(f"{method:<22}{'yes' if with_context else 'no':<10}{d50:>11.3f}{d99:>8.3f}{p50:>11.3f}"
+                if a99 >= TARGET_MS:
+                    missed.append(f"{method} (context= {context_column}): added p99 {a99:.3f} ms is not below "
+                                  f"the {TARGET_MS:g} ms target")
+                print(f"{method:<22}{context_column:<10}{d50:>11.3f}{d99:>8.3f}{p50:>11.3f}"
                       f"{p99:>8.3f}{a50:>11.3f}{a99:>8.3f}")
-        print(f"worst added p99: {worst:.3f} ms (target < 2 ms): {'met' if worst < 2 else 'NOT met'}; "
-              f"load average {os.getloadavg()[0]:.2f}")
+        print("* against a backend that mounts and drops context=: verification (dropped) and relabel fallback;"
+              " this row is the fallback's cost and is not held to the target")
+        if fallback:
+            print(f"fallback (verify, find the label dropped, relabel an empty volume): added p50 {fallback[0]:.3f} "
+                  f"ms, p99 {fallback[1]:.3f} ms")
+        print(f"worst added p99 (forwarding and verification): {worst:.3f} ms (target < {TARGET_MS:g} ms): "
+              f"{'met' if worst < TARGET_MS else 'NOT met'}; load average {os.getloadavg()[0]:.2f}")
         count, elapsed, errors = lifecycles(tmp, args.volumes, state_dir)
         left = mounts_under(f"{tmp}/kubelet")
         print(f"{count} concurrent lifecycles (stage, publish with context= dropped by the backend -> relabel "
               f"fallback, unpublish, unstage): {elapsed:.2f} s, {len(errors)} errors, {len(left)} mounts left")
         for error in errors[:5]:
             print("  error:", error)
-        return 0 if not errors and not left else 1
+        if errors:
+            missed.append(f"concurrent lifecycles: {len(errors)} errors (zero expected)")
+        if left:
+            missed.append(f"concurrent lifecycles: {len(left)} mounts left behind (none expected)")
+        for line in missed:
+            print("NOT MET:", line)
+        print("result:", "all conditions met" if not missed else f"{len(missed)} condition(s) missed")
+        return 1 if missed else 0
     finally:
         cleanup(tmp)
 

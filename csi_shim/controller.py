@@ -14,7 +14,7 @@ import uuid
 
 from agent.errors import CapacityOutOfRange, InvalidInput, VolumeAlreadyExists, VolumeInUse, VolumeNotFound
 from csi_shim import mounter, validate
-from csi_shim.plan import DEFAULT_FS_TYPE, SUPPORTED_FS_TYPES
+from csi_shim.plan import DEFAULT_FS_TYPE, SUPPORTED_FS_TYPES, TopologyUnsatisfiable, topology_satisfied
 from csi_shim.proto import csi_pb2, csi_pb2_grpc
 from csi_shim.state import DONE, PENDING, State, VolumeLocks
 
@@ -62,19 +62,21 @@ def capability_supported(capability, fs_type: str) -> str | None:
     return None
 
 
-def volume_message(volume_id: str, record: dict) -> csi_pb2.Volume:
+def volume_message(volume_id: str, record: dict, topology: dict[str, str]) -> csi_pb2.Volume:
     return csi_pb2.Volume(volume_id=volume_id, capacity_bytes=record["capacity_bytes"],
-                          volume_context={FS_TYPE_PARAMETER: record["fs_type"]})
+                          volume_context={FS_TYPE_PARAMETER: record["fs_type"]},
+                          accessible_topology=[csi_pb2.Topology(segments=topology)])
 
 
 class ControllerService(csi_pb2_grpc.ControllerServicer):
     """CreateVolume, DeleteVolume, ValidateVolumeCapabilities, ControllerGetCapabilities; the rest of the
     service answers UNIMPLEMENTED (the generated base class does)."""
 
-    def __init__(self, state: State, image_dir: str, locks: VolumeLocks):
+    def __init__(self, state: State, image_dir: str, locks: VolumeLocks, topology: dict[str, str]):
         self.state = state
         self.image_dir = image_dir
         self.locks = locks
+        self.topology = topology  # this node's segment (plan.node_topology): where every volume lives
         os.makedirs(image_dir, mode=0o700, exist_ok=True)
 
     def ControllerGetCapabilities(self, request, context):
@@ -94,6 +96,8 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         if request.HasField("volume_content_source"):
             raise InvalidInput("volume_content_source is not supported (no snapshots or clones)")
         capacity = choose_capacity(required, limit, fs_type)
+        requirement = request.accessibility_requirements if request.HasField("accessibility_requirements") else None
+        fits_here = topology_satisfied(requirement, self.topology)
 
         with self.locks.hold(f"name:{request.name}"):
             found = self.state.volume_by_name(request.name)
@@ -104,7 +108,15 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
                     raise VolumeAlreadyExists(
                         f"volume {request.name!r} exists as {volume_id} with {record['capacity_bytes']} bytes of "
                         f"{record['fs_type']}, which does not match this request")
-                return csi_pb2.CreateVolumeResponse(volume=volume_message(volume_id, record))
+                if not fits_here:
+                    raise VolumeAlreadyExists(f"volume {request.name!r} exists as {volume_id} on this node "
+                                              f"({self._here()}), which accessibility_requirements.requisite "
+                                              f"leaves out")
+                return csi_pb2.CreateVolumeResponse(volume=volume_message(volume_id, record, self.topology))
+            if not fits_here:
+                raise TopologyUnsatisfiable(
+                    f"accessibility_requirements.requisite does not include this node ({self._here()}); volumes "
+                    f"of this driver are node-local and are made only on the node whose plugin is asked")
 
             volume_id = f"vol-{uuid.uuid4().hex}"
             image = os.path.join(self.image_dir, f"{volume_id}.img")
@@ -121,7 +133,11 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
             with self.state.change():
                 self.state.volumes[volume_id] = dict(record, status=DONE)
             log.info("created volume %s (%s, %d bytes of %s)", volume_id, request.name, capacity, fs_type)
-            return csi_pb2.CreateVolumeResponse(volume=volume_message(volume_id, self.state.volumes[volume_id]))
+            return csi_pb2.CreateVolumeResponse(volume=volume_message(volume_id, self.state.volumes[volume_id],
+                                                                      self.topology))
+
+    def _here(self) -> str:
+        return ", ".join(f"{key}={value}" for key, value in sorted(self.topology.items()))
 
     @staticmethod
     def _make_image(image: str, capacity: int, fs_type: str) -> None:
@@ -145,9 +161,11 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
                 return csi_pb2.DeleteVolumeResponse()  # CSI: deleting a volume that is gone succeeds
             if request.volume_id in self.state.staged or self.state.publishers(request.volume_id):
                 raise VolumeInUse(f"volume {request.volume_id} is still staged or published on this node")
-            mounter.detach_image(record["image"])
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(record["image"])
+            if record.get("image"):
+                mounter.detach_image(record["image"])
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(record["image"])
+            # A given block device (pre-provisioned volume) is only forgotten: its data is not ours to erase.
             with self.state.change():
                 self.state.volumes.pop(request.volume_id, None)
             log.info("deleted volume %s", request.volume_id)

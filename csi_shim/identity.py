@@ -16,8 +16,12 @@ class IdentityService(csi_pb2_grpc.IdentityServicer):
         return csi_pb2.GetPluginInfoResponse(name=self.driver_name, vendor_version=__version__)
 
     def GetPluginCapabilities(self, request, context):
-        service = csi_pb2.PluginCapability.Service(type=csi_pb2.PluginCapability.Service.CONTROLLER_SERVICE)
-        return csi_pb2.GetPluginCapabilitiesResponse(capabilities=[csi_pb2.PluginCapability(service=service)])
+        # VOLUME_ACCESSIBILITY_CONSTRAINTS: every volume lives on one node, so the CO must learn which (the
+        # external-provisioner then gives each PV node affinity, and the scheduler keeps its pods there).
+        service = csi_pb2.PluginCapability.Service
+        return csi_pb2.GetPluginCapabilitiesResponse(capabilities=[
+            csi_pb2.PluginCapability(service=service(type=kind))
+            for kind in (service.CONTROLLER_SERVICE, service.VOLUME_ACCESSIBILITY_CONSTRAINTS)])
 
     def Probe(self, request, context):
         # State is rebuilt before the socket opens, so a plugin that answers is ready.

@@ -14,6 +14,7 @@ import ctypes.util
 import errno
 import logging
 import os
+import stat
 import subprocess
 import threading
 from dataclasses import dataclass
@@ -264,6 +265,44 @@ def make_filesystem(device_or_image: str, fs_type: str) -> None:
         raise MountFailed(f"{command[0]} is not installed") from None
     except subprocess.CalledProcessError as err:
         raise MountFailed(f"{command[0]} {device_or_image}: {err.stderr.strip() or err.returncode}") from None
+
+
+def probe_device(device: str) -> dict[str, str]:
+    """What `blkid -p` (a direct probe of the device, no cache) finds on it: TYPE, USAGE, PTTYPE, ...; empty
+    when the device holds no known signature."""
+    try:
+        out = subprocess.run(["blkid", "-p", "-o", "export", device], capture_output=True, text=True, timeout=60)
+    except FileNotFoundError:
+        raise MountFailed("blkid is not installed (util-linux)") from None
+    if out.returncode == 2 and not out.stdout.strip():
+        return {}
+    if out.returncode == 8:  # more than one signature: ambivalent, never guessed at
+        return {"TYPE": "ambivalent", "USAGE": "ambivalent"}
+    if out.returncode != 0:
+        raise MountFailed(f"blkid -p {device}: {out.stderr.strip() or out.returncode}")
+    found = {}
+    for line in out.stdout.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key != "DEVNAME":
+            found[key] = value
+    return found
+
+
+def block_device_number(device: str) -> str | None:
+    """"major:minor" of a block device (symlinks such as /dev/disk/by-id/... followed); None when `device` is
+    missing or not a block device."""
+    try:
+        st = os.stat(device)
+    except OSError:
+        return None
+    if not stat.S_ISBLK(st.st_mode):
+        return None
+    return f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
+
+
+def writable(path: str) -> bool:
+    """False when the mount at `path` is read-only (its own flag or its superblock's)."""
+    return not os.statvfs(path).f_flag & os.ST_RDONLY
 
 
 def statvfs_usage(path: str) -> tuple[int, int, int, int, int, int]:

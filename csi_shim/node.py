@@ -18,10 +18,10 @@ import time
 
 from agent.errors import ContextNotApplied, InvalidInput, VolumeAlreadyExists, VolumeInUse, VolumeNotFound
 from agent.label import Label
-from csi_shim import mounter, validate
+from csi_shim import mounter, paths, validate
 from csi_shim.config import ShimConfig
-from csi_shim.plan import (FAIL, FS_GROUP, RELABEL, SUPPORTED_FS_TYPES, MountPlan, after_mount, label_conflict,
-                           plan_mount, pod_of)
+from csi_shim.plan import (FAIL, FS_GROUP, RELABEL, SUPPORTED_FS_TYPES, MountPlan, after_mount, device_filesystem,
+                           dropped_hint, label_conflict, node_topology, plan_mount, pod_of)
 from csi_shim.proto import csi_pb2, csi_pb2_grpc
 from csi_shim.state import DONE, PENDING, State, VolumeLocks
 
@@ -91,8 +91,15 @@ def apply_fs_group(path: str, gid: int, read_only: bool) -> None:
 
 def finish_publish(path: str, verification: mounter.Verification, plan: MountPlan, config: ShimConfig,
                    volume_id: str, metrics=None) -> str:
-    """Act on the verifier's result for a published path; returns what was done (for state and logs)."""
-    action = after_mount(verification.status, config.on_context_dropped, plan.context, plan.mount_group)
+    """Act on the verifier's result for a published path; returns what was done (for state and logs).
+
+    Runs before the publish is made read-only, so a `readonly` publish of a writable volume still gets its
+    relabel and its ownership (with kubelet's read-only mask). A filesystem that is itself mounted read-only
+    (reader-only access modes) takes no writes: a dropped context then fails, fsGroup is skipped."""
+    writable = True
+    if verification.status == mounter.DROPPED or plan.mount_group is not None:
+        writable = mounter.writable(path)
+    action = after_mount(verification.status, config.on_context_dropped, plan.context, plan.mount_group, writable)
     if metrics is not None:
         metrics.verified(verification.status)
         if action != FAIL:
@@ -100,15 +107,15 @@ def finish_publish(path: str, verification: mounter.Verification, plan: MountPla
             metrics.decided("mount" if verification.status == mounter.APPLIED else
                             "recursive" if action == RELABEL else "skip")
     if action == FAIL:
-        hint = ("" if verification.status == "mismatch" else
-                "; the files were not relabelled (--on-context-dropped=fail), so the pod would start with "
-                "labels that do not match its context")
+        hint = ("" if verification.status == mounter.MISMATCH else
+                dropped_hint(config.on_context_dropped, writable))
         raise ContextNotApplied(f"volume {volume_id}: {verification.describe()}{hint}")
     if action == RELABEL:
         relabel = relabel_walker()
         started = time.monotonic()
         stats = relabel(path, plan.context, threads=config.relabel_threads, one_file_system=True,
-                        dry_run=False, fs_group=plan.mount_group, fs_group_policy="Always")
+                        dry_run=False, fs_group=plan.mount_group, fs_group_policy="Always",
+                        read_only=plan.readonly)
         if metrics is not None:
             metrics.relabelled(stats, time.monotonic() - started, plan.mount_group is not None)
         log.warning("volume %s: %s; relabelled %s recursively instead (%s)", volume_id, verification.describe(),
@@ -117,6 +124,9 @@ def finish_publish(path: str, verification: mounter.Verification, plan: MountPla
         apply_fs_group(path, plan.mount_group, plan.readonly)
         if metrics is not None:
             metrics.fs_group_pass()
+    elif plan.mount_group is not None and not writable:
+        log.info("volume %s: %s is mounted read-only; fsGroup %d not applied (kubelet skips it for read-only "
+                 "volumes)", volume_id, path, plan.mount_group)
     return action
 
 
@@ -130,7 +140,9 @@ class NodeService(csi_pb2_grpc.NodeServicer):
     # ---- information ---------------------------------------------------------------------------------------
 
     def NodeGetInfo(self, request, context):
-        return csi_pb2.NodeGetInfoResponse(node_id=self.config.node_id)
+        # The topology segment is what external-provisioner turns into each PV's node affinity.
+        topology = csi_pb2.Topology(segments=node_topology(self.config.driver_name, self.config.node_id))
+        return csi_pb2.NodeGetInfoResponse(node_id=self.config.node_id, accessible_topology=topology)
 
     def NodeGetCapabilities(self, request, context):
         rpc = csi_pb2.NodeServiceCapability.RPC
@@ -144,12 +156,26 @@ class NodeService(csi_pb2_grpc.NodeServicer):
             raise VolumeNotFound(f"volume {volume_id} does not exist")
         return record
 
+    @staticmethod
+    def _numbers(volume: dict) -> set[str]:
+        """Device numbers ("major:minor") a mount of this volume shows in mountinfo: its loop devices, or the
+        given block device (as recorded, and as its path resolves now)."""
+        if volume.get("device"):
+            return {n for n in (mounter.block_device_number(volume["device"]), volume.get("device_number")) if n}
+        return {mounter.device_number(dev) for dev in mounter.find_loop(volume["image"])}
+
     # ---- stage -----------------------------------------------------------------------------------------------
 
     def NodeStageVolume(self, request, context):
         staging = validate.node_stage(request, self.config.kubelet_root)
+        given = validate.static_device(request.volume_context)
+        staging = paths.resolve_inside_root(staging, self.config.kubelet_root, "staging_target_path")
         with self.locks.hold(request.volume_id):
-            volume = self._volume(request.volume_id)
+            needs_format = False
+            if given is None:
+                volume = self._volume(request.volume_id)
+            else:
+                volume, needs_format = self._given_device(request.volume_id, given, request.volume_capability)
             plan = plan_mount(request.volume_capability, default_fs_type=volume["fs_type"],
                               fs_types=SUPPORTED_FS_TYPES)
             if plan.fs_type != volume["fs_type"]:
@@ -176,7 +202,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
                     "mount_flags": list(plan.mount_flags), "fs_type": plan.fs_type, "device": None,
                     "status": PENDING, "verification": None}
             try:
-                verification, device = self._stage(volume, staging, plan)
+                verification, device = self._stage(request.volume_id, volume, staging, plan, needs_format)
             except BaseException:
                 with self.state.change():
                     self.state.staged.pop(request.volume_id, None)
@@ -187,9 +213,46 @@ class NodeService(csi_pb2_grpc.NodeServicer):
             log.info("staged volume %s at %s: %s", request.volume_id, staging, verification.describe())
             return csi_pb2.NodeStageVolumeResponse()
 
-    def _stage(self, volume: dict, staging: str, plan: MountPlan) -> tuple[mounter.Verification, str]:
-        attached = not mounter.find_loop(volume["image"])
-        device = mounter.attach_loop(volume["image"])
+    def _given_device(self, volume_id: str, given: tuple[str, bool], capability) -> tuple[dict, bool]:
+        """The volume record of a pre-provisioned volume on a given block device, saved (durably: it must
+        outlive restarts, so that unpublish and unstage still know the volume), and whether to format it."""
+        device, allow_format = given
+        record = self.state.volumes.get(volume_id)
+        if record is not None and not record.get("device"):
+            raise InvalidInput(f"volume {volume_id} is a volume this driver created; volume_context "
+                               f"{validate.DEVICE_KEY} applies to pre-provisioned volumes only")
+        staged = self.state.staged.get(volume_id)
+        if staged is not None and staged.get("status") == DONE and record is not None \
+                and record["device"] != device:
+            raise VolumeAlreadyExists(f"volume {volume_id} is already staged from device {record['device']}, "
+                                      f"not {device}")
+        number = mounter.block_device_number(device)
+        if number is None:
+            raise InvalidInput(f"volume_context {validate.DEVICE_KEY} {device!r} is not a block device")
+        fs_type, needs_format = device_filesystem(mounter.probe_device(device), device,
+                                                  capability.mount.fs_type, allow_format)
+        wanted = {"device": device, "device_number": number, "fs_type": fs_type, "status": DONE}
+        with self.state.change():
+            self.state.volumes[volume_id] = wanted  # journals (and fsyncs) only when it differs
+        return wanted, needs_format
+
+    def _refuse_device_in_use(self, volume_id: str, number: str, staging: str) -> None:
+        """A given device mounted anywhere but at this volume's own paths is someone else's filesystem: sharing
+        its superblock would hand a pod whatever the host keeps there."""
+        ours = {staging} | {target for target, _ in self.state.publishers(volume_id)}
+        elsewhere = [m.mount_point for m in mounter.mounts_of_device(number) if m.mount_point not in ours]
+        if elsewhere:
+            raise VolumeInUse(f"volume {volume_id}: device {number} is already mounted at "
+                              f"{', '.join(sorted(elsewhere))}; a given block device must not be in use elsewhere")
+
+    def _stage(self, volume_id: str, volume: dict, staging: str, plan: MountPlan,
+               needs_format: bool = False) -> tuple[mounter.Verification, str]:
+        given = bool(volume.get("device"))
+        if given:
+            attached, device = False, volume["device"]
+        else:
+            attached = not mounter.find_loop(volume["image"])
+            device = mounter.attach_loop(volume["image"])
         mounted = False  # by this call, or adopted from one that was killed before it finished
         try:
             number = mounter.device_number(device)
@@ -197,14 +260,24 @@ class NodeService(csi_pb2_grpc.NodeServicer):
             if existing is not None and existing.major_minor != number:
                 raise VolumeAlreadyExists(f"{staging} already holds another mount ({existing.source})")
             if existing is None:
+                if given:
+                    self._refuse_device_in_use(volume_id, number, staging)
+                    if needs_format:
+                        log.warning("volume %s: formatting the blank device %s as %s (volume_context %s: true)",
+                                    volume_id, device, plan.fs_type, validate.FORMAT_KEY)
+                        mounter.make_filesystem(device, plan.fs_type)
                 mounter.refuse_shared_superblock(device, plan.context, staging)
                 bits, data = plan.syscall()
                 mounter.mount_filesystem(device, staging, plan.fs_type, bits, data, plan.context_flag)
             mounted = True
             verification = mounter.verify(staging, plan.context)
-            # At stage time only a failure counts; a dropped context is relabelled after publish.
-            if after_mount(verification.status, self.config.on_context_dropped, plan.context, None) == FAIL:
-                raise ContextNotApplied(f"volume staged at {staging}: {verification.describe()}")
+            # At stage time only a failure counts; a dropped context is relabelled after publish, which a
+            # read-only filesystem (reader-only access mode) cannot take, so that fails here already.
+            writable = mounter.writable(staging) if verification.status == mounter.DROPPED else True
+            if after_mount(verification.status, self.config.on_context_dropped, plan.context, None,
+                           writable) == FAIL:
+                hint = "" if writable else dropped_hint(self.config.on_context_dropped, writable)
+                raise ContextNotApplied(f"volume staged at {staging}: {verification.describe()}{hint}")
             return verification, device
         except BaseException:
             # A failed stage leaves nothing mounted, adopted mounts included: the record is dropped below, and a
@@ -212,13 +285,14 @@ class NodeService(csi_pb2_grpc.NodeServicer):
             if mounted:
                 with contextlib.suppress(Exception):
                     mounter.unmount(staging)
-            if attached or mounted:
+            if (attached or mounted) and not given:
                 with contextlib.suppress(Exception):
                     mounter.detach_loop(device)
             raise
 
     def NodeUnstageVolume(self, request, context):
-        staging = validate.node_unstage(request, self.config.kubelet_root)
+        staging = paths.resolve_inside_root(validate.node_unstage(request, self.config.kubelet_root),
+                                            self.config.kubelet_root, "staging_target_path")
         with self.locks.hold(request.volume_id):
             volume = self._volume(request.volume_id)
             published = [target for target, rec in self.state.publishers(request.volume_id)
@@ -229,11 +303,12 @@ class NodeService(csi_pb2_grpc.NodeServicer):
             if record is not None and record["staging_path"] != staging:
                 raise VolumeNotFound(f"volume {request.volume_id} is staged at {record['staging_path']}, "
                                      f"not {staging}")
-            # Unmount only what is ours: the volume's loop device, possibly stacked after a crash.
-            numbers = {mounter.device_number(dev) for dev in mounter.find_loop(volume["image"])}
+            # Unmount only what is ours: the volume's device, possibly stacked after a crash.
+            numbers = self._numbers(volume)
             while (top := mounter.mounted_at(staging)) is not None and top.major_minor in numbers:
                 mounter.unmount(staging)
-            mounter.detach_image(volume["image"])
+            if volume.get("image"):
+                mounter.detach_image(volume["image"])  # a given block device stays as it was found
             if record is not None:
                 with self.state.change():
                     self.state.staged.pop(request.volume_id, None)
@@ -244,6 +319,9 @@ class NodeService(csi_pb2_grpc.NodeServicer):
 
     def NodePublishVolume(self, request, context):
         target, staging = validate.node_publish(request, self.config.kubelet_root)
+        staging = paths.resolve_inside_root(staging, self.config.kubelet_root, "staging_target_path")
+        target = paths.resolve_inside_root(target, self.config.kubelet_root, "target_path")
+        validate.no_overlap(target, staging)
         requester = pod_of(request.volume_context)
         with self.locks.hold(request.volume_id):
             volume = self._volume(request.volume_id)
@@ -321,22 +399,35 @@ class NodeService(csi_pb2_grpc.NodeServicer):
             raise
 
     def NodeUnpublishVolume(self, request, context):
-        target = validate.node_unpublish(request, self.config.kubelet_root)
+        """Unmounts only this volume's own mounts at the target (its device in mountinfo). A target where the
+        volume is not mounted is already unpublished (CSI: "MUST reply 0 OK"), so a mount someone else made
+        there is left alone and the call succeeds; only when that foreign mount covers one of ours, which
+        cannot be unmounted without removing it, the call fails and kubelet keeps retrying."""
+        target = paths.resolve_inside_root(validate.node_unpublish(request, self.config.kubelet_root),
+                                           self.config.kubelet_root, "target_path")
         with self.locks.hold(request.volume_id):
-            self._volume(request.volume_id)
+            volume = self._volume(request.volume_id)
             record = self.state.published.get(target)
             if record is not None and record["volume_id"] != request.volume_id:
                 raise VolumeNotFound(f"{target} holds volume {record['volume_id']}, not {request.volume_id}")
-            while mounter.mounted_at(target) is not None:
+            numbers = self._numbers(volume)
+            while (top := mounter.mounted_at(target)) is not None and top.major_minor in numbers:
                 mounter.unmount(target)
-            try:
-                os.rmdir(target)
-            except FileNotFoundError:
-                pass
-            except OSError as err:
-                if err.errno != errno.ENOTEMPTY:
-                    raise
-                log.warning("%s is not empty after unmount; left in place", target)
+            if top is not None:
+                if any(m.mount_point == target and m.major_minor in numbers for m in mounter.mounts()):
+                    raise VolumeInUse(f"volume {request.volume_id} is mounted at {target} under a mount this "
+                                      f"driver did not make ({top.source}, {top.fstype}); unmount that first")
+                log.warning("%s holds a mount this driver did not make (%s, %s, device %s); left in place",
+                            target, top.source, top.fstype, top.major_minor)
+            else:
+                try:
+                    os.rmdir(target)
+                except FileNotFoundError:
+                    pass
+                except OSError as err:
+                    if err.errno != errno.ENOTEMPTY:
+                        raise
+                    log.warning("%s is not empty after unmount; left in place", target)
             if record is not None:
                 with self.state.change():
                     self.state.published.pop(target, None)
@@ -346,10 +437,9 @@ class NodeService(csi_pb2_grpc.NodeServicer):
     # ---- stats -----------------------------------------------------------------------------------------------
 
     def NodeGetVolumeStats(self, request, context):
-        validate.required(request.volume_id, "volume_id")
-        validate.required(request.volume_path, "volume_path")
+        path = validate.node_get_volume_stats(request, self.config.kubelet_root)[0]
         self._volume(request.volume_id)
-        path = os.path.normpath(request.volume_path)
+        path = paths.resolve_volume_path(path, self.config.kubelet_root, "volume_path")
         record = self.state.published.get(path)
         staged = self.state.staged.get(request.volume_id)
         ours = (record is not None and record["volume_id"] == request.volume_id) or (

@@ -12,8 +12,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from agent.errors import InvalidInput, LabelConflict
+from agent.errors import AgentError, InvalidInput, LabelConflict
 from agent.label import CONTEXT_OPTION_KEYS, Label, go_quote, parse_context_option
+
+
+class TopologyUnsatisfiable(AgentError):
+    """CreateVolume whose `accessibility_requirements.requisite` leaves out this node: a node-local volume can
+    only be made here (CSI spec: "Unable to provision in `accessible_topology`")."""
+
+    code = "RESOURCE_EXHAUSTED"
+
+
+class DeviceUnusable(AgentError):
+    """A given block device that holds something other than a filesystem this driver mounts, or nothing while
+    formatting was not asked for: the data on it is not the driver's to overwrite."""
+
+    code = "FAILED_PRECONDITION"
 
 # mount(2) flag bits (include/uapi/linux/mount.h).
 MS_RDONLY = 1
@@ -223,18 +237,87 @@ FS_GROUP = "fs-group"    # fsGroup ownership only
 FAIL = "fail"
 
 
-def after_mount(status: str, on_dropped: str, label: Label | None, group: int | None) -> str:
+def after_mount(status: str, on_dropped: str, label: Label | None, group: int | None,
+                writable: bool = True) -> str:
     """Pure decision after a published mount was read back from mountinfo.
 
     `status` is the verifier's (applied, dropped, mismatch, no-context). A context that was asked for and
     is missing means kubelet will tell the runtime not to relabel while nothing labelled the files: either
     label them now with the walker, or fail so the pod does not start with wrongly labelled data. A different
     context than asked for cannot be fixed by relabelling (a context mount overrides every file's label).
+
+    `writable` is False when the filesystem under the path is mounted read-only (a reader-only access mode
+    stages it so): nothing can be written there, so a dropped context cannot be relabelled (FAIL), and the
+    fsGroup ownership pass is skipped, as kubelet skips it for read-only volumes (csi_mounter supportsFSGroup).
     """
     if status == "mismatch":
         return FAIL
     if status == "dropped":
-        return RELABEL if on_dropped == "relabel" else FAIL
-    if group is not None:
+        return RELABEL if on_dropped == "relabel" and writable else FAIL
+    if group is not None and writable:
         return FS_GROUP
     return NOTHING
+
+
+def dropped_hint(on_dropped: str, writable: bool) -> str:
+    """What follows a dropped context in a FAILED_PRECONDITION message: why no relabel made up for it."""
+    if on_dropped != "relabel":
+        return ("; the files were not relabelled (--on-context-dropped=fail), so the pod would start with labels "
+                "that do not match its context")
+    if not writable:
+        return ("; the volume's filesystem is mounted read-only (a *_READER_ONLY access mode), so its files "
+                "cannot be relabelled instead, and the pod would start with labels that do not match its context")
+    return ""
+
+
+# ---- topology ------------------------------------------------------------------------------------------------
+
+def topology_key(driver_name: str) -> str:
+    """The segment key of this driver's topology: one value per node, since every volume is node-local."""
+    return f"topology.{driver_name}/node"
+
+
+def node_topology(driver_name: str, node_id: str) -> dict[str, str]:
+    return {topology_key(driver_name): node_id}
+
+
+def topology_satisfied(requirement, here: dict[str, str]) -> bool:
+    """Whether a volume on this node meets a CreateVolume `accessibility_requirements` (None: no requirement).
+
+    Only `requisite` binds (CSI spec: without it the SP "MAY choose from the list of all possible
+    topologies"); `preferred` only orders choices, and a node-local driver has one. A requisite topology
+    names this node when its segments are exactly this node's: a segment with a key this driver does not
+    report cannot be checked, so it is not taken as met.
+    """
+    if requirement is None or not requirement.requisite:
+        return True
+    return any(dict(topology.segments) == here for topology in requirement.requisite)
+
+
+# ---- a given block device (pre-provisioned volume) -----------------------------------------------------------
+
+def device_filesystem(probed: dict[str, str], device: str, wanted: str, allow_format: bool,
+                      fs_types=SUPPORTED_FS_TYPES) -> tuple[str, bool]:
+    """(fs type to mount, whether to format first) for a given block device, from what `blkid -p` found.
+
+    `probed` is blkid's export (TYPE, USAGE, PTTYPE, ...; empty when the device holds no signature at all).
+    A filesystem this driver mounts is used as it is; anything else (a partition table, LVM, swap, LUKS, another
+    filesystem) is refused; a blank device is formatted only when the volume asks for it (`format: "true"`).
+    """
+    found = probed.get("TYPE", "")
+    if found and probed.get("USAGE", "filesystem") == "filesystem" and found in fs_types:
+        if wanted and wanted != found:
+            raise InvalidInput(f"device {device} holds {found}, not {wanted}")
+        return found, False
+    what = {key: value for key, value in probed.items() if key in ("TYPE", "USAGE", "PTTYPE")}
+    if probed:
+        shown = ", ".join(f"{key}={value}" for key, value in sorted(what.items())) or "an unknown signature"
+        raise DeviceUnusable(f"device {device} holds {shown}, not an {' or '.join(fs_types)} filesystem; this "
+                             f"driver neither mounts nor overwrites it")
+    if not allow_format:
+        raise DeviceUnusable(f"device {device} holds no filesystem; it is not formatted unless the volume's "
+                             f"volume_context has format: \"true\"")
+    fs_type = wanted or DEFAULT_FS_TYPE
+    if fs_type not in fs_types:
+        raise InvalidInput(f"fs_type {fs_type!r} is not supported; use one of {', '.join(fs_types)}")
+    return fs_type, True

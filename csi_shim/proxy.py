@@ -3,14 +3,19 @@
 Every call is forwarded to `--backend-endpoint` as raw bytes (fields this file does not know survive). The
 four calls that mount or unmount get the shim's own checks around the forward:
 
-  before: paths below --kubelet-root, the `context=` label parses, and the label agrees with the one the
-          volume is already staged with on this node (kubelet's conflict text); with --strip-context the
-          flag is removed before forwarding, for backends that refuse it;
+  before: paths below --kubelet-root (symlinks followed: mount(2) follows them too), the `context=` label
+          parses, and the label agrees with the one the volume is already staged with on this node
+          (kubelet's conflict text); with --strip-context the flag is removed before forwarding, for
+          backends that refuse it;
   after:  the mount at the staging path / target is read back from /proc/self/mountinfo and the context
           compared canonically. A dropped context (mount(8) in the plugin's container, a FUSE or network
           filesystem without context support, --strip-context) falls back to the relabel walker on the
           published path, or fails with FAILED_PRECONDITION (--on-context-dropped=fail); a different context
           always fails, and the backend's mount is rolled back so kubelet retries from a clean state.
+
+NodeExpandVolume and NodeGetVolumeStats carry paths as well (volume_path, staging_target_path); they get the
+same path checks and are otherwise forwarded untouched. A path outside the kubelet root answers NOT_FOUND
+(no volume of this node can be there), so nothing outside the root reaches the backend.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import logging
 import grpc
 
 from agent.errors import BackendError, ContextNotApplied
-from csi_shim import mounter, validate
+from csi_shim import mounter, paths, validate
 from csi_shim.config import ShimConfig, socket_path
 from csi_shim.node import check_publish_label, check_stage_label, finish_publish
 from csi_shim.plan import FAIL, after_mount, plan_mount, pod_of, without_context
@@ -47,6 +52,8 @@ class Proxy(grpc.GenericRpcHandler):
             NODE + "NodeUnstageVolume": (csi_pb2.NodeUnstageVolumeRequest, self.unstage),
             NODE + "NodePublishVolume": (csi_pb2.NodePublishVolumeRequest, self.publish),
             NODE + "NodeUnpublishVolume": (csi_pb2.NodeUnpublishVolumeRequest, self.unpublish),
+            NODE + "NodeExpandVolume": (csi_pb2.NodeExpandVolumeRequest, self.expand),
+            NODE + "NodeGetVolumeStats": (csi_pb2.NodeGetVolumeStatsRequest, self.stats),
         }
 
     def close(self) -> None:
@@ -93,8 +100,13 @@ class Proxy(grpc.GenericRpcHandler):
 
     # ---- hooked node calls -----------------------------------------------------------------------------------
 
+    def _resolve(self, path: str | None, field: str) -> str | None:
+        """The real path (checked below the root): what the backend's mount(2) acts on and mountinfo lists."""
+        return None if path is None else paths.resolve_inside_root(path, self.config.kubelet_root, field)
+
     def stage(self, request, context) -> bytes:
         staging = validate.node_stage(request, self.config.kubelet_root, allow_block=True)
+        staging = self._resolve(staging, "staging_target_path")
         if request.volume_capability.WhichOneof("access_type") != "mount":
             return self.forward(NODE + "NodeStageVolume", request.SerializeToString(), context)
         plan = plan_mount(request.volume_capability, check_options=False)
@@ -123,7 +135,7 @@ class Proxy(grpc.GenericRpcHandler):
             return response
 
     def unstage(self, request, context) -> bytes:
-        validate.node_unstage(request, self.config.kubelet_root)
+        self._resolve(validate.node_unstage(request, self.config.kubelet_root), "staging_target_path")
         with self.locks.hold(request.volume_id):
             response = self.forward(NODE + "NodeUnstageVolume", request.SerializeToString(), context)
             if request.volume_id in self.state.staged:
@@ -134,6 +146,9 @@ class Proxy(grpc.GenericRpcHandler):
     def publish(self, request, context) -> bytes:
         target, staging = validate.node_publish(request, self.config.kubelet_root, staging_required=False,
                                                 allow_block=True)
+        staging = self._resolve(staging, "staging_target_path")
+        target = self._resolve(target, "target_path")
+        validate.no_overlap(target, staging)
         if request.volume_capability.WhichOneof("access_type") != "mount":
             return self.forward(NODE + "NodePublishVolume", request.SerializeToString(), context)
         plan = plan_mount(request.volume_capability, readonly=request.readonly, check_options=False)
@@ -179,10 +194,24 @@ class Proxy(grpc.GenericRpcHandler):
         return verification, action
 
     def unpublish(self, request, context) -> bytes:
-        target = validate.node_unpublish(request, self.config.kubelet_root)
+        target = self._resolve(validate.node_unpublish(request, self.config.kubelet_root), "target_path")
         with self.locks.hold(request.volume_id):
             response = self.forward(NODE + "NodeUnpublishVolume", request.SerializeToString(), context)
             if target in self.state.published:
                 with self.state.change():
                     self.state.published.pop(target, None)
             return response
+
+    # ---- calls that only carry paths -------------------------------------------------------------------------
+
+    def _volume_paths(self, checked: list[str]) -> None:
+        for field, path in zip(("volume_path", "staging_target_path"), checked):
+            paths.resolve_volume_path(path, self.config.kubelet_root, field)
+
+    def expand(self, request, context) -> bytes:
+        self._volume_paths(validate.node_expand_volume(request, self.config.kubelet_root))
+        return self.forward(NODE + "NodeExpandVolume", request.SerializeToString(), context)
+
+    def stats(self, request, context) -> bytes:
+        self._volume_paths(validate.node_get_volume_stats(request, self.config.kubelet_root))
+        return self.forward(NODE + "NodeGetVolumeStats", request.SerializeToString(), context)

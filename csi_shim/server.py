@@ -18,8 +18,9 @@ from concurrent import futures
 import grpc
 
 from agent.errors import AgentError, InvalidInput, LabelConflict
-from csi_shim import mounter
+from csi_shim import mounter, validate
 from csi_shim.config import ShimConfig
+from csi_shim.plan import node_topology
 from csi_shim.proto import csi_pb2_grpc
 from csi_shim.state import State, VolumeLocks, reconcile
 
@@ -134,6 +135,10 @@ class ShimServer:
     def __init__(self, config: ShimConfig, metrics=None):
         self.config = config
         self.metrics = metrics
+        problem = None if config.proxy else validate.topology_value_problem(config.node_id)
+        if problem:
+            # kubelet writes NodeGetInfo's topology as a node label: registration would fail later, less clearly.
+            raise InvalidInput(f"--node-id {config.node_id!r} cannot be this driver's topology value: {problem}")
         self.state = State(config.state_file)
         self.locks = VolumeLocks()
         self.recovery_notes = recover(self.state, config)
@@ -151,7 +156,8 @@ class ShimServer:
             from csi_shim.node import NodeService
             csi_pb2_grpc.add_IdentityServicer_to_server(IdentityService(config.driver_name), self.server)
             csi_pb2_grpc.add_ControllerServicer_to_server(
-                ControllerService(self.state, config.image_dir, self.locks), self.server)
+                ControllerService(self.state, config.image_dir, self.locks,
+                                  node_topology(config.driver_name, config.node_id)), self.server)
             csi_pb2_grpc.add_NodeServicer_to_server(NodeService(self.state, self.config, self.locks, metrics),
                                                     self.server)
         _prepare_socket(config.socket)

@@ -19,7 +19,9 @@ images on disk, which outlive a reboot, so changes to it are fsynced before the 
 
 Files (version 1):
   csi-state.json      {"version": 1, "journal": "csi-state.<n>.journal",
-                       "volumes":   {volume_id: {"name", "capacity_bytes", "fs_type", "image", "status"}},
+                       "volumes":   {volume_id: {"name", "capacity_bytes", "fs_type", "image", "status"}
+                                     or, for a given block device, {"device", "device_number", "fs_type",
+                                                                    "status"}},
                        "staged":    {volume_id: {"staging_path", "label", "mount_flags", "fs_type", "device",
                                                  "status", "verification"}},
                        "published": {target_path: {"volume_id", "staging_path", "label", "readonly", "pod",
@@ -321,6 +323,8 @@ def reconcile(data: dict, mount_points: dict[str, str], loops: dict[str, str], i
     notes, detach, remove, rmdirs = [], [], [], []
 
     for volume_id, rec in list(data["volumes"].items()):
+        if rec.get("device"):
+            continue  # a given block device: nothing half-made to remove, never a loop device to detach
         if rec.get("status") != DONE:
             # Created half-way: the CO saw no success and will call CreateVolume again with the same name.
             remove.extend([rec.get("image", ""), rec.get("image", "") + ".tmp"])

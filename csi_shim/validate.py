@@ -8,8 +8,9 @@ so a kubelet log line and our error point at the same thing.
 from __future__ import annotations
 
 import posixpath
+import re
 
-from agent.errors import InvalidInput, PathOutsideRoot
+from agent.errors import InvalidInput, PathOutsideRoot, VolumeNotFound
 
 # CSI spec, VolumeCapability.MountVolume.mount_flags: "The total size of this repeated field SHALL NOT
 # exceed 4 KiB."
@@ -21,6 +22,13 @@ MAX_PATH_BYTES = 4096
 # Access modes a single-node driver can honour (csi.v1 VolumeCapability.AccessMode.Mode numbers).
 SINGLE_NODE_MODES = {1, 2, 6, 7}  # SINGLE_NODE_WRITER, _READER_ONLY, _SINGLE_WRITER, _MULTI_WRITER
 READ_ONLY_MODES = {2, 3}           # SINGLE_NODE_READER_ONLY, MULTI_NODE_READER_ONLY
+
+# volume_context of a pre-provisioned volume on a given block device (docs/csi-shim.md).
+DEVICE_KEY = "device"
+FORMAT_KEY = "format"
+# CSI spec, Topology: a value "MUST be 63 characters or less, begin and end with an alphanumeric character
+# with '-', '_', '.', or alphanumerics in between" (kubelet also writes it as a node label value).
+_TOPOLOGY_VALUE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$")
 
 
 def required(value, field: str):
@@ -56,9 +64,33 @@ def path_below(path: str, root: str, field: str) -> str:
         raise PathOutsideRoot(f"{field} {path!r} contains '..'")
     normal = posixpath.normpath(path)
     root = posixpath.normpath(root)
-    if normal == root or not normal.startswith(root.rstrip("/") + "/"):
+    if not _strictly_below(normal, root):
         raise PathOutsideRoot(f"{field} {path!r} is not below the kubelet root directory {root}")
     return normal
+
+
+def _strictly_below(normal: str, root: str) -> bool:
+    return normal != root and normal.startswith(root.rstrip("/") + "/")
+
+
+def resolved_below(path: str, resolved: str, real_root: str, field: str) -> str:
+    """Refuse a path whose symlinks lead outside the kubelet root: mount(2) follows them, so a link under the
+    root could otherwise put a mount anywhere on the host. `resolved` is the path with every symlink of its
+    existing part followed, `real_root` the root's own real path (the caller resolves both)."""
+    if not _strictly_below(posixpath.normpath(resolved), posixpath.normpath(real_root)):
+        raise PathOutsideRoot(f"{field} {path!r} resolves through a symbolic link to {resolved!r}, which is not "
+                              f"below the kubelet root directory {real_root}")
+    return path
+
+
+def volume_path(path: str, root: str, field: str) -> str:
+    """A path that must hold a mounted volume (NodeGetVolumeStats, NodeExpandVolume): outside the kubelet root
+    no volume of this node can be there, which the CSI spec answers with NOT_FOUND ("does not exist on the
+    specified volume_path"). Nothing is forwarded or looked at outside the root."""
+    try:
+        return path_below(path, root, field)
+    except PathOutsideRoot as err:
+        raise VolumeNotFound(str(err)) from None
 
 
 def volume_capability(capability, field: str = "volume_capability", *, allow_block: bool = False):
@@ -149,10 +181,15 @@ def node_publish(request, kubelet_root: str, *, staging_required: bool = True,
     if not request.HasField("volume_capability"):
         raise InvalidInput("volume_capability is required")
     volume_capability(request.volume_capability, allow_block=allow_block)
+    no_overlap(target, staging)
+    return target, staging
+
+
+def no_overlap(target: str, staging: str | None) -> None:
+    """A target inside the staging path (or the reverse) would mount the volume into itself."""
     if staging is not None and (target == staging or target.startswith(staging + "/")
                                 or staging.startswith(target + "/")):
         raise InvalidInput(f"target_path {target!r} and staging_target_path {staging!r} overlap")
-    return target, staging
 
 
 def node_unpublish(request, kubelet_root: str) -> str:
@@ -160,7 +197,47 @@ def node_unpublish(request, kubelet_root: str) -> str:
     return path_below(request.target_path, kubelet_root, "target_path")
 
 
-def node_get_volume_stats(request, kubelet_root: str) -> str:
+def node_get_volume_stats(request, kubelet_root: str) -> list[str]:
+    """The checked paths: volume_path, then staging_target_path when given."""
     required(request.volume_id, "volume_id")
     required(request.volume_path, "volume_path")
-    return path_below(request.volume_path, kubelet_root, "volume_path")
+    paths = [volume_path(request.volume_path, kubelet_root, "volume_path")]
+    if request.staging_target_path:
+        paths.append(volume_path(request.staging_target_path, kubelet_root, "staging_target_path"))
+    return paths
+
+
+# NodeExpandVolume carries the same volume_id, volume_path and optional staging_target_path.
+node_expand_volume = node_get_volume_stats
+
+
+# ---- pre-provisioned volumes and topology ---------------------------------------------------------------------
+
+def static_device(volume_context) -> tuple[str, bool] | None:
+    """(device path, format allowed) of a pre-provisioned volume on a given block device; None without one.
+
+    The path must be absolute and normal; whether it is a block device is the caller's check (it needs a stat).
+    `format` is "true" or "false" (the default): a blank device is only formatted when asked to.
+    """
+    device = volume_context.get(DEVICE_KEY, "")
+    allow = volume_context.get(FORMAT_KEY, "")
+    if not device:
+        if allow:
+            raise InvalidInput(f"volume_context {FORMAT_KEY} is only meaningful with {DEVICE_KEY}")
+        return None
+    if "\0" in device or len(device.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES:
+        raise InvalidInput(f"volume_context {DEVICE_KEY} contains a NUL byte or is too long")
+    if not device.startswith("/") or ".." in device.split("/") or posixpath.normpath(device) != device:
+        raise InvalidInput(f"volume_context {DEVICE_KEY} {device!r} must be an absolute, normalised path "
+                           f"to a block device")
+    if allow not in ("", "true", "false"):
+        raise InvalidInput(f"volume_context {FORMAT_KEY} {allow!r} must be \"true\" or \"false\"")
+    return device, allow == "true"
+
+
+def topology_value_problem(value: str) -> str | None:
+    """Why `value` cannot be a topology segment value (and so kubelet's node label), or None."""
+    if _TOPOLOGY_VALUE.match(value):
+        return None
+    return ("a topology value must be 63 characters or less, begin and end with a letter or digit, and hold "
+            "only letters, digits, '-', '_' and '.'")

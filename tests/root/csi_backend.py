@@ -96,6 +96,14 @@ class BackendNode(rpc.NodeServicer, rpc.IdentityServicer, rpc.ControllerServicer
             os.rmdir(request.target_path)
         return pb.NodeUnpublishVolumeResponse()
 
+    def NodeGetVolumeStats(self, request, context):
+        self.received.append(("NodeGetVolumeStats", request))
+        return pb.NodeGetVolumeStatsResponse(usage=[pb.VolumeUsage(total=1, unit=pb.VolumeUsage.BYTES)])
+
+    def NodeExpandVolume(self, request, context):
+        self.received.append(("NodeExpandVolume", request))
+        return pb.NodeExpandVolumeResponse(capacity_bytes=request.capacity_range.required_bytes)
+
     def CreateVolume(self, request, context):
         return pb.CreateVolumeResponse(volume=pb.Volume(volume_id=f"backend-{request.name}", capacity_bytes=1))
 

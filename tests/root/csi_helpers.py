@@ -90,6 +90,15 @@ class Client:
             volume_id=volume_id, staging_target_path=staging, target_path=target, readonly=readonly,
             volume_capability=capability(flags, **cap), volume_context=context), timeout=60)
 
+    def create_stage_publish(self, name: str, pod_dir: str, readonly=False):
+        """A new volume staged and published at target_path(pod_dir): (volume, staging, target)."""
+        volume = self.create(name)
+        staging = self.staging_path(volume.volume_id)
+        self.stage(volume.volume_id, staging)
+        target = self.target_path(pod_dir)
+        self.publish(volume.volume_id, staging, target, readonly=readonly)
+        return volume, staging, target
+
     def unpublish(self, volume_id: str, target: str):
         return self.node.NodeUnpublishVolume(pb.NodeUnpublishVolumeRequest(volume_id=volume_id, target_path=target),
                                              timeout=60)
@@ -180,3 +189,32 @@ class ShimProcess:
                 self.proc.kill()
                 self.proc.wait(10)
         self.log.close()
+
+
+@contextlib.contextmanager
+def running_shim(tmp_path, **overrides):
+    """A built-in-driver shim on a socket under tmp_path and a client for it; at exit both are stopped and
+    every mount and loop device the test made under tmp_path is gone (asserted)."""
+    from csi_shim.server import build_server
+
+    config = shim_config(tmp_path, **overrides)
+    server = build_server(config).start()
+    client = Client(config.socket, config.kubelet_root)
+    try:
+        yield server, client
+    finally:
+        client.close()
+        server.stop(0)
+        cleanup(str(tmp_path))
+        assert not mounts_under(str(tmp_path)) and not loops_under(str(tmp_path))
+
+
+def state_of(server) -> dict:
+    """What a restarted shim would load: the snapshot plus the journal, read from disk."""
+    from csi_shim.state import State
+
+    reader = State(server.config.state_file)
+    try:
+        return reader.plain()
+    finally:
+        reader.close()

@@ -14,15 +14,18 @@ import grpc
 import pytest
 
 from agent import host
+from agent.errors import InvalidInput
 from csi_shim import mounter
 from csi_shim.plan import MS_NOATIME
+from csi_shim.proto import csi_pb2 as pb
 from csi_shim.server import build_server
-from csi_shim.state import State
-from tests.root.csi_helpers import (LABEL_A, LABEL_A_OTHER_SPELLING, LABEL_B, MODE, Client, cleanup, context_flag,
-                                    loops_under, mounts_at, mounts_under, shim_config, status_of)
+from tests.root.csi_helpers import (LABEL_A, LABEL_A_OTHER_SPELLING, LABEL_B, MODE, Client, capability, cleanup,
+                                    context_flag, loops_under, mounts_at, mounts_under, running_shim, shim_config,
+                                    state_of, status_of)
 
 pytestmark = [pytest.mark.root, pytest.mark.loop]
 C = grpc.StatusCode
+TOPOLOGY_KEY = "topology.local.selinux-mount-agent.io/node"
 
 
 def _walker_available() -> str | None:
@@ -38,17 +41,8 @@ needs_walker = pytest.mark.skipif(_walker_available() is not None, reason=str(_w
 
 @pytest.fixture
 def shim(tmp_path, request):
-    overrides = getattr(request, "param", {})
-    config = shim_config(tmp_path, **overrides)
-    server = build_server(config).start()
-    client = Client(config.socket, config.kubelet_root)
-    try:
-        yield server, client
-    finally:
-        client.close()
-        server.stop(0)
-        cleanup(str(tmp_path))
-        assert not mounts_under(str(tmp_path)) and not loops_under(str(tmp_path))
+    with running_shim(tmp_path, **getattr(request, "param", {})) as pair:
+        yield pair
 
 
 @pytest.fixture
@@ -65,15 +59,6 @@ def spy(monkeypatch):
     return calls
 
 
-def state_of(server) -> dict:
-    """What a restarted shim would load: the snapshot plus the journal, read from disk."""
-    reader = State(server.config.state_file)
-    try:
-        return reader.plain()
-    finally:
-        reader.close()
-
-
 def test_identity_and_capabilities(shim):
     server, client = shim
     from csi_shim.proto import csi_pb2 as pb
@@ -83,7 +68,13 @@ def test_identity_and_capabilities(shim):
     node_caps = {c.rpc.type for c in client.node.NodeGetCapabilities(pb.NodeGetCapabilitiesRequest()).capabilities}
     rpc = pb.NodeServiceCapability.RPC
     assert node_caps == {rpc.STAGE_UNSTAGE_VOLUME, rpc.GET_VOLUME_STATS, rpc.VOLUME_MOUNT_GROUP}
-    assert client.node.NodeGetInfo(pb.NodeGetInfoRequest()).node_id == "node-1"
+    plugin_caps = {c.service.type for c in client.identity.GetPluginCapabilities(
+        pb.GetPluginCapabilitiesRequest()).capabilities}
+    service = pb.PluginCapability.Service
+    assert plugin_caps == {service.CONTROLLER_SERVICE, service.VOLUME_ACCESSIBILITY_CONSTRAINTS}
+    info = client.node.NodeGetInfo(pb.NodeGetInfoRequest())
+    assert info.node_id == "node-1"
+    assert dict(info.accessible_topology.segments) == {TOPOLOGY_KEY: "node-1"}
     code, _ = status_of(client.controller.ListVolumes, pb.ListVolumesRequest())
     assert code == C.UNIMPLEMENTED
     code, _ = status_of(client.node.NodeExpandVolume, pb.NodeExpandVolumeRequest(volume_id="x"))
@@ -202,11 +193,7 @@ def test_idempotent_repeats(shim):
 
 def test_readonly_publish(shim):
     server, client = shim
-    volume = client.create("pvc-ro")
-    staging = client.staging_path(volume.volume_id)
-    client.stage(volume.volume_id, staging)
-    target = client.target_path("pod-ro")
-    client.publish(volume.volume_id, staging, target, readonly=True)
+    volume, staging, target = client.create_stage_publish("pvc-ro", "pod-ro", readonly=True)
     (entry,) = mounts_at(target)
     assert entry.read_only
     with pytest.raises(OSError):
@@ -389,3 +376,175 @@ def test_metrics_follow_a_published_volume(tmp_path):
         client.close()
         server.stop()
         cleanup(str(tmp_path))
+
+
+# ---- topology -------------------------------------------------------------------------------------------------
+
+def topology(node: str) -> pb.Topology:
+    return pb.Topology(segments={TOPOLOGY_KEY: node})
+
+
+def create_with(client, name, requisite=(), preferred=()):
+    return client.controller.CreateVolume(pb.CreateVolumeRequest(
+        name=name, capacity_range=pb.CapacityRange(required_bytes=8 << 20), volume_capabilities=[capability()],
+        accessibility_requirements=pb.TopologyRequirement(requisite=list(requisite), preferred=list(preferred))),
+        timeout=120).volume
+
+
+def test_create_volume_reports_and_honours_topology(shim):
+    """external-provisioner (--feature-gates=Topology=true --strict-topology) turns accessible_topology into the
+    PV's node affinity; without it a pod rescheduled to another node would find no volume there."""
+    server, client = shim
+    plain = client.create("pvc-topo-plain")
+    assert [dict(t.segments) for t in plain.accessible_topology] == [{TOPOLOGY_KEY: "node-1"}]
+    # What the provisioner sends with --strict-topology: the selected node, as requisite and preferred.
+    here = create_with(client, "pvc-topo-here", [topology("node-1")], [topology("node-1")])
+    assert [dict(t.segments) for t in here.accessible_topology] == [{TOPOLOGY_KEY: "node-1"}]
+    # Only preferred binds nothing (CSI: without requisite the SP may choose any topology it has).
+    assert create_with(client, "pvc-topo-pref", preferred=[topology("node-2")]).accessible_topology
+    images, records = sorted(os.listdir(server.config.image_dir)), state_of(server)["volumes"]
+
+    code, message = status_of(create_with, client, "pvc-topo-away", [topology("node-2"), topology("node-3")])
+    assert code == C.RESOURCE_EXHAUSTED and "does not include this node" in message and "node-1" in message
+    # Nothing was made.
+    assert sorted(os.listdir(server.config.image_dir)) == images and state_of(server)["volumes"] == records
+    # A segment with a key this driver does not report cannot be checked, so it is not met.
+    code, _ = status_of(create_with, client, "pvc-topo-zone", [pb.Topology(segments={
+        TOPOLOGY_KEY: "node-1", "topology.kubernetes.io/zone": "a"})])
+    assert code == C.RESOURCE_EXHAUSTED
+    # The same name again, now asked for elsewhere: it exists, here, which the request excludes.
+    code, message = status_of(create_with, client, "pvc-topo-here", [topology("node-2")])
+    assert code == C.ALREADY_EXISTS and "requisite" in message
+    for volume in (plain, here):
+        client.delete(volume.volume_id)
+
+
+def test_node_id_that_cannot_be_a_topology_value_is_refused(tmp_path):
+    with pytest.raises(InvalidInput, match="topology value"):
+        build_server(shim_config(tmp_path, node_id="node/" + "x" * 70))
+    assert not os.path.exists(f"{tmp_path}/state")  # refused before anything was written
+
+
+# ---- read-only volumes ------------------------------------------------------------------------------------------
+
+@needs_walker
+def test_readonly_publish_relabel_gives_fs_group_read_only(shim):
+    """A dropped context on a readonly publish of a writable volume: the walker labels the files and applies
+    fsGroup with kubelet's read-only mask (group r, not rw) before the bind mount is made read-only."""
+    server, client = shim
+    volume = client.create("pvc-ro-relabel")
+    staging = client.staging_path(volume.volume_id)
+    flags = [context_flag(LABEL_A)]
+    client.stage(volume.volume_id, staging, flags, group="2345")
+    path = os.path.join(staging, "data")
+    with open(path, "w") as handle:
+        handle.write("x")
+    os.chmod(path, 0o600)
+    target = client.target_path("pod-ro-relabel")
+    client.publish(volume.volume_id, staging, target, flags, readonly=True, group="2345")
+    assert state_of(server)["published"][target]["action"] == "relabel"
+    st = os.stat(os.path.join(target, "data"))
+    assert st.st_gid == 2345 and st.st_mode & 0o070 == 0o040, oct(st.st_mode)
+    assert mounts_at(target)[0].read_only
+    client.unpublish(volume.volume_id, target)
+    client.unstage(volume.volume_id, staging)
+
+
+def test_reader_only_access_mode_skips_fs_group_on_the_read_only_filesystem(shim):
+    """SINGLE_NODE_READER_ONLY stages the filesystem read-only: nothing can be written there, so fsGroup is
+    skipped (kubelet skips it for read-only volumes) instead of failing with EROFS."""
+    server, client = shim
+    volume = client.create("pvc-reader")
+    staging = client.staging_path(volume.volume_id)
+    reader = MODE.SINGLE_NODE_READER_ONLY
+    client.stage(volume.volume_id, staging, mode=reader, group="2345")
+    assert mounts_at(staging)[0].read_only
+    target = client.target_path("pod-reader")
+    client.publish(volume.volume_id, staging, target, mode=reader, group="2345")
+    assert mounts_at(target)[0].read_only
+    assert os.stat(target).st_gid == 0 and os.stat(os.path.join(target, "lost+found")).st_gid == 0
+    assert state_of(server)["published"][target]["action"] == "nothing"
+    client.unpublish(volume.volume_id, target)
+    client.unstage(volume.volume_id, staging)
+
+
+def test_reader_only_access_mode_with_a_dropped_context_fails_at_stage(shim):
+    """A read-only filesystem cannot be relabelled, so a context that did not take cannot be made up for: the
+    stage fails with the reason, and nothing stays mounted or attached."""
+    server, client = shim
+    volume = client.create("pvc-reader-label")
+    staging = client.staging_path(volume.volume_id)
+    code, message = status_of(client.stage, volume.volume_id, staging, [context_flag(LABEL_A)],
+                              mode=MODE.SINGLE_NODE_READER_ONLY)
+    assert code == C.FAILED_PRECONDITION, message
+    assert "shows no context=" in message and "mounted read-only" in message and "cannot be relabelled" in message
+    assert not mounts_at(staging) and not loops_under(server.config.state_dir)
+    assert volume.volume_id not in state_of(server)["staged"]
+
+
+# ---- symbolic links under the kubelet root ----------------------------------------------------------------------
+
+def test_symlinks_out_of_the_kubelet_root_are_refused(shim, tmp_path):
+    """mount(2) follows symlinks: a link under the kubelet root must not carry a mount elsewhere on the host."""
+    server, client = shim
+    volume = client.create("pvc-link")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    staging = client.staging_path(volume.volume_id, create=False)
+    os.makedirs(os.path.dirname(staging))
+    os.symlink(outside, staging)
+    code, message = status_of(client.stage, volume.volume_id, staging)
+    assert code == C.INVALID_ARGUMENT and "symbolic link" in message and str(outside) in message
+    assert not mounts_at(str(outside)) and not loops_under(server.config.state_dir)
+
+    # A link that stays inside the root is fine.
+    os.unlink(staging)
+    real_staging = os.path.join(client.root, "plugins", "real-globalmount")
+    os.makedirs(real_staging)
+    os.symlink(real_staging, staging)
+    client.stage(volume.volume_id, staging)
+    assert mounts_at(real_staging)
+
+    # A target whose parent directory is a link out of the root.
+    pod_dir = os.path.join(client.root, "pods", "pod-link", "volumes", "kubernetes.io~csi")
+    os.makedirs(pod_dir)
+    os.symlink(outside, os.path.join(pod_dir, "pv"))
+    target = os.path.join(pod_dir, "pv", "mount")
+    code, message = status_of(client.publish, volume.volume_id, staging, target)
+    assert code == C.INVALID_ARGUMENT and "symbolic link" in message
+    assert not os.path.exists(outside / "mount") and not mounts_under(str(outside))
+    code, _ = status_of(client.unpublish, volume.volume_id, target)
+    assert code == C.INVALID_ARGUMENT
+    client.unstage(volume.volume_id, staging)
+    assert not mounts_at(real_staging)
+
+
+# ---- unpublish leaves mounts it did not make --------------------------------------------------------------------
+
+def _tmpfs(path: str) -> None:
+    os.makedirs(path, exist_ok=True)
+    mounter.mount("foreign-tmpfs", path, "tmpfs", 0, "size=1m")
+
+
+def test_unpublish_leaves_a_mount_it_did_not_make(shim):
+    server, client = shim
+    volume, staging, ours = client.create_stage_publish("pvc-foreign", "pod-ours")
+
+    # Nothing of this volume at the target, but something else is: already unpublished (CSI: OK), left alone.
+    foreign = client.target_path("pod-foreign")
+    _tmpfs(foreign)
+    client.unpublish(volume.volume_id, foreign)
+    (entry,) = mounts_at(foreign)
+    assert entry.fstype == "tmpfs" and os.path.isdir(foreign)
+
+    # A foreign mount on top of ours: ours cannot be unmounted without it, so the call fails and keeps both.
+    _tmpfs(ours)
+    code, message = status_of(client.unpublish, volume.volume_id, ours)
+    assert code == C.FAILED_PRECONDITION and "did not make" in message
+    assert [m.fstype for m in mounts_at(ours)] == ["ext4", "tmpfs"]
+    assert ours in state_of(server)["published"]
+    mounter.unmount(ours)  # the operator removes it; kubelet's retry then succeeds
+    client.unpublish(volume.volume_id, ours)
+    assert not mounts_at(ours) and not os.path.exists(ours)
+    client.unstage(volume.volume_id, staging)
+    mounter.unmount(foreign)

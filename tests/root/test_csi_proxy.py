@@ -164,3 +164,62 @@ def test_without_label_is_plain_forwarding(proxied):
     client.unstage("vol-1", staging)
     assert [name for name, _ in plugin.received] == ["NodeStageVolume", "NodePublishVolume",
                                                     "NodeUnpublishVolume", "NodeUnstageVolume"]
+
+
+def test_expand_and_stats_get_the_path_checks(proxied, tmp_path):
+    """NodeExpandVolume and NodeGetVolumeStats carry paths too; outside the kubelet root (by text or through a
+    symlink) no volume of this node can be there: NOT_FOUND, and nothing reaches the backend."""
+    plugin, server, client = proxied
+    inside = client.target_path("pod-1")
+    os.makedirs(inside)
+    link = client.target_path("pod-link")
+    os.symlink(tmp_path, link)
+    stats = pb.NodeGetVolumeStatsRequest
+    expand = pb.NodeExpandVolumeRequest
+    refused = [
+        (client.node.NodeGetVolumeStats, stats(volume_id="vol-1", volume_path="/etc")),
+        (client.node.NodeGetVolumeStats, stats(volume_id="vol-1", volume_path=inside, staging_target_path="/")),
+        (client.node.NodeGetVolumeStats, stats(volume_id="vol-1", volume_path=link)),
+        (client.node.NodeExpandVolume, expand(volume_id="vol-1", volume_path="/dev/sda")),
+        (client.node.NodeExpandVolume, expand(volume_id="vol-1", volume_path=inside, staging_target_path="/var")),
+        (client.node.NodeExpandVolume, expand(volume_id="vol-1", volume_path=f"{link}/x")),
+    ]
+    for call, request in refused:
+        code, message = status_of(call, request)
+        assert code == C.NOT_FOUND and "kubelet root" in message, (request, message)
+    code, _ = status_of(client.node.NodeExpandVolume, expand(volume_path=inside))
+    assert code == C.INVALID_ARGUMENT  # volume_id is REQUIRED
+    assert plugin.received == []
+    assert client.node.NodeGetVolumeStats(stats(volume_id="vol-1", volume_path=inside)).usage[0].total == 1
+    assert client.node.NodeExpandVolume(expand(volume_id="vol-1", volume_path=inside, capacity_range=pb.CapacityRange(
+        required_bytes=5))).capacity_bytes == 5
+    assert [name for name, _ in plugin.received] == ["NodeGetVolumeStats", "NodeExpandVolume"]
+
+
+def test_symlinked_staging_path_out_of_the_root_is_refused(proxied, tmp_path):
+    plugin, server, client = proxied
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    staging = client.staging_path("vol-1", create=False)
+    os.makedirs(os.path.dirname(staging))
+    os.symlink(outside, staging)
+    code, message = status_of(client.stage, "vol-1", staging, [context_flag(LABEL_A)])
+    assert code == C.INVALID_ARGUMENT and "symbolic link" in message
+    assert plugin.received == [] and not mounts_at(str(outside))
+
+
+@needs_walker
+def test_dropped_context_on_a_read_only_filesystem_says_why(proxied):
+    """A backend that stages read-only (here: mount flag ro) leaves no writable mount to relabel through: the
+    publish fails with the reason and is rolled back."""
+    plugin, server, client = proxied
+    staging = client.staging_path("vol-1")
+    target = client.target_path("pod-1")
+    flags = ["ro", context_flag(LABEL_A)]
+    client.stage("vol-1", staging, flags)
+    assert mounts_at(staging)[0].read_only
+    code, message = status_of(client.publish, "vol-1", staging, target, flags, readonly=True)
+    assert code == C.FAILED_PRECONDITION
+    assert "mounted read-only" in message and "cannot be relabelled" in message
+    assert plugin.received[-1][0] == "NodeUnpublishVolume" and not mounts_at(target)
+    client.unstage("vol-1", staging)

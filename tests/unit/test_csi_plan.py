@@ -1,6 +1,6 @@
 import pytest
 
-from agent.errors import InvalidInput, InvalidLabel, LabelConflict
+from agent.errors import AgentError, InvalidInput, InvalidLabel, LabelConflict
 from agent.label import Label
 from csi_shim import plan
 from csi_shim.proto import csi_pb2 as pb
@@ -108,3 +108,69 @@ def test_conflict_names_holder_only_in_same_namespace():
 ])
 def test_after_mount(status, policy, group, action):
     assert plan.after_mount(status, policy, Label.parse(A), group) == action
+
+
+@pytest.mark.parametrize("status, policy, group, action", [
+    ("dropped", "relabel", None, plan.FAIL),    # nothing can be written: no relabel to make up for it
+    ("dropped", "fail", 5, plan.FAIL),
+    ("applied", "relabel", 5, plan.NOTHING),    # fsGroup skipped, as kubelet does for read-only volumes
+    ("no-context", "relabel", 5, plan.NOTHING),
+    ("mismatch", "relabel", None, plan.FAIL),
+])
+def test_after_mount_on_a_read_only_filesystem(status, policy, group, action):
+    assert plan.after_mount(status, policy, Label.parse(A), group, writable=False) == action
+
+
+def test_dropped_hint():
+    assert "--on-context-dropped=fail" in plan.dropped_hint("fail", True)
+    assert "mounted read-only" in plan.dropped_hint("relabel", False)
+    assert plan.dropped_hint("relabel", True) == ""
+
+
+def topo(**segments):
+    return pb.Topology(segments=segments)
+
+
+def test_topology():
+    key = plan.topology_key("local.selinux-mount-agent.io")
+    assert key == "topology.local.selinux-mount-agent.io/node"
+    here = plan.node_topology("local.selinux-mount-agent.io", "n1")
+    assert here == {key: "n1"}
+    requirement = pb.TopologyRequirement
+    assert plan.topology_satisfied(None, here)
+    assert plan.topology_satisfied(requirement(), here)
+    assert plan.topology_satisfied(requirement(requisite=[topo(**{key: "n2"}), topo(**{key: "n1"})]), here)
+    assert not plan.topology_satisfied(requirement(requisite=[topo(**{key: "n2"})],
+                                                   preferred=[topo(**{key: "n2"})]), here)
+    # preferred alone binds nothing (CSI: the SP may then choose any of its topologies)
+    assert plan.topology_satisfied(requirement(preferred=[topo(**{key: "n2"})]), here)
+    # a key this driver does not report cannot be checked, so it is not met
+    assert not plan.topology_satisfied(requirement(requisite=[topo(**{key: "n1", "zone": "a"})]), here)
+    assert plan.TopologyUnsatisfiable("x").code == "RESOURCE_EXHAUSTED"
+
+
+@pytest.mark.parametrize("probed, wanted, allow, expected", [
+    ({"TYPE": "ext4", "USAGE": "filesystem"}, "", False, ("ext4", False)),
+    ({"TYPE": "xfs", "USAGE": "filesystem"}, "xfs", True, ("xfs", False)),   # never reformats a filesystem
+    ({}, "", True, ("ext4", True)),
+    ({}, "xfs", True, ("xfs", True)),
+])
+def test_device_filesystem(probed, wanted, allow, expected):
+    assert plan.device_filesystem(probed, "/dev/sdb", wanted, allow) == expected
+
+
+@pytest.mark.parametrize("probed, wanted, allow, error, text", [
+    ({"TYPE": "ext4", "USAGE": "filesystem"}, "xfs", True, InvalidInput, "holds ext4, not xfs"),
+    ({}, "", False, plan.DeviceUnusable, "holds no filesystem"),
+    ({"PTTYPE": "gpt", "PTUUID": "x"}, "", True, plan.DeviceUnusable, "PTTYPE=gpt"),
+    ({"TYPE": "LVM2_member", "USAGE": "raid"}, "", True, plan.DeviceUnusable, "TYPE=LVM2_member"),
+    ({"TYPE": "btrfs", "USAGE": "filesystem"}, "", True, plan.DeviceUnusable, "TYPE=btrfs"),
+    ({"UUID": "x"}, "", True, plan.DeviceUnusable, "unknown signature"),
+    ({}, "btrfs", True, InvalidInput, "not supported"),
+])
+def test_device_filesystem_refusals(probed, wanted, allow, error, text):
+    with pytest.raises(error, match=text) as info:
+        plan.device_filesystem(probed, "/dev/sdb", wanted, allow)
+    assert isinstance(info.value, AgentError)
+    if error is plan.DeviceUnusable:
+        assert info.value.code == "FAILED_PRECONDITION"

@@ -51,6 +51,21 @@ def test_reconcile_after_a_crash():
     assert len(notes) == 6
 
 
+def test_reconcile_keeps_given_devices():
+    """A given block device (pre-provisioned volume) is never removed or detached, even when it is a loop
+    device, and its volume stays known after its mounts are gone (kubelet still unpublishes and unstages)."""
+    before = data(
+        volumes={"pv-1": {"device": "/dev/loop5", "device_number": "7:5", "fs_type": "ext4", "status": DONE},
+                 "pv-2": {"device": "/dev/sdb", "device_number": "8:16", "fs_type": "ext4", "status": PENDING}},
+        staged={"pv-1": {"staging_path": "/k/s1", "device": "/dev/loop5", "status": DONE},
+                "pv-2": {"staging_path": "/k/s2", "device": "/dev/sdb", "status": DONE}},
+        published={"/k/t1": {"volume_id": "pv-1", "status": DONE}})
+    loops = {"/dev/loop5": ("/srv/disks/disk.img", "7:5"), "/dev/loop6": ("/srv/disks/other.img", "7:6")}
+    after, detach, remove, rmdirs, notes = reconcile(before, {"/k/s1": "7:5", "/k/t1": "7:5"}, loops, IMAGES)
+    assert after["volumes"] == before["volumes"] and remove == [] and detach == []
+    assert set(after["staged"]) == {"pv-1"} and set(after["published"]) == {"/k/t1"}
+
+
 def test_reconcile_removes_the_directory_of_a_publish_that_never_mounted():
     before = data(published={"/k/t1": {"volume_id": "v1", "status": PENDING}})
     after, _, _, rmdirs, notes = reconcile(before, {}, {}, IMAGES)

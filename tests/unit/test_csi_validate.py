@@ -1,6 +1,6 @@
 import pytest
 
-from agent.errors import InvalidInput, PathOutsideRoot
+from agent.errors import InvalidInput, PathOutsideRoot, VolumeNotFound
 from csi_shim import validate
 from csi_shim.proto import csi_pb2 as pb
 
@@ -86,3 +86,58 @@ def test_capacity_range():
         validate.capacity_range(pb.CapacityRange(required_bytes=11, limit_bytes=10))
     with pytest.raises(InvalidInput):
         validate.capacity_range(pb.CapacityRange(required_bytes=-1))
+
+
+def test_resolved_paths_must_stay_below_the_root():
+    path = f"{ROOT}/pods/u/volumes/kubernetes.io~csi/pv/mount"
+    assert validate.resolved_below(path, "/data/kubelet/pods/u/mount", "/data/kubelet", "target_path") == path
+    for resolved in ("/etc/kubernetes", "/data/kubelet", "/data/kubelet-other/x", "/"):
+        with pytest.raises(PathOutsideRoot, match="symbolic link") as info:
+            validate.resolved_below(path, resolved, "/data/kubelet", "target_path")
+        assert info.value.code == "INVALID_ARGUMENT"
+
+
+def test_volume_paths_outside_the_root_are_not_found():
+    """NodeGetVolumeStats / NodeExpandVolume: no volume of this node can be outside the root (csi-sanity asks
+    with the relative path "some/path" and expects NOT_FOUND)."""
+    assert validate.node_get_volume_stats(pb.NodeGetVolumeStatsRequest(
+        volume_id="v", volume_path=f"{ROOT}/pods/u/mount", staging_target_path=f"{ROOT}/plugins/g"), ROOT) == [
+        f"{ROOT}/pods/u/mount", f"{ROOT}/plugins/g"]
+    for request in (pb.NodeGetVolumeStatsRequest(volume_id="v", volume_path="some/path"),
+                    pb.NodeGetVolumeStatsRequest(volume_id="v", volume_path=f"{ROOT}/x", staging_target_path="/etc")):
+        with pytest.raises(VolumeNotFound):
+            validate.node_get_volume_stats(request, ROOT)
+    with pytest.raises(VolumeNotFound):
+        validate.node_expand_volume(pb.NodeExpandVolumeRequest(volume_id="v", volume_path="/dev/sda"), ROOT)
+    with pytest.raises(InvalidInput, match="volume_id is required"):
+        validate.node_expand_volume(pb.NodeExpandVolumeRequest(volume_path=f"{ROOT}/x"), ROOT)
+    with pytest.raises(InvalidInput, match="volume_path is required"):
+        validate.node_expand_volume(pb.NodeExpandVolumeRequest(volume_id="v"), ROOT)
+
+
+@pytest.mark.parametrize("context, expected", [
+    ({}, None),
+    ({"csi.storage.k8s.io/pod.name": "p"}, None),
+    ({"device": "/dev/disk/by-id/wwn-0x5000c500a1b2c3d4"}, ("/dev/disk/by-id/wwn-0x5000c500a1b2c3d4", False)),
+    ({"device": "/dev/sdb", "format": "true"}, ("/dev/sdb", True)),
+    ({"device": "/dev/sdb", "format": "false"}, ("/dev/sdb", False)),
+])
+def test_static_device(context, expected):
+    assert validate.static_device(context) == expected
+
+
+@pytest.mark.parametrize("context, text", [
+    ({"device": "sdb"}, "absolute"), ({"device": "/dev/../sdb"}, "absolute"), ({"device": "/dev//sdb"}, "normalised"),
+    ({"device": "/dev/sdb\0"}, "NUL"), ({"device": "/dev/sdb", "format": "yes"}, "format"),
+    ({"format": "true"}, "only meaningful with device"),
+])
+def test_static_device_refused(context, text):
+    with pytest.raises(InvalidInput, match=text):
+        validate.static_device(context)
+
+
+@pytest.mark.parametrize("value, ok", [("node-1", True), ("ip-10-0-0-1.ec2.internal", True), ("N_1", True),
+                                       ("", False), ("-node", False), ("node.", False), ("a" * 64, False),
+                                       ("a/b", False), ("a b", False)])
+def test_topology_value(value, ok):
+    assert (validate.topology_value_problem(value) is None) == ok

@@ -356,3 +356,14 @@ def test_the_node_daemonset_reads_audit_pids_in_the_host_pid_namespace():
     assert "--avc=netlink" in agent["args"]
     assert spec.get("hostPID") is True and spec.get("hostNetwork") is True
     assert not any(m["mountPath"] == "/proc" for m in agent["volumeMounts"])  # its own /proc is the host's
+
+
+def test_csi_state_dir_is_the_state_dir_as_for_the_csi_command(tmp_path):
+    from agent.daemon import csi_state_dir
+
+    assert csi_state_dir(str(tmp_path)) == str(tmp_path)
+    # A node that kept its shim state in DIR/csi keeps it there.
+    (tmp_path / "csi").mkdir()
+    assert csi_state_dir(str(tmp_path)) == str(tmp_path)  # an empty directory is not state
+    (tmp_path / "csi" / "csi-state.json").write_text('{"version": 1}')
+    assert csi_state_dir(str(tmp_path)) == str(tmp_path / "csi")
