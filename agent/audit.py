@@ -19,7 +19,7 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from agent.cluster import Cluster, PodFacts
+from agent.cluster import Cluster, OwnerRef, PodFacts, owner_references, pod_phase, shape_error
 from agent.conflicts import (CHANGE_POLICY, LABEL, Conflict, KubeletClash, VolumeUse, controller_conflicts,
                              kubelet_clashes, volume_use)
 from agent.defaults import ContainerDefaults
@@ -42,35 +42,51 @@ class Workload:
         return f"{self.kind} {self.namespace}/{self.name}"
 
 
+def controlling_owner(owners: tuple[OwnerRef, ...]) -> OwnerRef | None:
+    """The owner reference with `controller: true`, the one that manages the object (the API allows at most one);
+    the first reference when none says so, as objects written by hand or by old tools do."""
+    for owner in owners:
+        if owner.controller:
+            return owner
+    return owners[0] if owners else None
+
+
 def workload_of(pod: PodFacts, cluster: Cluster) -> Workload:
     """The top-level owner: Deployment (through its ReplicaSet), StatefulSet, DaemonSet, CronJob (through its
     Job), Job, or the Pod itself. Uses the owner objects when the dump has them, their naming otherwise."""
-    if not pod.owners:
+    owner = controlling_owner(pod.owners)
+    if owner is None:
         return Workload("Pod", pod.namespace, pod.name)
-    owner = pod.owners[0]
     if owner.kind == "ReplicaSet":
         rs = cluster.other.get(f"ReplicaSet {pod.namespace}/{owner.name}")
         if rs is not None:
-            for ref in (rs.get("metadata") or {}).get("ownerReferences") or ():
-                if ref.get("kind") == "Deployment":
-                    return Workload("Deployment", pod.namespace, ref.get("name", ""))
+            top = _owner_of(rs, f"ReplicaSet {pod.namespace}/{owner.name}")
+            if top is not None and top.kind == "Deployment":
+                return Workload("Deployment", pod.namespace, top.name)
             return Workload("ReplicaSet", pod.namespace, owner.name)
         template_hash = pod.labels.get("pod-template-hash")
+        if template_hash is not None and not isinstance(template_hash, str):
+            raise shape_error(f"Pod {pod.ref}", "metadata.labels.pod-template-hash", "a string", template_hash)
         if template_hash and owner.name.endswith("-" + template_hash):
             return Workload("Deployment", pod.namespace, owner.name[: -len(template_hash) - 1], inferred=True)
         return Workload("ReplicaSet", pod.namespace, owner.name)
     if owner.kind == "Job":
         job = cluster.other.get(f"Job {pod.namespace}/{owner.name}")
         if job is not None:
-            for ref in (job.get("metadata") or {}).get("ownerReferences") or ():
-                if ref.get("kind") == "CronJob":
-                    return Workload("CronJob", pod.namespace, ref.get("name", ""))
+            top = _owner_of(job, f"Job {pod.namespace}/{owner.name}")
+            if top is not None and top.kind == "CronJob":
+                return Workload("CronJob", pod.namespace, top.name)
             return Workload("Job", pod.namespace, owner.name)
         match = _CRONJOB_JOB.match(owner.name)
         if match:
             return Workload("CronJob", pod.namespace, match.group("cronjob"), inferred=True)
         return Workload("Job", pod.namespace, owner.name)
     return Workload(owner.kind, pod.namespace, owner.name)
+
+
+def _owner_of(obj: dict, where: str) -> OwnerRef | None:
+    """The controlling owner of an owner object of the dump (its metadata is an object: the index checked it)."""
+    return controlling_owner(owner_references(obj["metadata"].get("ownerReferences"), where))
 
 
 @dataclass(frozen=True)
@@ -179,12 +195,16 @@ def audit(cluster: Cluster, gates: FeatureGates, defaults: ContainerDefaults) ->
     first_claim: dict[str, list] = {}  # volume -> the candidate that claimed it first
     shared_keys: set[str] = set()
     for obj in cluster.pods:
-        if (obj.get("status") or {}).get("phase") in FINISHED_PHASES:
+        status = obj.get("status")
+        phase = status.get("phase") if type(status) is dict else None
+        if type(phase) is not str:
+            phase = pod_phase(obj)  # "" when unset, or the error that says what is malformed
+        if phase in FINISHED_PHASES:
             finished += 1  # finished pods no longer conflict (issue #135628)
             continue
         checked += 1
-        claimed = cluster.claimed_volumes(obj)
-        several = _containers(obj) > 1
+        claimed, containers = cluster.survey(obj)
+        several = containers > 1
         if not claimed and not several:
             continue
         candidate = [obj, claimed, several, False]
@@ -239,12 +259,6 @@ def audit(cluster: Cluster, gates: FeatureGates, defaults: ContainerDefaults) ->
                        checked, finished, len(shared))
 
 
-def _containers(pod: dict) -> int:
-    spec = pod.get("spec") or {}
-    return (len(spec.get("initContainers") or ()) + len(spec.get("containers") or ()) +
-            len(spec.get("ephemeralContainers") or ()))
-
-
 def _maybe_shared(claimed: list[tuple[str, str]], shared_keys: set[str]) -> set[str]:
     """For a single-container pod that shares a volume: the names of its volumes that can take part in a
     conflict, those that another pod uses too or that two of its own volume entries name. Each of its other
@@ -278,7 +292,7 @@ class _Workloads:
                 report = self.by_workload[key] = WorkloadReport(workload)
             report.pods.add(pod.ref)
             self.report_of[pod.ref] = report
-        if pod.change_policy != "Recursive":  # a dump may hold two pods of one name
+        if pod.change_policy != "Recursive":  # every pod of the workload must be Recursive
             report.already_recursive = False
         return report
 
@@ -297,16 +311,14 @@ class _Workloads:
                 report.partners.add(self.owner_of[other.pod.ref])
                 if clash.breaks:
                     report.raise_to("breaks")
-                    where = ("they run on the same node now" if clash.same_node else
-                             "whichever starts second on a shared node waits in ContainerCreating")
                     report.reasons.append(
                         f"{me.pod.ref} needs mount label {me.kubelet_label or '(none: Recursive)'!s} and "
                         f"{other.pod.ref} needs {other.kubelet_label or '(none: Recursive)'!s} on volume {volume} "
-                        f"in {gates.version}: {where}")
+                        f"in {gates.version}: {_who_waits(clash, gates)}")
                 else:
                     report.raise_to("conflicts")
                     why = ("the volume is ReadWriteOncePod, so the two pods never run together"
-                           if me.single_pod_access else f"kubelet {gates.version} only warns for this access mode")
+                           if clash.exclusive else f"kubelet {gates.version} only warns for this access mode")
                     report.reasons.append(f"{me.pod.ref} and {other.pod.ref} need different mount labels on "
                                           f"volume {volume}; {why}")
 
@@ -317,6 +329,17 @@ class _Workloads:
             report.partners.discard(report.workload)
         return tuple(sorted(self.by_workload.values(), key=lambda r: (
             -_VERDICT_RANK[r.verdict], r.workload.kind, r.workload.namespace, r.workload.name)))
+
+
+def _who_waits(clash: KubeletClash, gates: FeatureGates) -> str:
+    """Which pod of a breaking pair waits: kubelet judges the one that arrives second by its own PV's modes."""
+    if clash.same_node:
+        return "they run on the same node now"
+    if clash.a.enforced and clash.b.enforced:
+        return "whichever starts second on a shared node waits in ContainerCreating"
+    waiting = clash.a if clash.a.enforced else clash.b
+    return (f"{waiting.pod.ref} waits in ContainerCreating when it starts second on a shared node (its "
+            f"PersistentVolume's access modes are enforced in {gates.version}, the other's are not)")
 
 
 def _disagreements(volume: str, uses: list[VolumeUse], conflicts, clashes) -> list[Finding]:

@@ -3,6 +3,14 @@ per-volume facts kubelet looks at when it decides how to label a volume.
 
 Pure code: takes the parsed API objects (dicts), returns frozen dataclasses. A reference that does not resolve
 (a PVC or PV missing from the input) is an `InvalidManifest` naming the object, never a guess.
+
+Input shapes are checked where they are read, with a cheap type check of each field the code uses: a field of
+the wrong JSON type is an `InvalidManifest` naming the object and the field path (`Pod ns/web-0:
+spec.volumes[2] must be an object, got string`), never a traceback and never a string iterated as a list. The
+audit reads a few fields of every pod (metadata, status.phase, spec.volumes and their claims, the container
+lists), and all the rest only of the pods that share a volume or have several containers; a field nothing reads
+(the securityContext of a lone pod, a PV no pod claims) is not checked: it cannot change the result, and
+checking every field of every object would cost as much as the audit itself.
 """
 
 from __future__ import annotations
@@ -54,6 +62,7 @@ _POD_VOLUME_KIND_SET = frozenset(_POD_VOLUME_KINDS)
 _PV_SOURCE_KIND_SET = frozenset(_PV_SOURCE_KINDS)
 _CONTAINER_LISTS = (("initContainer", "initContainers"), ("container", "containers"),
                     ("ephemeralContainer", "ephemeralContainers"))
+_CONTAINER_KEYS = tuple(key for _, key in _CONTAINER_LISTS)
 ACCESS_MODE_SHORT = {"ReadWriteOnce": "RWO", "ReadOnlyMany": "ROX", "ReadWriteMany": "RWX",
                      "ReadWriteOncePod": "RWOP"}
 
@@ -89,6 +98,137 @@ def _get(obj, *path, default=None):
     return obj
 
 
+_JSON_TYPES = {dict: "object", list: "list", str: "string", bool: "boolean", int: "number", float: "number",
+               type(None): "null"}
+
+
+def json_type(value) -> str:
+    """The JSON name of a parsed value's type: what the user wrote, not Python's name for it."""
+    return _JSON_TYPES.get(type(value), type(value).__name__)
+
+
+def shape_error(where: str, path: str, expected: str, value) -> InvalidManifest:
+    """`Pod ns/web-0: spec.volumes[2] must be an object, got string`."""
+    return InvalidManifest(f"{where}: {path} must be {expected}, got {json_type(value)}")
+
+
+def _position(items: list, item) -> int:
+    """The index of `item` in `items` by identity: loops keep to plain iteration and ask only when they fail."""
+    return next(index for index, candidate in enumerate(items) if candidate is item)
+
+
+def _object(value, where: str, path: str) -> dict:
+    """An optional object field: absent or null reads as {}."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise shape_error(where, path, "an object", value)
+    return value
+
+
+def _string(value, where: str, path: str, default: str = "") -> str:
+    if value is None:
+        return default
+    if not isinstance(value, str):
+        raise shape_error(where, path, "a string", value)
+    return value
+
+
+def _strings(value, where: str, path: str) -> tuple[str, ...]:
+    """An optional list of strings (access modes, mount options) as a tuple."""
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise shape_error(where, path, "a list", value)
+    for item in value:
+        if not isinstance(item, str):
+            raise shape_error(where, f"{path}[{_position(value, item)}]", "a string", item)
+    return tuple(value)
+
+
+def _objects(value, where: str, path: str) -> list:
+    """An optional list of objects; absent or null reads as []."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise shape_error(where, path, "a list", value)
+    for item in value:
+        if not isinstance(item, dict):
+            raise shape_error(where, f"{path}[{_position(value, item)}]", "an object", item)
+    return value
+
+
+def object_key(obj, kind: str | None = None) -> tuple[str, str | None, str]:
+    """(kind, namespace or None, name) of an API object, its envelope checked: what every index keys on. With
+    `kind`, the object may leave its own out, as the items of an API list response do."""
+    if not isinstance(obj, dict):
+        raise InvalidManifest(f"expected a Kubernetes object, got {json_type(obj)}")
+    if kind is None:
+        kind = obj.get("kind")
+    meta = obj.get("metadata")
+    if kind is not None and not isinstance(kind, str):
+        raise shape_error("object", "kind", "a string", kind)
+    if meta is not None and not isinstance(meta, dict):
+        raise shape_error(kind or "object", "metadata", "an object", meta)
+    name = meta.get("name") if meta else None
+    if not kind or not name:
+        raise InvalidManifest(f"object without kind or metadata.name: {str(obj)[:120]}")
+    namespace = meta.get("namespace")
+    if not isinstance(name, str):
+        raise shape_error(kind, "metadata.name", "a string", name)
+    if namespace is not None and not isinstance(namespace, str):
+        raise shape_error(f"{kind} {name}", "metadata.namespace", "a string", namespace)
+    return kind, namespace, name
+
+
+def owner_references(raw, where: str, path: str = "metadata.ownerReferences") -> tuple[OwnerRef, ...]:
+    """An object's ownerReferences, checked. `where` names the object, for messages."""
+    if type(raw) is list:
+        out = []
+        for ref in raw:
+            kind = ref.get("kind") if type(ref) is dict else None
+            name = ref.get("name") if kind is not None else None
+            controller = ref.get("controller") if name is not None else None
+            if type(kind) is not str or type(name) is not str or (
+                    controller is not None and type(controller) is not bool):
+                break
+            out.append(OwnerRef(kind, name, controller is True))
+        else:
+            return tuple(out)
+    # Absent, or an entry that is malformed or lacks a kind or name: the slow reading, which says what is wrong.
+    out = []
+    for index, ref in enumerate(_objects(raw, where, path)):
+        controller = ref.get("controller")
+        if controller is not None and not isinstance(controller, bool):
+            raise shape_error(where, f"{path}[{index}].controller", "a boolean", controller)
+        out.append(OwnerRef(_string(ref.get("kind"), where, f"{path}[{index}].kind"),
+                            _string(ref.get("name"), where, f"{path}[{index}].name"), bool(controller)))
+    return tuple(out)
+
+
+def pod_phase(pod: dict) -> str:
+    """status.phase of a pod ("" when unset), checked: the audit reads it for every pod."""
+    status = pod.get("status")
+    if status is None:
+        return ""
+    if not isinstance(status, dict):
+        raise shape_error(_pod_where(pod), "status", "an object", status)
+    phase = status.get("phase")
+    if phase is None:
+        return ""
+    if not isinstance(phase, str):
+        raise shape_error(_pod_where(pod), "status.phase", "a string", phase)
+    return phase
+
+
+def _pod_where(pod: dict) -> str:
+    """`Pod ns/name` for messages, from a pod whose metadata may itself be malformed."""
+    meta = pod.get("metadata")
+    if not isinstance(meta, dict):
+        return "Pod"
+    return f"Pod {meta.get('namespace') or 'default'}/{meta.get('name')}"
+
+
 def unique_volume_name(pv_name: str, source: str, csi_driver: str | None, volume_handle: str) -> str:
     """A bound PV's cluster-wide key (`PersistentVolumeFacts.unique_name`), from its parts."""
     if source == "csi" and volume_handle:
@@ -96,6 +236,11 @@ def unique_volume_name(pv_name: str, source: str, csi_driver: str | None, volume
     if csi_driver:
         return f"kubernetes.io/csi/{csi_driver}^{pv_name}"
     return f"{plugin_name_of(source)}/{pv_name}"
+
+
+def _pv_spec(pv: dict, name: str) -> dict:
+    spec = pv.get("spec")
+    return spec if type(spec) is dict else _object(spec, f"PersistentVolume {name}", "spec")
 
 
 def _pv_source(name: str, spec: dict) -> tuple[str, str | None, str]:
@@ -109,11 +254,16 @@ def _pv_source(name: str, spec: dict) -> tuple[str, str | None, str]:
     if source != "csi":
         return source, MIGRATED_TO_CSI.get(source), ""
     csi = spec["csi"]
-    driver = csi.get("driver") if isinstance(csi, dict) else None
+    driver = csi.get("driver") if type(csi) is dict else None
+    handle = csi.get("volumeHandle") if driver else None
+    if type(driver) is str and driver and type(handle) is str:
+        return source, driver, handle
+    where = f"PersistentVolume {name}"
+    csi = _object(csi, where, "spec.csi")
+    driver = _string(csi.get("driver"), where, "spec.csi.driver")
     if not driver:
-        raise InvalidManifest(f"PersistentVolume {name}: spec.csi.driver is missing")
-    handle = csi.get("volumeHandle")
-    return source, driver, "" if handle is None else handle
+        raise InvalidManifest(f"{where}: spec.csi.driver is missing")
+    return source, driver, _string(csi.get("volumeHandle"), where, "spec.csi.volumeHandle")
 
 
 def object_ref(obj: dict) -> str:
@@ -203,6 +353,7 @@ class VolumeFacts:
 class OwnerRef:
     kind: str
     name: str
+    controller: bool = False  # ownerReferences[].controller: the one owner that manages the object
 
 
 @dataclass(frozen=True)
@@ -228,7 +379,11 @@ class Cluster:
     """An index of the objects given, and the resolution of each pod's volumes against it."""
 
     def __init__(self, objects: list[dict]):
-        self.pods: list[dict] = []
+        # Pods by (namespace, name): a dump read twice, or two dumps that overlap, hold each pod once, the last
+        # copy read in the place of the first. A pod under another name with the uid of one already read
+        # replaces it too.
+        self._pods: dict[tuple[str, str], dict] = {}
+        self._pod_uids: dict[str, tuple[str, str]] = {}
         self.pvcs: dict[tuple[str, str], dict] = {}
         self.pvs: dict[str, dict] = {}
         self.csi_drivers: dict[str, dict] = {}
@@ -244,19 +399,37 @@ class Cluster:
         for obj in objects:
             self.add(obj)
 
+    @property
+    def pods(self) -> list[dict]:
+        """The pods, each once, in the order they were first read."""
+        return list(self._pods.values())
+
     def add(self, obj: dict) -> None:
-        if not isinstance(obj, dict):
-            raise InvalidManifest(f"expected a Kubernetes object, got {type(obj).__name__}")
-        kind = obj.get("kind")
-        meta = obj.get("metadata")
-        name = meta.get("name") if isinstance(meta, dict) else None
-        if not kind or not name:
-            raise InvalidManifest(f"object without kind or metadata.name: {str(obj)[:120]}")
-        namespace = meta.get("namespace")
+        # The usual object is checked inline (a dump holds hundreds of thousands); anything else goes to
+        # object_key, which raises with the reason.
+        try:
+            meta = obj["metadata"]
+            kind = obj["kind"]
+            name = meta["name"]
+            namespace = meta.get("namespace")
+        except (KeyError, TypeError, AttributeError):
+            kind, namespace, name = object_key(obj)
+            meta = obj["metadata"]
+        if type(name) is not str or type(kind) is not str or not name or not kind or (
+                namespace is not None and type(namespace) is not str):
+            kind, namespace, name = object_key(obj)
         if namespace is None:
             namespace = "default"
         if kind == "Pod":
-            self.pods.append(obj)
+            key = (namespace, name)
+            uid = meta.get("uid")
+            if uid is not None:
+                if type(uid) is not str:
+                    raise shape_error(f"Pod {namespace}/{name}", "metadata.uid", "a string", uid)
+                previous = self._pod_uids.setdefault(uid, key)
+                if previous is not key and previous != key:
+                    self._same_uid(uid, previous, key)
+            self._pods[key] = obj
         elif kind == "PersistentVolumeClaim":
             self.pvcs[(namespace, name)] = obj
         elif kind == "PersistentVolume":
@@ -268,12 +441,62 @@ class Cluster:
         else:
             self.other[f"{kind} {namespace}/{name}"] = obj
 
+    def _same_uid(self, uid: str, previous: tuple[str, str], key: tuple[str, str]) -> None:
+        """A pod read under another name than an earlier one of the same uid: one object, renamed between two
+        dumps, is counted once (the earlier name is dropped unless a later copy gave it another uid)."""
+        self._pod_uids[uid] = key
+        kept = self._pods.get(previous)
+        if kept is not None and kept["metadata"].get("uid") == uid:
+            del self._pods[previous]
+
     def storage_changed(self) -> None:
         """Forget resolved PVs, claim sources and drivers: a live model calls this after replacing or removing
         a PVC, PV, CSIDriver or StorageClass in the index."""
         self._pv_cache.clear()
         self._source_cache.clear()
         self._driver_cache.clear()
+
+    def storage_keys(self, pod: dict) -> set[tuple]:
+        """The storage objects resolving the pod reads, as (kind, key): ("PersistentVolumeClaim", (namespace,
+        name)), ("PersistentVolume", name), ("CSIDriver", name), also those missing from the index. A live model
+        re-evaluates a pod when one of them changes. Reads what it can of a malformed pod, without raising:
+        such a pod waits for a change of its own."""
+        meta, spec = pod.get("metadata"), pod.get("spec")
+        volumes = spec.get("volumes") if isinstance(spec, dict) else None
+        if not isinstance(meta, dict) or not isinstance(volumes, list):
+            return set()
+        namespace = meta.get("namespace") or "default"
+        keys: set[tuple] = set()
+        for volume in volumes:
+            if not isinstance(volume, dict):
+                continue
+            if "persistentVolumeClaim" in volume:
+                claim = _get(volume, "persistentVolumeClaim", "claimName")
+            elif "ephemeral" in volume:
+                claim = f"{meta.get('name')}-{volume.get('name')}"
+            else:
+                driver = _get(volume, "csi", "driver") if "csi" in volume else None
+                driver = driver or next((MIGRATED_TO_CSI[key] for key in volume if key in MIGRATED_TO_CSI), None)
+                if isinstance(driver, str):
+                    keys.add(("CSIDriver", driver))
+                continue
+            if not isinstance(claim, str):
+                continue
+            keys.add(("PersistentVolumeClaim", (namespace, claim)))
+            pv_name = _get(self.pvcs.get((namespace, claim)), "spec", "volumeName")
+            if not isinstance(pv_name, str):
+                continue
+            keys.add(("PersistentVolume", pv_name))
+            pv = self.pvs.get(pv_name)
+            spec = pv.get("spec") if pv is not None else None
+            if isinstance(spec, dict):
+                try:
+                    driver = _pv_source(pv_name, spec)[1]
+                except InvalidManifest:
+                    continue
+                if driver:
+                    keys.add(("CSIDriver", driver))
+        return keys
 
     # --- resolution ---------------------------------------------------------------------------------------
 
@@ -287,51 +510,70 @@ class Cluster:
         obj = self.csi_drivers.get(name)
         if obj is None:
             return CSIDriverFacts(name, None, present=False)
-        value = _get(obj, "spec", "seLinuxMount")
+        value = _object(obj.get("spec"), f"CSIDriver {name}", "spec").get("seLinuxMount")
         if value is not None and not isinstance(value, bool):
             raise InvalidManifest(f"CSIDriver {name}: spec.seLinuxMount must be true or false")
         return CSIDriverFacts(name, value)
 
     def _pv_facts(self, pv: dict) -> PersistentVolumeFacts:
-        name = _get(pv, "metadata", "name")
-        spec = pv.get("spec") or {}
+        name = pv["metadata"]["name"]
+        spec = _pv_spec(pv, name)
         source, driver, handle = _pv_source(name, spec)
+        modes = spec.get("accessModes")
+        volume_mode = spec.get("volumeMode")
+        options = spec.get("mountOptions")
+        if type(volume_mode) is not str:
+            volume_mode = _string(volume_mode, f"PersistentVolume {name}", "spec.volumeMode")
         return PersistentVolumeFacts(
-            name=name, access_modes=tuple(spec.get("accessModes") or ()), source=source, csi_driver=driver,
-            volume_mode=spec.get("volumeMode") or "Filesystem",
-            mount_options=tuple(spec.get("mountOptions") or ()), volume_handle=handle,
+            name=name, access_modes=_strings(modes, f"PersistentVolume {name}", "spec.accessModes"), source=source,
+            csi_driver=driver, volume_mode=volume_mode or "Filesystem",
+            mount_options=() if options is None else _strings(options, f"PersistentVolume {name}", "spec.mountOptions"),
+            volume_handle=handle,
         )
 
-    def _predicted_pv(self, where: str, claim_spec: dict, claim_ref: str) -> PersistentVolumeFacts:
-        """An unbound claim: predict the PV from its StorageClass, the way the provisioner will create it."""
-        class_name = claim_spec.get("storageClassName")
+    def _predicted_pv(self, where: str, claim_spec: dict, claim_ref: str, claim_where: str,
+                      spec_path: str) -> PersistentVolumeFacts:
+        """An unbound claim: predict the PV from its StorageClass, the way the provisioner will create it.
+        `claim_where` and `spec_path` name the object and field that hold the claim's spec, for shape errors."""
+        class_name = _string(claim_spec.get("storageClassName"), claim_where, f"{spec_path}.storageClassName")
         storage_class = self.storage_classes.get(class_name) if class_name else None
         if storage_class is None:
             raise InvalidManifest(
                 f"{where}: {claim_ref} is not bound to a PersistentVolume, and its StorageClass "
                 f"{class_name or '(none)'} is not in the input to predict one from")
-        provisioner = storage_class.get("provisioner") or ""
+        class_where = f"StorageClass {class_name}"
+        provisioner = _string(storage_class.get("provisioner"), class_where, "provisioner")
         driver = MIGRATED_PROVISIONERS.get(provisioner, provisioner)
         return PersistentVolumeFacts(
-            name=f"(to be provisioned by {provisioner})", access_modes=tuple(claim_spec.get("accessModes") or ()),
-            source="csi", csi_driver=driver, volume_mode=claim_spec.get("volumeMode") or "Filesystem",
-            mount_options=tuple(storage_class.get("mountOptions") or ()), predicted_from=class_name,
+            name=f"(to be provisioned by {provisioner})",
+            access_modes=_strings(claim_spec.get("accessModes"), claim_where, f"{spec_path}.accessModes"),
+            source="csi", csi_driver=driver,
+            volume_mode=_string(claim_spec.get("volumeMode"), claim_where, f"{spec_path}.volumeMode") or "Filesystem",
+            mount_options=_strings(storage_class.get("mountOptions"), class_where, "mountOptions"),
+            predicted_from=class_name,
         )
 
-    def _claim_volume(self, namespace: str, pod_name, claim_name: str, template: dict | None):
-        """The PV behind a pod's claim (predicted from its StorageClass when unbound). Errors name the pod."""
+    def _claim_volume(self, namespace: str, pod_name, claim_name: str, template: dict | None,
+                      template_path: str = ""):
+        """The PV behind a pod's claim (predicted from its StorageClass when unbound). Errors name the pod, or the
+        object whose field is malformed. `template` is an ephemeral volume's claim template spec, at
+        `template_path` in the pod."""
         pvc = self.pvcs.get((namespace, claim_name))
         if pvc is None:
+            pod_where = f"Pod {namespace}/{pod_name}"
             if template is not None:
-                return self._predicted_pv(f"Pod {namespace}/{pod_name}", template.get("spec") or {},
-                                          f"the ephemeral claim {namespace}/{claim_name}")
-            raise InvalidManifest(
-                f"Pod {namespace}/{pod_name}: PersistentVolumeClaim {namespace}/{claim_name} is not in the input")
+                return self._predicted_pv(pod_where, template, f"the ephemeral claim {namespace}/{claim_name}",
+                                          pod_where, template_path)
+            raise InvalidManifest(f"{pod_where}: PersistentVolumeClaim {namespace}/{claim_name} is not in the input")
         spec = pvc.get("spec")
-        pv_name = spec.get("volumeName") if isinstance(spec, dict) else None
-        if not pv_name:
-            return self._predicted_pv(f"Pod {namespace}/{pod_name}", spec or {},
-                                      f"PersistentVolumeClaim {namespace}/{claim_name}")
+        pv_name = spec.get("volumeName") if type(spec) is dict else None
+        if type(pv_name) is not str or not pv_name:
+            pvc_where = f"PersistentVolumeClaim {namespace}/{claim_name}"
+            spec = _object(spec, pvc_where, "spec")
+            if _string(spec.get("volumeName"), pvc_where, "spec.volumeName"):
+                pv_name = spec["volumeName"]  # a str subclass
+            else:
+                return self._predicted_pv(f"Pod {namespace}/{pod_name}", spec, pvc_where, pvc_where, "spec")
         found = self._pv_cache.get(pv_name)
         if found is not None:
             return found
@@ -346,45 +588,81 @@ class Cluster:
     def claimed_volumes(self, pod: dict) -> list[tuple[str, str]]:
         """(volume name, unique name) of each persistent volume entry of a pod, without resolving the rest of the
         pod: a cheap first pass that tells which pods share a volume at all. Unbound claims are left out."""
-        meta = pod.get("metadata") or {}
-        volumes = (pod.get("spec") or {}).get("volumes")
+        return self.survey(pod)[0]
+
+    def survey(self, pod: dict) -> tuple[list[tuple[str, str]], int]:
+        """What the audit's first pass reads of every pod: its claimed volumes (`claimed_volumes`) and how many
+        containers it has, with the types of the fields read for them checked."""
+        spec = pod.get("spec")
+        if type(spec) is not dict:
+            spec = _object(spec, _pod_where(pod), "spec")
+        init, main, ephemeral = spec.get("initContainers"), spec.get("containers"), spec.get("ephemeralContainers")
+        if type(main) is list and init is None and ephemeral is None:
+            count = len(main)
+        else:
+            count = 0
+            for key, containers in zip(_CONTAINER_KEYS, (init, main, ephemeral)):
+                if containers is None:
+                    continue
+                if not isinstance(containers, list):
+                    raise shape_error(_pod_where(pod), f"spec.{key}", "a list", containers)
+                count += len(containers)
+        volumes = spec.get("volumes")
+        if type(volumes) is not list:
+            volumes = _objects(volumes, _pod_where(pod), "spec.volumes")
         if not volumes:
-            return []
+            return [], count
+        meta = pod.get("metadata")
+        if type(meta) is not dict:
+            meta = _object(meta, "Pod", "metadata")
         namespace = meta.get("namespace") or "default"
         name = meta.get("name")
         out = []
         for volume in volumes:
+            if type(volume) is not dict:
+                _objects(volumes, _pod_where(pod), "spec.volumes")
             if "persistentVolumeClaim" in volume:
-                claim = (volume["persistentVolumeClaim"] or {}).get("claimName")
-                template = None
+                reference = volume["persistentVolumeClaim"]
+                claim = reference.get("claimName") if type(reference) is dict else None
+                if type(claim) is str:
+                    key = self._claim_source(namespace, name, claim, None)[0] if claim else ""
+                else:
+                    _volume_claim(pod, volumes, volume)  # raises for a malformed reference; none is skipped
+                    continue
             elif "ephemeral" in volume:
-                claim = f"{name}-{volume.get('name')}"
-                template = _get(volume, "ephemeral", "volumeClaimTemplate") or {}
+                claim, template, template_path = _volume_claim(pod, volumes, volume)
+                key = self._claim_source(namespace, name, claim, template, template_path)[0]
             else:
                 continue
-            if not claim:
-                continue
-            key, _ = self._claim_source(namespace, name, claim, template)
             if key:
-                out.append((volume.get("name"), key))
-        return out
+                vname = volume.get("name")
+                if type(vname) is not str and vname is not None:
+                    raise shape_error(_pod_where(pod), f"spec.volumes[{_position(volumes, volume)}].name", "a string",
+                                      vname)
+                out.append((vname, key))
+        return out, count
 
-    def _claim_source(self, namespace: str, pod_name, claim_name: str,
-                      template: dict | None) -> tuple[str, str | None]:
+    def _claim_source(self, namespace: str, pod_name, claim_name: str, template: dict | None,
+                      template_path: str = "") -> tuple[str, str | None]:
         """The unique name and CSI driver of the volume behind a claim, as `_claim_volume` gives them, without
         building the PV's facts when the claim is bound to a PV of the input: the first pass asks this for every
         claim, and most claims go no further."""
         pvc = self.pvcs.get((namespace, claim_name))
         spec = pvc.get("spec") if pvc is not None else None
-        pv_name = spec.get("volumeName") if isinstance(spec, dict) else None
+        pv_name = spec.get("volumeName") if type(spec) is dict else None
+        if type(pv_name) is not str:
+            pv_name = None  # _claim_volume says what is wrong, if anything
         found = self._source_cache.get(pv_name) if pv_name else None
         if found is not None:
             return found
         pv = self.pvs.get(pv_name) if pv_name else None
         if pv is None:  # unbound, or an error to raise
-            facts = self._claim_volume(namespace, pod_name, claim_name, template)
+            facts = self._claim_volume(namespace, pod_name, claim_name, template, template_path)
             return facts.unique_name, facts.csi_driver
-        source, driver, handle = _pv_source(pv_name, pv.get("spec") or {})
+        spec = pv.get("spec")
+        if type(spec) is not dict:
+            spec = _pv_spec(pv, pv_name)
+        source, driver, handle = _pv_source(pv_name, spec)
         found = self._source_cache[pv_name] = (unique_volume_name(pv_name, source, driver, handle), driver)
         return found
 
@@ -412,14 +690,20 @@ class Cluster:
     def resolve_pod(self, pod: dict, only: set | None = None) -> PodFacts:
         """The pod's facts. With `only`, the volumes not named there are checked just the same but left out of
         `volumes`: the audit needs facts only for the volumes a pod may share."""
-        meta = pod.get("metadata") or {}
-        spec = pod.get("spec") or {}
+        # Each field is read, then type-checked once; the helpers (_object, _string) run only for a field that
+        # is absent or malformed, to give {} or "" or to raise.
+        meta = pod.get("metadata")
+        if type(meta) is not dict:
+            meta = _object(meta, "Pod", "metadata")
         namespace = meta.get("namespace") or "default"
         name = meta.get("name")
         ref = f"{namespace}/{name}"
-        if not isinstance(spec, dict):
-            raise InvalidManifest(f"Pod {ref}: spec must be an object")
-        pod_sc = spec.get("securityContext") or {}
+        spec = pod.get("spec")
+        if type(spec) is not dict:
+            spec = _object(spec, f"Pod {ref}", "spec")
+        pod_sc = spec.get("securityContext")
+        if type(pod_sc) is not dict:
+            pod_sc = _object(pod_sc, f"Pod {ref}", "spec.securityContext")
         pod_options = self._selinux_options(pod_sc.get("seLinuxOptions"), ref, None)
         change_policy = pod_sc.get("seLinuxChangePolicy")
         if change_policy not in (None, "Recursive", "MountOption"):
@@ -428,18 +712,34 @@ class Cluster:
                 "MountOption")
         uses = self._container_uses(spec, pod_options, ref, only)
         volumes = []
-        for volume in spec.get("volumes") or ():
-            facts = self._volume_facts(volume, namespace, name, uses, only)
+        entries = spec.get("volumes")
+        if type(entries) is not list:
+            entries = _objects(entries, f"Pod {ref}", "spec.volumes")
+        for volume in entries:
+            if type(volume) is not dict:
+                _objects(entries, f"Pod {ref}", "spec.volumes")
+            facts = self._volume_facts(pod, entries, volume, namespace, name, uses, only)
             if facts is not None:
                 volumes.append(facts)
 
-        owners = tuple([OwnerRef(o.get("kind", ""), o.get("name", "")) for o in meta.get("ownerReferences") or ()])
+        uid = meta.get("uid")
+        labels = meta.get("labels")
+        node_name = spec.get("nodeName")
+        os_spec = spec.get("os")
+        if type(uid) is not str:
+            uid = _string(uid, f"Pod {ref}", "metadata.uid")
+        if type(labels) is not dict:
+            labels = _object(labels, f"Pod {ref}", "metadata.labels")
+        if type(node_name) is not str:
+            node_name = _string(node_name, f"Pod {ref}", "spec.nodeName")
+        os_name = ""
+        if os_spec is not None:
+            os_name = _string(_object(os_spec, f"Pod {ref}", "spec.os").get("name"), f"Pod {ref}", "spec.os.name")
         return PodFacts(
-            namespace=namespace, name=name, uid=meta.get("uid", ""),
-            phase=_get(pod, "status", "phase", default="") or "",
-            node_name=spec.get("nodeName") or "", change_policy=change_policy,
-            os_name=_get(spec, "os", "name", default="") or "", volumes=tuple(volumes), owners=owners,
-            pod_options=pod_options, labels=dict(meta.get("labels") or {}),
+            namespace=namespace, name=name, uid=uid, phase=pod_phase(pod), node_name=node_name,
+            change_policy=change_policy, os_name=os_name, volumes=tuple(volumes),
+            owners=owner_references(meta.get("ownerReferences"), f"Pod {ref}"), pod_options=pod_options,
+            labels=dict(labels),
         )
 
     def _container_uses(self, spec: dict, pod_options: SELinuxOptions | None, ref: str,
@@ -448,27 +748,62 @@ class Cluster:
         container's options are checked, also where none of its volumes is in `only`."""
         uses: dict[str, list[ContainerUse]] = {}
         for kind, key in _CONTAINER_LISTS:
-            for container in spec.get(key) or ():
-                cname = container.get("name", "<unnamed>")
-                csc = container.get("securityContext") or {}
+            containers = spec.get(key)
+            if type(containers) is not list:
+                if containers is None:
+                    continue
+                containers = _objects(containers, f"Pod {ref}", f"spec.{key}")
+            for container in containers:
+                if type(container) is not dict:
+                    _objects(containers, f"Pod {ref}", f"spec.{key}")
+                cname = container.get("name")
+                csc = container.get("securityContext")
+                mounts = container.get("volumeMounts")
+                devices = container.get("volumeDevices")
+                if type(cname) is not str:
+                    cname = _container_field(ref, key, containers, container, "name", str, "<unnamed>")
+                if csc is None:
+                    csc = _NO_FIELDS
+                elif type(csc) is not dict:
+                    csc = _container_field(ref, key, containers, container, "securityContext", dict, _NO_FIELDS)
+                if type(mounts) is not list and mounts is not None:
+                    _container_field(ref, key, containers, container, "volumeMounts", list, None)
+                if type(devices) is not list and devices is not None:
+                    _container_field(ref, key, containers, container, "volumeDevices", list, None)
                 own = csc.get("seLinuxOptions")
                 # A container's seLinuxOptions replace the pod's as a whole (DetermineEffectiveSecurityContext).
                 effective = pod_options if own is None else self._selinux_options(own, ref, cname)
-                privileged = bool(csc.get("privileged"))
-                for mount in container.get("volumeMounts") or ():
-                    if only is None or mount.get("name") in only:
-                        uses.setdefault(mount.get("name"), []).append(ContainerUse(
-                            cname, kind, effective, privileged=privileged, read_only=bool(mount.get("readOnly"))))
-                for device in container.get("volumeDevices") or ():
-                    if only is None or device.get("name") in only:
-                        uses.setdefault(device.get("name"), []).append(
+                privileged = csc.get("privileged")
+                if privileged is not None and type(privileged) is not bool:
+                    raise _container_error(ref, key, containers, container, ".securityContext.privileged",
+                                           "a boolean", privileged)
+                privileged = privileged is True
+                for mount in mounts or ():
+                    mname = mount.get("name") if isinstance(mount, dict) else _NOT_A_NAME
+                    if type(mname) is not str and mname is not None:
+                        raise _mount_error(ref, key, containers, container, "volumeMounts", mount)
+                    if only is None or mname in only:
+                        read_only = mount.get("readOnly")
+                        if read_only is not None and type(read_only) is not bool:
+                            raise _mount_error(ref, key, containers, container, "volumeMounts", mount)
+                        uses.setdefault(mname, []).append(ContainerUse(
+                            cname, kind, effective, privileged=privileged, read_only=read_only is True))
+                for device in devices or ():
+                    dname = device.get("name") if isinstance(device, dict) else _NOT_A_NAME
+                    if type(dname) is not str and dname is not None:
+                        raise _mount_error(ref, key, containers, container, "volumeDevices", device)
+                    if only is None or dname in only:
+                        uses.setdefault(dname, []).append(
                             ContainerUse(cname, kind, effective, device=True, privileged=privileged))
         return uses
 
-    def _volume_facts(self, volume: dict, namespace: str, pod_name, uses: dict,
+    def _volume_facts(self, pod: dict, entries: list, volume: dict, namespace: str, pod_name, uses: dict,
                       only: set | None) -> VolumeFacts | None:
         """One pod volume resolved against the index; None (after the same checks) when `only` leaves it out."""
         vname = volume.get("name")
+        if type(vname) is not str and vname is not None:
+            raise shape_error(f"Pod {namespace}/{pod_name}", f"spec.volumes[{_position(entries, volume)}].name",
+                              "a string", vname)
         wanted = only is None or vname in only
         source = "unknown"
         for key in volume:
@@ -477,31 +812,31 @@ class Cluster:
                 break
         pv = claim = csi = in_tree = None
         if source == "persistentVolumeClaim" or source == "ephemeral":
-            if source == "persistentVolumeClaim":
-                reference = volume["persistentVolumeClaim"]
-                claim = reference.get("claimName") if isinstance(reference, dict) else None
-                if not claim:
-                    raise InvalidManifest(
-                        f"Pod {namespace}/{pod_name}: volume {vname}: persistentVolumeClaim.claimName is missing")
-                template = None
-            else:
+            reference = volume.get("persistentVolumeClaim")
+            claim = reference.get("claimName") if type(reference) is dict else None
+            template, template_path = None, ""
+            if type(claim) is not str:
                 # Generic ephemeral volumes are PVCs named <pod>-<volume> (KEP-1698), eligible like any PV.
-                claim = f"{pod_name}-{vname}"
-                template = _get(volume, "ephemeral", "volumeClaimTemplate") or {}
+                claim, template, template_path = _volume_claim(pod, entries, volume)
+            if not claim:
+                raise InvalidManifest(
+                    f"Pod {namespace}/{pod_name}: volume {vname}: persistentVolumeClaim.claimName is missing")
             if not wanted:  # the same checks, without building the PV's facts
-                _, driver = self._claim_source(namespace, pod_name, claim, template)
+                _, driver = self._claim_source(namespace, pod_name, claim, template, template_path)
                 if driver:
                     self.csi_driver(driver)
                 return None
-            pv = self._claim_volume(namespace, pod_name, claim, template)
+            pv = self._claim_volume(namespace, pod_name, claim, template, template_path)
             if pv.csi_driver:
                 csi = self.csi_driver(pv.csi_driver)
             else:
                 in_tree = pv.source
         elif source == "csi":
-            driver = _get(volume, "csi", "driver")
+            where = f"Pod {namespace}/{pod_name}"
+            path = f"spec.volumes[{_position(entries, volume)}].csi"
+            driver = _string(_object(volume["csi"], where, path).get("driver"), where, f"{path}.driver")
             if not driver:
-                raise InvalidManifest(f"Pod {namespace}/{pod_name}: volume {vname}: csi.driver is missing")
+                raise InvalidManifest(f"{where}: volume {vname}: csi.driver is missing")
             csi = self.csi_driver(driver)
         elif source in MIGRATED_TO_CSI:
             csi = self.csi_driver(MIGRATED_TO_CSI[source])
@@ -510,3 +845,60 @@ class Cluster:
         if not wanted:
             return None
         return VolumeFacts(vname, source, tuple(uses.get(vname, ())), pv, claim, csi, in_tree)
+
+
+_NO_FIELDS: dict = {}  # an absent object field, read only
+_NOT_A_NAME = object()  # the name of a mount that is not an object: never a valid name
+
+
+def _volume_claim(pod: dict, entries: list, volume: dict) -> tuple[str, dict | None, str]:
+    """The claim behind a persistentVolumeClaim or ephemeral pod volume ("" when the claim name is missing),
+    with an ephemeral volume's claim template spec and its path in the pod, for messages."""
+    if "persistentVolumeClaim" in volume:
+        reference = volume["persistentVolumeClaim"]
+        claim = reference.get("claimName") if isinstance(reference, dict) else None
+        if isinstance(claim, str):
+            return claim, None, ""
+        where = _pod_where(pod)
+        path = f"spec.volumes[{_position(entries, volume)}].persistentVolumeClaim"
+        _string(_object(reference, where, path).get("claimName"), where, f"{path}.claimName")
+        return "", None, ""  # missing: the caller decides whether that matters
+    where = _pod_where(pod)
+    path = f"spec.volumes[{_position(entries, volume)}]"
+    name = volume.get("name")
+    if name is not None and not isinstance(name, str):
+        raise shape_error(where, f"{path}.name", "a string", name)
+    ephemeral = _object(volume["ephemeral"], where, f"{path}.ephemeral")
+    template = _object(ephemeral.get("volumeClaimTemplate"), where, f"{path}.ephemeral.volumeClaimTemplate")
+    template_path = f"{path}.ephemeral.volumeClaimTemplate.spec"
+    return f"{pod['metadata'].get('name')}-{name}", _object(template.get("spec"), where, template_path), template_path
+
+
+def _container_field(ref: str, key: str, containers: list, container: dict, field: str, kind: type, default):
+    """A container field that is absent (its default) or of a type the fast check did not expect; raises for a
+    wrong one."""
+    value = container.get(field)
+    if value is None:
+        return default
+    if isinstance(value, kind):
+        return value
+    expected = {str: "a string", dict: "an object", list: "a list"}[kind]
+    raise _container_error(ref, key, containers, container, f".{field}", expected, value)
+
+
+def _container_error(ref: str, key: str, containers: list, container, field: str, expected: str,
+                     value) -> InvalidManifest:
+    return shape_error(f"Pod {ref}", f"spec.{key}[{_position(containers, container)}]{field}", expected, value)
+
+
+def _mount_error(ref: str, key: str, containers: list, container: dict, field: str, mount) -> InvalidManifest:
+    """The shape error of a volumeMounts or volumeDevices entry: not an object, a name or readOnly of the wrong type."""
+    items = container[field]
+    path = f"spec.{key}[{_position(containers, container)}].{field}[{_position(items, mount)}]"
+    where = f"Pod {ref}"
+    if not isinstance(mount, dict):
+        return shape_error(where, path, "an object", mount)
+    name = mount.get("name")
+    if name is not None and not isinstance(name, str):
+        return shape_error(where, f"{path}.name", "a string", name)
+    return shape_error(where, f"{path}.readOnly", "a boolean", mount.get("readOnly"))

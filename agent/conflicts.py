@@ -56,9 +56,10 @@ class VolumeUse:
     controller_policy: str
     kubelet_label: str | None  # None: the plugin cannot context-mount, so kubelet compares nothing
     enforced: bool  # a different label blocks the second pod on this version (VolumeSupportsSELinuxMount)
-    single_pod_access: bool  # ReadWriteOncePod: the scheduler never runs two pods with it
+    single_pod_access: bool  # ReadWriteOncePod: the scheduler never runs two pods with the same claim
     privileged: bool  # a privileged or spc_t container mounts it
     multiple_labels: str | None = None  # the pod's own containers disagree (MultipleSELinuxLabels event)
+    claim: str = ""  # the claim (in the pod's namespace) the pod uses it through
 
 
 @dataclass(frozen=True)
@@ -153,7 +154,8 @@ def volume_use(pod: PodFacts, volume: VolumeFacts, gates: FeatureGates,
     privileged = any(use.privileged or (use.options is not None and use.options.type == "spc_t")
                      for use in mounts)
     single = bool(volume.pv) and volume.pv.access_modes == ("ReadWriteOncePod",)
-    return VolumeUse(key, pod, label_text, policy, kubelet_label, enforced, single, privileged, multiple)
+    return VolumeUse(key, pod, label_text, policy, kubelet_label, enforced, single, privileged, multiple,
+                     volume.claim or "")
 
 
 def _groups(uses: list[VolumeUse], key) -> list[list[VolumeUse]]:
@@ -195,10 +197,20 @@ class KubeletClash:
     b: VolumeUse
 
     @property
+    def exclusive(self) -> bool:
+        """Both pods use one ReadWriteOncePod claim, so the scheduler never runs them together. RWOP binds per
+        claim: two claims bound to PVs of one backend volume do not exclude each other."""
+        a, b = self.a, self.b
+        return (a.single_pod_access and b.single_pod_access and a.claim == b.claim
+                and a.pod.namespace == b.pod.namespace)
+
+    @property
     def breaks(self) -> bool:
-        """The second pod waits in ContainerCreating when both land on one node, and they can: the access mode
-        is enforced on this version and is not ReadWriteOncePod (two pods never share those)."""
-        return self.a.enforced and not self.a.single_pod_access
+        """One of the two waits in ContainerCreating when both land on one node, and they can. Kubelet judges the
+        pod that arrives second by the access modes of its own PV (AddPodToVolume calls
+        VolumeSupportsSELinuxMount on the incoming pod's spec), and either may arrive second: the pair breaks
+        when either use is enforced on this version, unless the two can never run together."""
+        return (self.a.enforced or self.b.enforced) and not self.exclusive
 
     @property
     def same_node(self) -> bool:

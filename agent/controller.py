@@ -2,9 +2,11 @@
 selinux-warning-controller's, and its metric.
 
 `ConflictModel` is the incremental form of `agent.audit`: a pod change re-evaluates only that pod's volumes; a
-claim, PV or CSIDriver change re-evaluates the pods that depend on it. `ConflictController` feeds it from
-list+watch of Pods, PVCs, PVs and CSIDrivers and posts an Event for each new conflict, with upstream's reasons
-(`SELinuxLabelConflict`, `SELinuxChangePolicyConflict`) and texts, once per conflict.
+claim, PV or CSIDriver change re-evaluates the pods whose resolution read it (an index kept from
+`Cluster.storage_keys`). A malformed object is logged and left out, never the end of the watch.
+`ConflictController` feeds it from list+watch of Pods, PVCs, PVs and CSIDrivers and posts an Event for each new
+conflict, with upstream's reasons (`SELinuxLabelConflict`, `SELinuxChangePolicyConflict`) and texts, once per
+conflict (a pair that conflicts on two volumes is two conflicts).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections import defaultdict
 from datetime import datetime, timezone
 
 from agent.audit import FINISHED_PHASES
-from agent.cluster import Cluster
+from agent.cluster import Cluster, object_key, pod_phase
 from agent.conflicts import EVENT_REASONS, Conflict, VolumeUse, controller_conflicts, volume_use
 from agent.defaults import ContainerDefaults
 from agent.errors import InvalidInput
@@ -34,17 +36,36 @@ RESOURCES = (
 )
 
 
-def _ref(obj: dict) -> str:
-    meta = obj.get("metadata") or {}
-    return f"{meta.get('namespace') or 'default'}/{meta.get('name')}"
+def _key(kind: str, obj) -> str | tuple[str, str]:
+    """The model's key of an object: "namespace/name" for a pod, (namespace, name) for a claim, the name of a
+    PV or CSIDriver. Raises InvalidManifest when the metadata cannot be read."""
+    _, namespace, name = object_key(obj, kind)
+    if kind == "Pod":
+        return f"{namespace or 'default'}/{name}"
+    if kind == "PersistentVolumeClaim":
+        return (namespace or "default", name)
+    return name
+
+
+def _finished(obj: dict) -> bool:
+    """Succeeded or Failed: no longer conflicts (upstream #135628). A malformed status is not finished: the pod
+    is evaluated like any other, which records why it cannot be."""
+    try:
+        return pod_phase(obj) in FINISHED_PHASES
+    except InvalidInput:
+        return False
 
 
 def conflict_key(conflict: Conflict) -> tuple:
-    return (conflict.property, conflict.pod.ref, conflict.value, conflict.other.ref, conflict.other_value)
+    """What makes a conflict new: the same pair conflicting on two volumes is two conflicts, as upstream's cache
+    keeps them per volume."""
+    return (conflict.volume, conflict.property, conflict.pod.ref, conflict.value, conflict.other.ref,
+            conflict.other_value)
 
 
 class ConflictModel:
-    """Pods and storage objects by key; per volume, each pod's use; per volume, the current conflicts."""
+    """Pods and storage objects by key; per volume, each pod's use; per volume, the current conflicts; per
+    storage object, the pods whose resolution read it."""
 
     def __init__(self, gates: FeatureGates, defaults: ContainerDefaults):
         self.gates, self.defaults = gates, defaults
@@ -54,39 +75,62 @@ class ConflictModel:
         self.volumes_of: dict[str, set[str]] = {}
         self.conflicts: dict[str, list[Conflict]] = {}
         self.unresolved: dict[str, str] = {}  # pod -> why it could not be evaluated (a claim not seen yet, ...)
+        self.needs: dict[str, set[tuple]] = {}  # pod -> storage keys (Cluster.storage_keys) it was evaluated with
+        self.needed_by: dict[tuple, set[str]] = defaultdict(set)  # storage key -> pods
+        self.evaluations = 0  # pod resolutions so far
 
     # --- changes ------------------------------------------------------------------------------------------
 
     def apply(self, kind: str, event: str, obj: dict) -> set[str]:
-        """Apply one watch event; returns the volume keys whose conflicts were recomputed."""
+        """Apply one watch event; returns the volume keys whose conflicts were recomputed. An object whose
+        metadata cannot be read is logged and left out."""
+        try:
+            key = _key(kind, obj)
+        except InvalidInput as err:
+            log.warning("ignoring a %s event for an object that cannot be read: %s", kind, err)
+            return set()
         if kind == "Pod":
-            return self._pod(obj, deleted=event == "DELETED")
-        self._storage(kind, obj, deleted=event == "DELETED")
-        return self._reevaluate(list(self.pods))
+            return self._pod(key, obj, deleted=event == "DELETED")
+        self._storage(kind, key, obj, deleted=event == "DELETED")
+        return self._reevaluate(sorted(self.needed_by.get((kind, key), ())))
 
     def replace(self, kind: str, objects: list[dict]) -> set[str]:
-        """A fresh list of one kind (start-up, or after the watch expired)."""
+        """A fresh list of one kind (start-up, or after the watch expired). Storage objects that did not change
+        re-evaluate nothing."""
         if kind == "Pod":
             touched = set()
             for ref in list(self.pods):
                 touched |= self._forget(ref)
-            self.pods = {_ref(obj): obj for obj in objects
-                         if (obj.get("status") or {}).get("phase") not in FINISHED_PHASES}
+            self.pods = {}
+            for obj in objects:
+                try:
+                    ref = _key(kind, obj)
+                except InvalidInput as err:
+                    log.warning("ignoring a listed Pod that cannot be read: %s", err)
+                    continue
+                if not _finished(obj):
+                    self.pods[ref] = obj
             return touched | self._reevaluate(list(self.pods))
         store = self._store(kind)
+        before = dict(store)
         store.clear()
         for obj in objects:
-            self._storage(kind, obj)
-        return self._reevaluate(list(self.pods))
+            try:
+                store[_key(kind, obj)] = obj
+            except InvalidInput as err:
+                log.warning("ignoring a listed %s that cannot be read: %s", kind, err)
+        self.cluster.storage_changed()
+        changed = {key for key in before.keys() | store.keys() if before.get(key) != store.get(key)}
+        refs = set()
+        for key in changed:
+            refs |= self.needed_by.get((kind, key), set())
+        return self._reevaluate(sorted(refs))
 
     def _store(self, kind: str) -> dict:
         return {"PersistentVolumeClaim": self.cluster.pvcs, "PersistentVolume": self.cluster.pvs,
                 "CSIDriver": self.cluster.csi_drivers}[kind]
 
-    def _storage(self, kind: str, obj: dict, deleted: bool = False) -> None:
-        meta = obj.get("metadata") or {}
-        key = (meta.get("namespace") or "default", meta.get("name")) if kind == "PersistentVolumeClaim" \
-            else meta.get("name")
+    def _storage(self, kind: str, key, obj: dict, deleted: bool = False) -> None:
         store = self._store(kind)
         if deleted:
             store.pop(key, None)
@@ -95,9 +139,8 @@ class ConflictModel:
         # Resolved PVs and drivers are cached by the index; a storage change invalidates them.
         self.cluster.storage_changed()
 
-    def _pod(self, obj: dict, deleted: bool) -> set[str]:
-        ref = _ref(obj)
-        if deleted or (obj.get("status") or {}).get("phase") in FINISHED_PHASES:
+    def _pod(self, ref: str, obj: dict, deleted: bool) -> set[str]:
+        if deleted or _finished(obj):
             self.pods.pop(ref, None)
             return self._forget(ref)
         self.pods[ref] = obj
@@ -105,6 +148,11 @@ class ConflictModel:
 
     def _forget(self, ref: str) -> set[str]:
         self.unresolved.pop(ref, None)
+        for key in self.needs.pop(ref, ()):
+            dependents = self.needed_by[key]
+            dependents.discard(ref)
+            if not dependents:
+                del self.needed_by[key]
         touched = self.volumes_of.pop(ref, set())
         for key in touched:
             self.uses[key].pop(ref, None)
@@ -116,11 +164,24 @@ class ConflictModel:
     def _reevaluate(self, refs: list[str]) -> set[str]:
         touched = set()
         for ref in refs:
+            before = self.unresolved.get(ref)
             touched |= self._forget(ref)
+            obj = self.pods[ref]
+            needs = self.needs[ref] = self.cluster.storage_keys(obj)
+            for key in needs:
+                self.needed_by[key].add(ref)
+            self.evaluations += 1
             try:
-                pod = self.cluster.resolve_pod(self.pods[ref])
+                pod = self.cluster.resolve_pod(obj)
             except InvalidInput as err:
-                self.unresolved[ref] = str(err)  # evaluated again when the missing object arrives
+                # Evaluated again when an object it needs changes (a claim not seen yet), or when it does.
+                self.unresolved[ref] = str(err)
+                if str(err) != before:
+                    log.info("pod %s is left out: %s", ref, err)
+                continue
+            except Exception as err:  # noqa: BLE001 - one object never stops the others
+                self.unresolved[ref] = f"cannot be evaluated: {err!r}"
+                log.error("pod %s cannot be evaluated", ref, exc_info=err)
                 continue
             keys = set()
             for volume in pod.volumes:

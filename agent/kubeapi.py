@@ -3,6 +3,10 @@
 Enough for the agent's controllers (Pods, PVCs, PVs, CSIDrivers; Events) without a large client library.
 Configuration comes from the pod's service account (in-cluster) or from a kubeconfig file (token, basic client
 certificate and CA; exec credential plugins are not supported and say so).
+
+Certificates and keys embedded in a kubeconfig (`*-data`) stay in memory. The CA is handed to ssl as data; ssl
+reads a client certificate and key only from files, so those are written to a private directory (0700, files
+0600) for the one call that loads them and removed right after: no client key is left on disk.
 """
 
 from __future__ import annotations
@@ -11,10 +15,12 @@ import base64
 import http.client
 import json
 import os
+import binascii
+import shutil
 import ssl
 import tempfile
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import yaml
 
@@ -41,6 +47,10 @@ class ClusterConfig:
     cert_file: str | None = None
     key_file: str | None = None
     insecure: bool = False
+    # Embedded (kubeconfig `*-data`, decoded) instead of a file; each wins over its file when set.
+    ca_data: bytes | None = field(default=None, repr=False)
+    cert_data: bytes | None = field(default=None, repr=False)
+    key_data: bytes | None = field(default=None, repr=False)
 
 
 def in_cluster_config(root: str = SERVICE_ACCOUNT) -> ClusterConfig:
@@ -57,15 +67,36 @@ def in_cluster_config(root: str = SERVICE_ACCOUNT) -> ClusterConfig:
     return ClusterConfig(f"https://{host}:{port}", token=token, ca_file=os.path.join(root, "ca.crt"))
 
 
-def _materialise(data_b64: str | None, path: str | None, suffix: str) -> str | None:
-    """kubeconfig may embed certificates as base64 `*-data`; ssl wants files."""
-    if path or not data_b64:
-        return path
-    handle = tempfile.NamedTemporaryFile("wb", suffix=suffix, delete=False)
-    with handle:
-        handle.write(base64.b64decode(data_b64))
-    os.chmod(handle.name, 0o600)
-    return handle.name
+def _decode(data_b64, path: str, field_name: str) -> bytes | None:
+    """A kubeconfig `*-data` value: base64 of PEM."""
+    if not data_b64:
+        return None
+    try:
+        return base64.b64decode(data_b64, validate=True)
+    except (binascii.Error, TypeError, ValueError):
+        raise InvalidInput(f"kubeconfig {path}: {field_name} is not base64") from None
+
+
+def load_client_cert(context: ssl.SSLContext, cert: bytes | str, key: bytes | str | None) -> None:
+    """`context.load_cert_chain` for a certificate and key each given as PEM data (bytes) or a file (str). Data
+    is written to a private directory that is removed as soon as ssl has read it."""
+    if isinstance(cert, str) and (key is None or isinstance(key, str)):
+        context.load_cert_chain(cert, key)
+        return
+    directory = tempfile.mkdtemp(prefix="selinux-mount-agent-tls-")  # mode 0700
+    try:
+        def place(data, name):
+            if not isinstance(data, bytes):
+                return data
+            path = os.path.join(directory, name)
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(descriptor, "wb") as handle:
+                handle.write(data)
+            return path
+
+        context.load_cert_chain(place(cert, "client.crt"), place(key, "client.key"))
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def kubeconfig_config(path: str, context: str | None = None) -> ClusterConfig:
@@ -95,11 +126,13 @@ def kubeconfig_config(path: str, context: str | None = None) -> ClusterConfig:
     return ClusterConfig(
         server=cluster["server"].rstrip("/"),
         token=user.get("token"),
-        ca_file=_materialise(cluster.get("certificate-authority-data"), relative(cluster.get("certificate-authority")),
-                             ".crt"),
-        cert_file=_materialise(user.get("client-certificate-data"), relative(user.get("client-certificate")), ".crt"),
-        key_file=_materialise(user.get("client-key-data"), relative(user.get("client-key")), ".key"),
+        ca_file=relative(cluster.get("certificate-authority")),
+        cert_file=relative(user.get("client-certificate")),
+        key_file=relative(user.get("client-key")),
         insecure=bool(cluster.get("insecure-skip-tls-verify")),
+        ca_data=_decode(cluster.get("certificate-authority-data"), path, "certificate-authority-data"),
+        cert_data=_decode(user.get("client-certificate-data"), path, "client-certificate-data"),
+        key_data=_decode(user.get("client-key-data"), path, "client-key-data"),
     )
 
 
@@ -132,12 +165,19 @@ class Client:
         self._prefix = parsed.path.rstrip("/")
         self._ssl = None
         if self._scheme == "https":
-            context = ssl.create_default_context(cafile=config.ca_file)
-            if config.insecure:
-                context.check_hostname = False
-                context.verify_mode = ssl.CERT_NONE
-            if config.cert_file:
-                context.load_cert_chain(config.cert_file, config.key_file)
+            try:
+                if config.ca_data:
+                    context = ssl.create_default_context(cadata=config.ca_data.decode("ascii", "replace"))
+                else:
+                    context = ssl.create_default_context(cafile=config.ca_file)
+                if config.insecure:
+                    context.check_hostname = False
+                    context.verify_mode = ssl.CERT_NONE
+                cert = config.cert_data or config.cert_file
+                if cert:
+                    load_client_cert(context, cert, config.key_data or config.key_file)
+            except (ssl.SSLError, OSError) as err:
+                raise InvalidInput(f"cannot load the TLS certificates for {config.server}: {err}") from None
             self._ssl = context
 
     def _connection(self, timeout: float | None):

@@ -1,5 +1,9 @@
 """Read Kubernetes objects from YAML or JSON files: single objects, multi-document YAML, and `kind: List`
-(what `kubectl get ... -o json|yaml` prints). The edge where files become dicts; errors name the file."""
+(what `kubectl get ... -o json|yaml` prints). The edge where files become dicts; errors name the file.
+
+A file with no document at all (zero bytes, only whitespace or comments, or `null`) is refused when the caller
+needs objects: it is what a failed `kubectl get ... > FILE` leaves behind. An empty List, what kubectl prints
+when nothing matches, is a valid file with no objects."""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import gc
 import json
 from contextlib import contextmanager
 
+from agent.cluster import json_type
 from agent.errors import InvalidManifest
 
 
@@ -15,12 +20,12 @@ def flatten(document, source: str) -> list[dict]:
     if document is None:
         return []
     if not isinstance(document, dict):
-        raise InvalidManifest(f"{source}: expected a Kubernetes object or a List, got {type(document).__name__}")
+        raise InvalidManifest(f"{source}: expected a Kubernetes object or a List, got {json_type(document)}")
     kind = document.get("kind", "")
     if isinstance(kind, str) and kind.endswith("List") and "items" in document:
         items = document.get("items") or []
         if not isinstance(items, list):
-            raise InvalidManifest(f"{source}: {kind}.items must be a list")
+            raise InvalidManifest(f"{source}: {kind}.items must be a list, got {json_type(items)}")
         # What kubectl prints: a List of plain objects (no nulls, no nested Lists), each its own flattening.
         plain = [item for item in items if type(item) is dict and "items" not in item]
         if len(plain) == len(items):
@@ -32,7 +37,19 @@ def flatten(document, source: str) -> list[dict]:
     return [document]
 
 
-def parse_text(text: str, source: str) -> list[dict]:
+def parse_text(text: str, source: str, allow_empty: bool = True) -> list[dict]:
+    """The objects in a file's text. With allow_empty=False, a text with no document but nulls is an error."""
+    documents = _documents(text, source)
+    if not allow_empty and all(document is None for document in documents):
+        raise InvalidManifest(f"{source}: no objects in the file: it is empty (a dump of a cluster with nothing "
+                              "to list is a List with no items)")
+    objects = []
+    for document in documents:
+        objects.extend(flatten(document, source))
+    return objects
+
+
+def _documents(text: str, source: str) -> list:
     stripped = text.lstrip()
     if stripped.startswith("{") or stripped.startswith("["):
         try:
@@ -51,10 +68,7 @@ def parse_text(text: str, source: str) -> list[dict]:
             where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
             problem = getattr(err, "problem", None) or str(err).splitlines()[0]
             raise InvalidManifest(f"{source}: invalid YAML{where}: {problem}") from None
-    objects = []
-    for document in documents:
-        objects.extend(flatten(document, source))
-    return objects
+    return documents
 
 
 @contextmanager
@@ -74,7 +88,8 @@ def batch_run():
             gc.enable()
 
 
-def load_files(paths: list[str]) -> list[dict]:
+def load_files(paths: list[str], allow_empty: bool = True) -> list[dict]:
+    """The objects of every file, in order. allow_empty=False refuses a file with no document (see above)."""
     objects = []
     for path in paths:
         try:
@@ -89,5 +104,5 @@ def load_files(paths: list[str]) -> list[dict]:
             raise InvalidManifest(f"cannot read {path}: {err.strerror}") from None
         except UnicodeDecodeError:
             raise InvalidManifest(f"{path}: not UTF-8 text") from None
-        objects.extend(parse_text(text, path))
+        objects.extend(parse_text(text, path, allow_empty))
     return objects

@@ -4,7 +4,9 @@ SELinuxMount is on), with remediation.
 Contract (relied on elsewhere, keep stable):
   audit -f DUMP [-f ...] [--k8s-version 1.37] [--feature-gates ...] [--defaults-file PATH]
         [-o table|json|prometheus] [--remediate patches|mutating-admission-policy|kyverno] [--censor]
-Exit code: 0 nothing breaks on the target version, 1 something breaks, 2 bad input.
+Exit code: 0 nothing breaks on the target version, 1 something breaks, 2 bad input: unreadable or malformed
+objects (one line on stderr naming the object and field, nothing on stdout), or a file with no document at all.
+An empty List is a valid dump: exit 0 with an empty report.
 """
 
 from __future__ import annotations
@@ -27,7 +29,10 @@ def register(subparsers) -> None:
         description="Read a cluster dump (kubectl get pods,pvc,pv,csidrivers -A -o json) and report the conflicts "
                     "the upstream selinux-warning-controller would report, then say per workload whether it "
                     "breaks on the target Kubernetes version (pods stuck in ContainerCreating) or only conflicts "
-                    "in principle. Exit code 0: nothing breaks; 1: something breaks; 2: bad input.")
+                    "in principle. Exit code 0: nothing breaks; 1: something breaks; 2: bad input (a malformed object, "
+                    "or a file with no document at all, such as the empty file a failed `kubectl get ... > FILE` "
+                    "leaves; an empty List is a valid dump with nothing to report). Objects that appear more than "
+                    "once (the same file given twice, overlapping dumps) count once: the last copy read wins.")
     add_model_arguments(parser, default_version="1.37")
     parser.add_argument("-o", "--output", choices=("table", "json", "prometheus"), default="table")
     parser.add_argument("--remediate", choices=FORMATS,
@@ -46,7 +51,7 @@ def run(args) -> int:
 
 def _run(args) -> int:
     node = build_node(args)
-    report = audit(Cluster(load_files(args.files)), node.gates, node.defaults)
+    report = audit(Cluster(load_files(args.files, allow_empty=False)), node.gates, node.defaults)
     out = sys.stdout
     if args.remediate:
         docs = documents(report, args.remediate)

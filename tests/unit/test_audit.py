@@ -190,12 +190,21 @@ def test_a_pod_naming_one_volume_twice_shares_it_with_itself_only_when_it_shares
     assert f"kubernetes.io/csi/{DRIVER}^pv-own" in next(w for w in report.workloads if w.workload.name == "a").volumes
 
 
-def test_two_pods_of_one_name_count_as_one_and_both_policies_count():
+def test_two_pods_of_one_name_count_once_and_the_last_copy_wins():
     first, second = pod(name="a", policy="Recursive"), pod(name="a")
-    for pods in ([first, second], [second, first]):
+    for pods, recursive in (([first, second], False), ([second, first], True)):
         report = run(shared_volume() + pods + [pod(name="b", options={"level": "s0:c3"})])
         a = next(w for w in report.workloads if w.workload.name == "a")
-        assert a.pods == {"ns/a"} and not a.already_recursive
+        assert a.pods == {"ns/a"} and a.already_recursive is recursive
+        assert report.pods_checked == 2
+
+
+def test_a_pod_read_again_under_another_name_with_its_uid_counts_once():
+    old, renamed = pod(name="a"), pod(name="a2", options={"level": "s0:c3"})
+    old["metadata"]["uid"] = renamed["metadata"]["uid"] = "uid-1"
+    report = run(shared_volume() + [old, pod(name="b"), renamed])
+    assert report.pods_checked == 2
+    assert sorted(w.workload.name for w in report.workloads) == ["a2", "b"]
 
 
 @pytest.mark.parametrize("censor", [False, True])
@@ -241,6 +250,80 @@ def test_owner_objects_in_the_dump_win_over_names():
         "Pod ns/p"]
 
 
+def test_the_controlling_owner_names_the_workload_not_the_first():
+    obj = pod(volumes=[], name="db-0")
+    obj["metadata"]["ownerReferences"] = [
+        {"apiVersion": "v1", "kind": "ConfigMap", "name": "db-config"},  # an owner for garbage collection only
+        {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "db", "controller": True}]
+    rs = {"kind": "ReplicaSet", "metadata": {"name": "api-5d", "namespace": "ns", "ownerReferences": [
+        {"kind": "Deployment", "name": "old-api", "controller": False},
+        {"kind": "Deployment", "name": "api", "controller": True}]}}
+    cluster = Cluster([rs])
+    facts = cluster.resolve_pod(obj)
+    assert workload_of(facts, cluster).ref == "StatefulSet ns/db"
+    assert workload_of(cluster.resolve_pod(owned(pod(volumes=[]), "ReplicaSet", "api-5d")), cluster).ref == \
+        "Deployment ns/api"
+    # Without any controller reference, the first one is taken, as before.
+    obj["metadata"]["ownerReferences"][1]["controller"] = False
+    assert workload_of(cluster.resolve_pod(obj), cluster).ref == "ConfigMap ns/db-config"
+
+
+# --- two PVs of one backend volume with different access modes ------------------------------------------
+
+def _mixed_modes(rwop_namespace, rwx_namespace):
+    """One backend volume: an RWOP PV claimed in one namespace, an RWX PV in the other; a pod in each."""
+    objects = [csidriver()]
+    for namespace, modes in ((rwop_namespace, ("ReadWriteOncePod",)), (rwx_namespace, RWX)):
+        volume = pv(name=f"pv-{namespace}", modes=modes)
+        volume["spec"]["csi"]["volumeHandle"] = "backend-1"
+        objects += [volume, pvc(volume=f"pv-{namespace}", modes=modes, namespace=namespace)]
+    return objects + [pod(name="a", namespace=rwop_namespace), pod(name="b", namespace=rwx_namespace,
+                                                                    options={"level": "s0:c3"})]
+
+
+@pytest.mark.parametrize("version", ["1.36", "1.37"])
+@pytest.mark.parametrize("rwop_namespace, rwx_namespace", [("aa", "zz"), ("zz", "aa")])
+def test_mixed_access_modes_break_whatever_the_pair_order(version, rwop_namespace, rwx_namespace):
+    # Kubelet judges the pod that arrives second by its own PV: the RWOP pod waits behind the RWX one on any
+    # version (RWOP is enforced since the gate went on), and RWOP does not keep the two apart, since it binds
+    # per claim and they use two claims.
+    report = run(_mixed_modes(rwop_namespace, rwx_namespace), version=version)
+    (clash,) = report.clashes
+    assert clash.breaks and not clash.exclusive
+    assert set(verdicts(report).values()) == {"breaks"}
+    reasons = [r for w in report.workloads for r in w.reasons]
+    if version == "1.36":  # SELinuxMount off: only the RWOP pod's mount is enforced
+        assert any(f"{rwop_namespace}/a waits in ContainerCreating when it starts second" in r for r in reasons)
+    else:
+        assert any("whichever starts second" in r for r in reasons)
+
+
+def test_pods_of_one_rwop_claim_never_run_together():
+    report = run(shared_volume(modes=("ReadWriteOncePod",)) + [pod(name="a"), pod(name="b", options={"level":
+                                                                                                    "s0:c3"})])
+    (clash,) = report.clashes
+    assert clash.exclusive and not clash.breaks
+    assert any("never run together" in r for w in report.workloads for r in w.reasons)
+
+
+# --- the blind spots and privileged sharing --------------------------------------------------------------
+
+def test_container_t_type_next_to_no_type_conflicts_in_neither_view():
+    """`type: container_t` next to no type: the controller cannot compare an empty type, and kubelet's file
+    label never carries the pod's type (only user and level reach it), so both views agree: no conflict."""
+    report = run(shared_volume() + [pod(name="a", options={"type": "container_t", "level": "s0:c1,c2"}),
+                                    pod(name="b")])
+    assert report.conflicts == () and report.clashes == () and report.findings == ()
+    assert set(verdicts(report).values()) == {"ok"}
+
+
+def test_spc_t_by_options_counts_as_privileged_sharing():
+    report = run(shared_volume() + [pod(name="app"), pod(name="agent", options={"type": "spc_t",
+                                                                               "level": "s0:c1,c2"})])
+    (finding,) = [f for f in report.findings if f.kind == "PrivilegedSharing"]
+    assert finding.pods == ("ns/agent", "ns/app")
+
+
 # --- remediation -----------------------------------------------------------------------------------------
 
 def _conflicted_report():
@@ -268,6 +351,15 @@ def _skeleton(kind):
                         "spec": {"selector": {"matchLabels": {"app": "x"}}, "serviceName": "x",
                                  "template": template}},
         "Pod": {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x"}, "spec": pod_spec},
+        "DaemonSet": {"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "x"},
+                      "spec": {"selector": {"matchLabels": {"app": "x"}}, "template": template}},
+        "ReplicaSet": {"apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": {"name": "x"},
+                       "spec": {"selector": {"matchLabels": {"app": "x"}}, "template": template}},
+        "Job": {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "x"},
+                "spec": {"template": {"spec": {**pod_spec, "restartPolicy": "Never"}}}},
+        "CronJob": {"apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": "x"},
+                    "spec": {"schedule": "0 3 * * *", "jobTemplate": {"spec": {"template": {
+                        "spec": {**pod_spec, "restartPolicy": "OnFailure"}}}}}},
     }[kind]
 
 
@@ -290,6 +382,32 @@ def test_patches_validate_against_the_schemas(version):
         kubernetes_validate.validate(merged, version, strict=True)
         spec = doc["spec"] if doc["kind"] == "Pod" else doc["spec"]["template"]["spec"]
         assert spec["securityContext"]["seLinuxChangePolicy"] == "Recursive"
+
+
+def _other_kinds_report():
+    agent = owned(pod(name="agent-x2k"), "DaemonSet", "agent")
+    migrate = owned(pod(name="migrate-abcde", options={"level": "s0:c3"}), "Job", "migrate")
+    nightly = owned(pod(name="nightly-29000000-q", options={"level": "s0:c4"}), "Job", "nightly-29000000")
+    standalone = owned(pod(name="standalone-9", options={"level": "s0:c5"}), "ReplicaSet", "standalone")
+    return run(shared_volume() + [agent, migrate, nightly, standalone])
+
+
+@pytest.mark.parametrize("version", ["1.36.0", "1.37.0"])
+def test_patches_of_other_kinds_validate_against_the_schemas(version):
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    docs = documents(_other_kinds_report(), "patches")
+    assert sorted(d["kind"] for d in docs) == ["CronJob", "DaemonSet", "Job", "ReplicaSet"]
+    for doc in docs:
+        merged = _merge(_skeleton(doc["kind"]), copy.deepcopy(doc))
+        kubernetes_validate.validate(merged, version, strict=True)
+        template = doc["spec"]["jobTemplate"]["spec"] if doc["kind"] == "CronJob" else doc["spec"]
+        assert template["template"]["spec"]["securityContext"] == {"seLinuxChangePolicy": "Recursive"}
+    # The patch lands where kubectl patch merges it: a typo in the path would fail strict validation.
+    (cron,) = [d for d in docs if d["kind"] == "CronJob"]
+    wrong = _merge(_skeleton("CronJob"), {"spec": {"template": {"spec": {"securityContext": {}}}}})
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(wrong, version, strict=True)
+    assert cron["metadata"] == {"name": "nightly", "namespace": "ns"}
 
 
 def test_a_bad_patch_would_fail_validation():

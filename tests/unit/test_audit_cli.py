@@ -142,3 +142,145 @@ def test_bad_input_exits_2(capsys, tmp_path, content, words):
     path.write_text(content)
     code, _, err = run(capsys, "-f", str(path))
     assert code == 2 and words in err and len(err.strip().splitlines()) == 1
+
+
+# --- malformed input: exit 2, one line on stderr naming object and field, nothing on stdout ----------------
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "audit"
+STORAGE = str(FIXTURES / "storage.yaml")
+
+
+def _shop_pod(name="web-0", **spec):
+    obj = pod(name=name, namespace="shop", volumes=[{"name": "data", "persistentVolumeClaim": {"claimName":
+                                                                                               "shared"}}])
+    obj["spec"].update(spec)
+    return obj
+
+
+@pytest.mark.parametrize("obj, message", [
+    (_shop_pod(volumes=[{"name": "data", "persistentVolumeClaim": {"claimName": "shared"}}, "x", "y"]),
+     "Pod shop/web-0: spec.volumes[1] must be an object, got string"),
+    (_shop_pod(volumes="data"), "Pod shop/web-0: spec.volumes must be a list, got string"),
+    (_shop_pod(securityContext="restricted"), "Pod shop/web-0: spec.securityContext must be an object, got string"),
+    (_shop_pod(containers=[["app"]]), "Pod shop/web-0: spec.containers[0] must be an object, got list"),
+    (_shop_pod(containers="app"), "Pod shop/web-0: spec.containers must be a list, got string"),
+    ({"kind": "Pod", "metadata": ["web-0"], "spec": {}}, "Pod: metadata must be an object, got list"),
+    ({"kind": "PersistentVolume", "metadata": {"name": "pv-shared"}, "spec": ["csi"]},
+     "PersistentVolume pv-shared: spec must be an object, got list"),
+    (42, "dump.json: expected a Kubernetes object or a List, got number"),
+])
+def test_malformed_objects_exit_2_with_one_line(capsys, tmp_path, obj, message):
+    # A well-formed dump in one file (storage and a pod of the shared claim), the malformed object in another.
+    # The malformed pod shares the volume, so the audit reads all of it; a malformed PV is read because the
+    # pods claim it.
+    replaced = obj["kind"] if isinstance(obj, dict) else None
+    good = [o for o in load_files([STORAGE]) if o["kind"] != replaced] + [_shop_pod(name="web-1")]
+    code, out, err = run(capsys, "-f", dump(tmp_path, good, name="good.json"), "-f", dump(tmp_path, [obj]),
+                         "-o", "json")
+    assert (code, out) == (2, "")
+    assert err.startswith("selinux-mount-agent audit: error: ") and err.endswith(f"{message}\n")
+    assert len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("content", ["", "\n  \n", "# nothing here\n", "---\n", "null\n"])
+def test_a_file_with_no_document_is_bad_input(capsys, tmp_path, content):
+    path = tmp_path / "empty.yaml"
+    path.write_text(content)
+    code, out, err = run(capsys, "-f", str(path))
+    assert (code, out) == (2, "")
+    assert err == f"selinux-mount-agent audit: error: {path}: no objects in the file: it is empty (a dump of a " \
+                  "cluster with nothing to list is a List with no items)\n"
+
+
+def test_an_empty_list_is_an_empty_report(capsys, tmp_path):
+    code, out, err = run(capsys, "-f", dump(tmp_path, []), "-o", "json")
+    assert (code, err) == (0, "")
+    document = json.loads(out)
+    assert document["conflicts"] == [] and document["workloads"] == [] and document["findings"] == []
+    assert document["summary"]["podsChecked"] == 0
+
+
+# --- several files, duplicates ---------------------------------------------------------------------------
+
+def test_the_same_file_twice_gives_the_report_of_once(capsys, tmp_path):
+    path = conflicting(tmp_path)
+    _, once, _ = run(capsys, "-f", path, "-o", "json")
+    code, twice, _ = run(capsys, "-f", path, "-f", path, "-o", "json")
+    assert code == 1 and twice == once
+    assert json.loads(twice)["summary"]["podsChecked"] == 3
+
+
+def test_pods_and_storage_in_two_files_read_like_one_merged_file(capsys, tmp_path):
+    pods = str(FIXTURES / "pods-two-nodes.yaml")
+    merged = tmp_path / "merged.yaml"
+    merged.write_text(Path(STORAGE).read_text() + "---\n" + Path(pods).read_text())
+    _, expected, _ = run(capsys, "-f", str(merged), "-o", "json")
+    code, out, _ = run(capsys, "-f", pods, "-f", STORAGE, "-o", "json")
+    assert code == 1 and out == expected and json.loads(out)["conflicts"]
+
+
+# --- cases named by the issue, from fixtures -------------------------------------------------------------
+
+def _report(capsys, *files, extra=()):
+    code, out, err = run(capsys, *[arg for f in files for arg in ("-f", str(FIXTURES / f))], "-o", "json", *extra)
+    assert err == ""
+    return code, json.loads(out)
+
+
+def test_pods_of_one_volume_on_different_nodes_still_conflict(capsys):
+    # The controller's key is the volume, cluster-wide: two nodes do not keep the pods apart for long, since
+    # either may be rescheduled next to the other.
+    code, report = _report(capsys, "storage.yaml", "pods-two-nodes.yaml")
+    assert code == 1
+    assert {(c["pod1"]["name"], c["pod2"]["name"]) for c in report["conflicts"]} == {
+        ("web-7f-a", "report-0"), ("report-0", "web-7f-a")}
+    verdicts = {(w["kind"], w["name"]): w["verdict"] for w in report["workloads"]}
+    assert verdicts == {("Deployment", "web"): "breaks", ("StatefulSet", "report"): "breaks"}
+    reasons = [r for w in report["workloads"] for r in w["reasons"]]
+    assert any("whichever starts second on a shared node" in r for r in reasons)
+    assert not any("same node now" in r for r in reasons)
+
+
+def test_container_t_next_to_no_type_is_no_conflict_for_either_view(capsys):
+    """The blind spot the issue names: `type: container_t` on one pod, no type on the other.
+
+    The controller compares raw options, and an empty type on one side is incomparable (PR #133425), so it
+    reports nothing. Filling in node defaults does not change that: kubelet's file label takes only user and
+    level from the pod (go-selinux InitLabels) and role and type from the node's `file` entry, so both pods get
+    system_u:object_r:container_file_t:s0:c1,c2 and kubelet sees one label too. No conflict, no finding, exit 0,
+    with any defaults file (it is the same for both pods)."""
+    for contexts in ("system-contexts", "staff-contexts"):
+        code, report = _report(capsys, "storage.yaml", "pods-container-t.yaml",
+                               extra=("--defaults-file", str(FIXTURES / contexts)))
+        assert code == 0
+        assert report["conflicts"] == [] and report["findings"] == []
+        assert {w["name"]: w["verdict"] for w in report["workloads"]} == {"typed": "ok", "untyped": "ok"}
+
+
+def test_spc_t_pod_sharing_a_volume_with_a_confined_pod_is_flagged(capsys):
+    code, report = _report(capsys, "storage.yaml", "pods-spc-t.yaml")
+    (finding,) = [f for f in report["findings"] if f["kind"] == "PrivilegedSharing"]
+    assert finding["pods"] == ["shop/backup-agent", "shop/app"]
+    assert "spc_t" in finding["message"]
+
+
+def test_defaults_file_changes_what_kubelet_compares(capsys):
+    # staff_u vs no user: with a node file label of system_u kubelet mounts two labels; with staff_u, one.
+    code, report = _report(capsys, "storage.yaml", "pods-user.yaml",
+                           extra=("--defaults-file", str(FIXTURES / "system-contexts")))
+    assert code == 1 and report["conflicts"] == []
+    assert [f["kind"] for f in report["findings"]] == ["KubeletOnlyConflict"]
+    code, report = _report(capsys, "storage.yaml", "pods-user.yaml",
+                           extra=("--defaults-file", str(FIXTURES / "staff-contexts")))
+    assert code == 0 and report["findings"] == []
+    assert {w["verdict"] for w in report["workloads"]} == {"ok"}
+
+
+def test_feature_gates_change_the_verdict(capsys):
+    # 1.36 enforces RWX volumes only with SELinuxMount, which is off there by default.
+    code, report = _report(capsys, "storage.yaml", "pods-two-nodes.yaml", extra=("--k8s-version", "1.36"))
+    assert code == 0 and {w["verdict"] for w in report["workloads"]} == {"conflicts"}
+    code, report = _report(capsys, "storage.yaml", "pods-two-nodes.yaml",
+                           extra=("--k8s-version", "1.36", "--feature-gates", "SELinuxMount=true"))
+    assert code == 1 and {w["verdict"] for w in report["workloads"]} == {"breaks"}
+    assert report["summary"]["featureGates"]["SELinuxMount"] is True

@@ -112,5 +112,127 @@ def test_index_keeps_an_empty_namespace_apart_from_default():
     claim = pvc("csi", "pv-csi", ["ReadWriteMany"], namespace="")
     cluster = Cluster([claim])
     assert ("", "csi") in cluster.pvcs and ("default", "csi") not in cluster.pvcs
-    with pytest.raises(InvalidManifest, match="without kind or metadata.name"):
+    with pytest.raises(InvalidManifest, match="^Pod: metadata must be an object, got string$"):
         Cluster([{"kind": "Pod", "metadata": "not an object"}])
+    with pytest.raises(InvalidManifest, match="without kind or metadata.name"):
+        Cluster([{"kind": "Pod", "metadata": {}}])
+
+
+# --- input shapes: a field of the wrong JSON type names the object and the field --------------------------
+
+def _spec(obj):
+    return obj["spec"]
+
+
+SHAPES = [
+    (lambda p: _spec(p).__setitem__("volumes", "vol"), "Pod ns/p: spec.volumes must be a list, got string"),
+    (lambda p: _spec(p)["volumes"].append("vol"), "Pod ns/p: spec.volumes[1] must be an object, got string"),
+    (lambda p: _spec(p)["volumes"][0].__setitem__("persistentVolumeClaim", ["csi"]),
+     "Pod ns/p: spec.volumes[0].persistentVolumeClaim must be an object, got list"),
+    (lambda p: _spec(p)["volumes"][0]["persistentVolumeClaim"].__setitem__("claimName", ["csi"]),
+     "Pod ns/p: spec.volumes[0].persistentVolumeClaim.claimName must be a string, got list"),
+    (lambda p: _spec(p)["volumes"][0].__setitem__("name", {"n": 1}),
+     "Pod ns/p: spec.volumes[0].name must be a string, got object"),
+    (lambda p: _spec(p).__setitem__("securityContext", "privileged"),
+     "Pod ns/p: spec.securityContext must be an object, got string"),
+    (lambda p: _spec(p).__setitem__("containers", {"name": "c"}),
+     "Pod ns/p: spec.containers must be a list, got object"),
+    (lambda p: _spec(p).__setitem__("containers", ["c"]), "Pod ns/p: spec.containers[0] must be an object, got string"),
+    (lambda p: _spec(p)["containers"][0].__setitem__("securityContext", []),
+     "Pod ns/p: spec.containers[0].securityContext must be an object, got list"),
+    (lambda p: _spec(p)["containers"][0].__setitem__("securityContext", {"privileged": "false"}),
+     "Pod ns/p: spec.containers[0].securityContext.privileged must be a boolean, got string"),
+    (lambda p: _spec(p)["containers"][0].__setitem__("volumeMounts", "vol"),
+     "Pod ns/p: spec.containers[0].volumeMounts must be a list, got string"),
+    (lambda p: _spec(p)["containers"][0]["volumeMounts"].insert(0, 7),
+     "Pod ns/p: spec.containers[0].volumeMounts[0] must be an object, got number"),
+    (lambda p: _spec(p)["containers"][0]["volumeMounts"][0].__setitem__("readOnly", "yes"),
+     "Pod ns/p: spec.containers[0].volumeMounts[0].readOnly must be a boolean, got string"),
+    (lambda p: _spec(p).__setitem__("initContainers", [{"name": 5}]),
+     "Pod ns/p: spec.initContainers[0].name must be a string, got number"),
+    (lambda p: p["metadata"].__setitem__("ownerReferences", {"kind": "Job"}),
+     "Pod ns/p: metadata.ownerReferences must be a list, got object"),
+    (lambda p: p["metadata"].__setitem__("ownerReferences", [{"kind": "Job", "name": "j", "controller": "yes"}]),
+     "Pod ns/p: metadata.ownerReferences[0].controller must be a boolean, got string"),
+    (lambda p: p["metadata"].__setitem__("labels", ["app"]), "Pod ns/p: metadata.labels must be an object, got list"),
+    (lambda p: p.__setitem__("status", "Running"), "Pod ns/p: status must be an object, got string"),
+    (lambda p: p.__setitem__("status", {"phase": 1}), "Pod ns/p: status.phase must be a string, got number"),
+    (lambda p: _spec(p).__setitem__("nodeName", ["n1"]), "Pod ns/p: spec.nodeName must be a string, got list"),
+    (lambda p: p.__setitem__("spec", []), "Pod ns/p: spec must be an object, got list"),
+]
+
+
+@pytest.mark.parametrize("mutate, message", SHAPES)
+def test_malformed_pod_fields_are_named(mutate, message):
+    obj = pod(volumes=[{"name": "vol", "persistentVolumeClaim": {"claimName": "csi"}}])
+    mutate(obj)
+    with pytest.raises(InvalidManifest) as err:
+        Cluster(storage()).resolve_pod(obj)
+    assert str(err.value) == message
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda o: o["pv"].__setitem__("spec", "csi"), "PersistentVolume pv-csi: spec must be an object, got string"),
+    (lambda o: o["pv"]["spec"].__setitem__("csi", "csi.example.com"),
+     "PersistentVolume pv-csi: spec.csi must be an object, got string"),
+    (lambda o: o["pv"]["spec"].__setitem__("accessModes", "ReadWriteMany"),
+     "PersistentVolume pv-csi: spec.accessModes must be a list, got string"),
+    (lambda o: o["pv"]["spec"]["csi"].__setitem__("volumeHandle", 3),
+     "PersistentVolume pv-csi: spec.csi.volumeHandle must be a string, got number"),
+    (lambda o: o["pvc"].__setitem__("spec", ["pv-csi"]),
+     "PersistentVolumeClaim ns/csi: spec must be an object, got list"),
+    (lambda o: o["pvc"]["spec"].__setitem__("volumeName", ["pv-csi"]),
+     "PersistentVolumeClaim ns/csi: spec.volumeName must be a string, got list"),
+    (lambda o: o["driver"].__setitem__("spec", True), f"CSIDriver {DRIVER}: spec must be an object, got boolean"),
+])
+def test_malformed_storage_fields_are_named(mutate, message):
+    objects = storage()
+    mutate({"pv": next(o for o in objects if o["metadata"]["name"] == "pv-csi"),
+            "pvc": next(o for o in objects if o["metadata"]["name"] == "csi"),
+            "driver": objects[0]})
+    cluster = Cluster(objects)
+    obj = pod(volumes=[{"name": "vol", "persistentVolumeClaim": {"claimName": "csi"}}])
+    with pytest.raises(InvalidManifest) as first_pass:
+        cluster.claimed_volumes(obj)
+        cluster.resolve_pod(obj)  # a CSIDriver is read only here
+    assert str(first_pass.value) == message
+
+
+def test_a_volumes_string_is_not_read_as_its_letters():
+    # Iterated, "vol" would be three volume entries named by their letters.
+    cluster = Cluster(storage())
+    obj = pod()
+    obj["spec"]["volumes"] = "vol"
+    with pytest.raises(InvalidManifest, match="spec.volumes must be a list, got string"):
+        cluster.claimed_volumes(obj)
+
+
+@pytest.mark.parametrize("obj, message", [
+    ({"kind": "Pod", "metadata": {"name": ["p"]}}, "Pod: metadata.name must be a string, got list"),
+    ({"kind": "Pod", "metadata": {"name": "p", "namespace": 1}},
+     "Pod p: metadata.namespace must be a string, got number"),
+    ({"kind": ["Pod"], "metadata": {"name": "p"}}, "object: kind must be a string, got list"),
+    ({"kind": "Pod", "metadata": {"name": "p", "uid": 1}}, "Pod default/p: metadata.uid must be a string, got number"),
+    ("Pod", "expected a Kubernetes object, got string"),
+])
+def test_malformed_envelopes_are_named(obj, message):
+    with pytest.raises(InvalidManifest) as err:
+        Cluster([obj])
+    assert str(err.value) == message
+
+
+def test_well_formed_pods_read_as_before():
+    # Absent and null fields read as empty, as the API serves them.
+    obj = pod(volumes=[{"name": "vol", "persistentVolumeClaim": {"claimName": "csi"}}])
+    obj["spec"].update(initContainers=None, ephemeralContainers=None, nodeName=None)
+    obj["metadata"].update(labels=None, ownerReferences=None)
+    obj["spec"]["containers"][0].update(securityContext=None, volumeDevices=None)
+    facts = Cluster(storage()).resolve_pod(obj)
+    assert facts.node_name == "" and facts.owners == () and facts.labels == {}
+    assert [v.name for v in facts.volumes] == ["vol"]
+
+
+def test_duplicates_are_indexed_once_the_last_copy_in_the_first_place():
+    first, other, again = pod(name="a"), pod(name="b"), pod(name="a", policy="Recursive")
+    cluster = Cluster([first, other, again])
+    assert cluster.pods == [again, other]

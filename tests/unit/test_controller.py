@@ -223,3 +223,133 @@ def test_live_model_agrees_with_the_offline_audit():
     expected = audit(Cluster(storage + pods[:3] + pods[4:]), gates, BUILTIN_DEFAULTS)
     assert {conflict_key(c) for c in model.all_conflicts()} == {conflict_key(c) for c in expected.conflicts}
     assert expected.conflicts
+
+
+# --- malformed objects, conflicts per volume, re-evaluating only dependent pods -------------------------
+
+def _model():
+    model = ConflictModel(gates_mod.resolve("1.37"), BUILTIN_DEFAULTS)
+    model.replace("CSIDriver", [csidriver()])
+    model.replace("PersistentVolume", [pv(modes=["ReadWriteMany"])])
+    model.replace("PersistentVolumeClaim", [pvc(modes=["ReadWriteMany"])])
+    return model
+
+
+def _malformed():
+    volumes_string = pod(name="s")
+    volumes_string["spec"]["volumes"] = "vol"
+    entry_string = pod(name="e")
+    entry_string["spec"]["volumes"].append("vol")
+    context_string = pod(name="c")
+    context_string["spec"]["securityContext"] = "restricted"
+    status_string = pod(name="t")
+    status_string["status"] = "Running"
+    return [{"kind": "Pod", "metadata": "x"}, {"kind": "Pod", "metadata": {"name": ["n"]}}, volumes_string,
+            entry_string, context_string, status_string]
+
+
+def test_malformed_pods_are_logged_and_left_out(caplog):
+    model = _model()
+    model.replace("Pod", [pod(name="a")] + _malformed())
+    for obj in _malformed():
+        model.apply("Pod", "ADDED", obj)
+    model.apply("Pod", "ADDED", pod(name="b", options={"level": "s0:c9"}))
+    assert {c.pod.name for c in model.all_conflicts()} == {"a", "b"}
+    assert model.unresolved == {
+        "ns/s": "Pod ns/s: spec.volumes must be a list, got string",
+        "ns/e": "Pod ns/e: spec.volumes[1] must be an object, got string",
+        "ns/c": "Pod ns/c: spec.securityContext must be an object, got string",
+        "ns/t": "Pod ns/t: status must be an object, got string"}
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "ignoring a listed Pod that cannot be read: Pod: metadata must be an object, got string" in warnings
+    assert "ignoring a Pod event for an object that cannot be read: Pod: metadata.name must be a string, got " \
+           "list" in warnings
+
+
+def test_malformed_storage_is_left_out_and_its_pods_wait():
+    model = _model()
+    model.replace("Pod", [pod(name="a"), pod(name="b", options={"level": "s0:c9"})])
+    broken = pv(modes=["ReadWriteMany"])
+    broken["spec"] = ["csi"]
+    model.apply("PersistentVolume", "MODIFIED", broken)
+    assert model.all_conflicts() == []
+    assert model.unresolved["ns/a"] == "PersistentVolume pv1: spec must be an object, got list"
+    model.apply("PersistentVolume", "MODIFIED", {"metadata": "pv1"})  # not even a name: ignored
+    model.apply("PersistentVolume", "MODIFIED", pv(modes=["ReadWriteMany"]))
+    assert len(model.all_conflicts()) == 2 and model.unresolved == {}
+
+
+def test_a_malformed_pod_on_the_api_does_not_stop_the_controller(api, kubeconfig):
+    for obj in _malformed()[2:]:
+        api.put(obj)
+    api.put(pod(name="a"))
+    api.put(pod(name="b", options={"level": "s0:c9"}))
+    controller, thread = start(kubeconfig)
+    try:
+        assert wait_for(lambda: len(api.events) == 2)
+        assert sorted(e["involvedObject"]["name"] for e in api.events) == ["a", "b"]
+        assert set(controller.model.unresolved) == {"ns/s", "ns/e", "ns/c", "ns/t"}
+        assert controller.errors == 0
+    finally:
+        controller.stop()
+        thread.join(5)
+
+
+def test_one_pair_on_two_volumes_is_two_conflicts_and_two_events(api, kubeconfig):
+    from agent.controller import conflict_key
+
+    api.put(pv(name="pv2", modes=["ReadWriteMany"]))
+    api.put(pvc(name="claim2", volume="pv2", modes=["ReadWriteMany"]))
+    volumes = [{"name": "vol", "persistentVolumeClaim": {"claimName": "claim"}},
+               {"name": "vol2", "persistentVolumeClaim": {"claimName": "claim2"}}]
+    api.put(pod(name="a", volumes=volumes))
+    api.put(pod(name="b", volumes=volumes, options={"level": "s0:c9"}))
+    controller, thread = start(kubeconfig)
+    try:
+        assert wait_for(lambda: len(api.events) == 4)
+        time.sleep(0.3)
+        assert sorted(e["involvedObject"]["name"] for e in api.events) == ["a", "a", "b", "b"]
+        conflicts = controller.model.all_conflicts()
+        assert len({conflict_key(c) for c in conflicts}) == len(conflicts) == 4
+        assert len({c.volume for c in conflicts}) == 2
+    finally:
+        controller.stop()
+        thread.join(5)
+
+
+def test_storage_changes_reevaluate_only_the_pods_that_use_them():
+    model = ConflictModel(gates_mod.resolve("1.37"), BUILTIN_DEFAULTS)
+    other_driver = csidriver("other.example.com")
+    other_pv = pv(name="pv2", modes=["ReadWriteMany"])
+    other_pv["spec"]["csi"]["driver"] = "other.example.com"
+    model.replace("CSIDriver", [csidriver(), other_driver])
+    model.replace("PersistentVolume", [pv(modes=["ReadWriteMany"]), other_pv])
+    model.replace("PersistentVolumeClaim", [pvc(modes=["ReadWriteMany"]),
+                                            pvc(name="claim2", volume="pv2", modes=["ReadWriteMany"])])
+    on_second = [{"name": "vol", "persistentVolumeClaim": {"claimName": "claim2"}}]
+    model.replace("Pod", [pod(name=f"p{i}", options={"level": f"s0:c{i % 2}"}) for i in range(20)] +
+                  [pod(name="q0", volumes=on_second), pod(name="q1", volumes=on_second, options={"level": "s0:c9"})])
+
+    def evaluations(kind, obj, event="MODIFIED"):
+        before = model.evaluations
+        model.apply(kind, event, obj)
+        return model.evaluations - before
+
+    assert evaluations("PersistentVolumeClaim", pvc(name="claim2", volume="pv2", modes=["ReadWriteMany"])) == 2
+    assert evaluations("PersistentVolume", other_pv) == 2
+    assert evaluations("CSIDriver", csidriver("other.example.com", se_linux_mount=False)) == 2
+    assert not any(c.pod.name.startswith("q") for c in model.all_conflicts())
+    assert evaluations("CSIDriver", csidriver()) == 20
+    assert evaluations("CSIDriver", csidriver("unused.example.com"), "ADDED") == 0
+    assert evaluations("PersistentVolume", pv(modes=["ReadWriteMany"]), "DELETED") == 20
+    assert len(model.unresolved) == 20 and model.all_conflicts() == []
+    # The PV comes back: the pods that waited for it, and only those, are evaluated again.
+    assert evaluations("PersistentVolume", pv(modes=["ReadWriteMany"]), "ADDED") == 20
+    assert model.unresolved == {} and len(model.all_conflicts()) == 200
+    # A relist that changes nothing evaluates nothing; one that changes one claim, that claim's pods.
+    before = model.evaluations
+    model.replace("PersistentVolumeClaim", [pvc(modes=["ReadWriteMany"]),
+                                            pvc(name="claim2", volume="pv2", modes=["ReadWriteMany"])])
+    assert model.evaluations == before
+    model.replace("PersistentVolumeClaim", [pvc(modes=["ReadWriteMany"])])
+    assert model.evaluations == before + 2 and set(model.unresolved) == {"ns/q0", "ns/q1"}
