@@ -348,6 +348,13 @@ static int is_fatal(int err)
     return err == EROFS || err == ENOTSUP;
 }
 
+/* Whether another error path may be kept: any among the first MAX_SAMPLES, beyond them only `beyond_first`
+ * ones (the first of an errno, or the fatal error's). */
+static int sample_room(const struct walk *w, int beyond_first)
+{
+    return w->nsamples < MAX_SAMPLES || (beyond_first && w->nsamples < MAX_SAMPLES + MAX_EXTRA_SAMPLES);
+}
+
 /* An error on `name` in directory `node` (name NULL: on node itself); `dev` is the filesystem it happened
  * on, which decides whether EROFS/ENOTSUP stop the walk (the volume's own filesystem) or not (a mount
  * below it, entered because one_file_system is off). */
@@ -359,15 +366,14 @@ static void record_error_on(struct walk *w, int err, const char *op, struct node
         atomic_fetch_add_explicit(&w->by_errno[err > 0 && err < ERRNO_SLOTS ? err : 0], 1, memory_order_relaxed);
     int fatal = (w->flags & F_ABORT_FATAL) && is_fatal(err) && dev == w->root_dev;
     /* Past MAX_SAMPLES only the first path of an errno not seen before is kept, so every count has a path. */
-    int room = w->nsamples < MAX_SAMPLES || (before == 0 && w->nsamples < MAX_SAMPLES + MAX_EXTRA_SAMPLES);
-    if (!fatal && !room)
+    if (!fatal && !sample_room(w, before == 0))
         return;
     pthread_mutex_lock(&w->errlock);
     if (fatal && !w->fatal_errno) {
         w->fatal_errno = err;
         atomic_store(&w->cancel, 1);
     }
-    if (w->nsamples < MAX_SAMPLES || (w->nsamples < MAX_SAMPLES + MAX_EXTRA_SAMPLES && (before == 0 || fatal))) {
+    if (sample_room(w, before == 0 || fatal)) {
         struct sample *s = &w->samples[w->nsamples];
         s->path = node ? node_path(node, name, &s->pathlen) : NULL;
         if (!node && name) {
@@ -870,21 +876,14 @@ static int process_entry(struct walk *w, struct tally *t, struct node *node, int
     }
     if (type == DT_DIR)
         return 1;
-    if (have_st && st.st_dev != node->dev) {
-        /* A file mount point (a bind-mounted file): another filesystem, like a mounted directory. */
-        if (w->flags & F_ONE_FS) {
-            t->other_fs++;
-            return 0;
-        }
-        t->seen++;
-        if (label_entry_on(w, t, dirfd, node, name, st.st_dev) < 0)
-            return 0;
-        if (w->gid >= 0)
-            own_entry(w, t, dirfd, node, name, &st);
+    /* A file on another filesystem than its directory is a file mount point (a bind-mounted file). */
+    dev_t dev = have_st ? st.st_dev : node->dev;
+    if (dev != node->dev && (w->flags & F_ONE_FS)) {
+        t->other_fs++;
         return 0;
     }
     t->seen++;
-    if (label_entry(w, t, dirfd, node, name) < 0)
+    if (label_entry_on(w, t, dirfd, node, name, dev) < 0)
         return 0;
     if (w->gid >= 0 && have_st)
         own_entry(w, t, dirfd, node, name, &st);
@@ -1064,12 +1063,11 @@ static void open_dir(struct walk *w, struct tally *t, struct node *parent, const
         if (err == ENOENT) {
             t->vanished++;
         } else {
-            if (err == ELOOP || err == ENOTDIR) {
-                /* Replaced by a symlink or a file since it was listed: label what is there now, never follow. */
-            } else {
-                /* Cannot enter it (EACCES...): still label (and own) the directory itself by name. */
+            /* ELOOP/ENOTDIR: replaced by a symlink or a file since it was listed, so label what is there now,
+             * never following it. Anything else (EACCES...): it cannot be entered, but the directory itself is
+             * still labelled (and owned) by name. */
+            if (err != ELOOP && err != ENOTDIR)
                 record_error(w, err, "open", parent, name);
-            }
             t->seen++;
             struct stat est;
             if (label_entry(w, t, pfd, parent, name) == 0 && w->gid >= 0 &&
