@@ -23,7 +23,7 @@ import yaml
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from agent import host
-from agent.avc.applied import AppliedLevels, PublishNotifier
+from agent.avc.applied import AppliedLevels
 from agent.errors import InvalidInput
 from agent.kubeapi import KUBE_API_CHOICES
 from agent.metrics import NodeMetrics
@@ -290,7 +290,7 @@ class CSIComponent(Component):
     def start(self) -> None:
         from csi_shim.server import build_server
 
-        server = build_server(self.shim_config, PublishNotifier(self.metrics, self.levels.sync))
+        server = build_server(self.shim_config, self.metrics, on_publish=self.levels.sync)
         self.levels.watch(server.state)  # the records recovered from before a restart count too
         self.server = server.start()
 

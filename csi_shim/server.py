@@ -45,13 +45,27 @@ class ErrorMapping(grpc.ServerInterceptor):
     """Every unary handler runs inside this: typed errors become their status, anything else INTERNAL with
     the traceback in the log. Handlers never build status codes themselves. Requests are never logged whole:
     CSI secrets and mount flags may be sensitive (CSI spec, "csi_secret"). With metrics, it also records each
-    call's latency and status, and the context mounts kubelet would count as admitted or refused."""
+    call's latency and status, and the context mounts kubelet would count as admitted or refused. `on_publish`
+    is called after every NodePublishVolume and NodeUnpublishVolume, when the state holds the call's outcome;
+    its failure is logged and never fails the call."""
 
-    def __init__(self, metrics=None, driver_name: str = ""):
+    PUBLISH_CALLS = frozenset({"NodePublishVolume", "NodeUnpublishVolume"})
+
+    def __init__(self, metrics=None, driver_name: str = "", on_publish=None):
         self.metrics = metrics
         self.plugin = f"kubernetes.io/csi/{driver_name}"
+        self.on_publish = on_publish
+
+    def _notify(self, method: str) -> None:
+        if self.on_publish is None or method not in self.PUBLISH_CALLS:
+            return
+        try:
+            self.on_publish()
+        except Exception:  # noqa: BLE001 - a listener must not fail a mount
+            log.exception("the listener for %s failed", method)
 
     def _record(self, method: str, request, code: grpc.StatusCode, error, started: float) -> None:
+        self._notify(method)
         if self.metrics is None:
             return
         self.metrics.observe_csi(method, code.name, time.monotonic() - started)
@@ -132,7 +146,7 @@ def _prepare_socket(path: str) -> None:
 
 
 class ShimServer:
-    def __init__(self, config: ShimConfig, metrics=None):
+    def __init__(self, config: ShimConfig, metrics=None, on_publish=None):
         self.config = config
         self.metrics = metrics
         problem = None if config.proxy else validate.topology_value_problem(config.node_id)
@@ -144,7 +158,7 @@ class ShimServer:
         self.recovery_notes = recover(self.state, config)
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.max_workers,
                                                              thread_name_prefix="csi"),
-                                  interceptors=[ErrorMapping(metrics, config.driver_name)])
+                                  interceptors=[ErrorMapping(metrics, config.driver_name, on_publish)])
         self.proxy = None
         if config.proxy:
             from csi_shim.proxy import Proxy
@@ -184,7 +198,8 @@ class ShimServer:
         self.server.wait_for_termination()
 
 
-def build_server(config: ShimConfig, metrics=None) -> ShimServer:
+def build_server(config: ShimConfig, metrics=None, on_publish=None) -> ShimServer:
     """The shim for these settings, state recovered, socket bound, not yet serving. `metrics` (an
-    agent.metrics.NodeMetrics) receives what the shim does; None records nothing."""
-    return ShimServer(config, metrics)
+    agent.metrics.NodeMetrics) receives what the shim does; None records nothing. `on_publish()` runs after
+    each NodePublishVolume and NodeUnpublishVolume (see ErrorMapping)."""
+    return ShimServer(config, metrics, on_publish)

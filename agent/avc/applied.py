@@ -14,7 +14,6 @@ the same pod at the same level.
 from __future__ import annotations
 
 import functools
-import logging
 import threading
 from typing import Mapping
 
@@ -22,8 +21,6 @@ from agent.avc.attribution import PodRef
 from agent.errors import InvalidLabel
 from agent.label import Label
 from csi_shim.state import DONE
-
-log = logging.getLogger(__name__)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -88,28 +85,3 @@ class AppliedLevels:
     def __len__(self) -> int:
         return len(self._given)
 
-
-class PublishNotifier:
-    """The metrics object the CSI server records into, passed on unchanged, which also calls `on_publish`
-    after every NodePublishVolume and NodeUnpublishVolume.
-
-    The server takes one object of ours, its metrics; its interceptor reports each call after the handler
-    returned, so the state already holds the call's outcome. A failing `on_publish` is logged and never
-    turns a finished CSI call into an error."""
-
-    CALLS = frozenset({"NodePublishVolume", "NodeUnpublishVolume"})
-
-    def __init__(self, metrics, on_publish):
-        self._metrics = metrics
-        self._on_publish = on_publish
-
-    def __getattr__(self, name):
-        return getattr(self._metrics, name)
-
-    def observe_csi(self, method: str, code: str, seconds: float) -> None:
-        self._metrics.observe_csi(method, code, seconds)
-        if method in self.CALLS:
-            try:
-                self._on_publish()
-            except Exception:  # noqa: BLE001 - attribution must not fail a mount
-                log.exception("updating the levels applied to volumes after %s failed", method)

@@ -239,20 +239,16 @@ def published_record(label, pod, status="done"):
 def test_levels_of_published_volumes_follow_the_csi_state(tmp_path):
     """AppliedLevels over a real shim State: publishes add their level, unpublishes remove it, a level shared
     by two pods names neither, and a pending or unlabelled publish counts for nothing."""
-    from agent.avc.applied import AppliedLevels, PublishNotifier
+    from agent.avc.applied import AppliedLevels
     from agent.avc.attribution import Attributor
     from agent.avc.records import parse_lines
-    from agent.metrics import NodeMetrics
     from csi_shim.state import State
-    from prometheus_client import CollectorRegistry
 
     state = State(str(tmp_path / "csi" / "csi-state.json"))
     attributor = Attributor(proc_root=str(tmp_path / "proc"))
     levels = AppliedLevels()
     levels.feed(attributor)
     levels.watch(state)
-    registry = CollectorRegistry()
-    notifier = PublishNotifier(NodeMetrics(registry), levels.sync)
     [gone] = parse_lines([
         'type=AVC msg=audit(1700000000.123:1): avc:  denied  { read } for  pid=999999 comm="cat" '
         'scontext=system_u:system_r:container_t:s0:c4,c9 tcontext=system_u:object_r:etc_t:s0 tclass=file '
@@ -261,12 +257,12 @@ def test_levels_of_published_volumes_follow_the_csi_state(tmp_path):
     def publish(target, record):
         with state.change():
             state.published[target] = record
-        notifier.observe_csi("NodePublishVolume", "OK", 0.01)
+        levels.sync()  # what the shim's on_publish does after the call
 
     def unpublish(target):
         with state.change():
             state.published.pop(target)
-        notifier.observe_csi("NodeUnpublishVolume", "OK", 0.01)
+        levels.sync()
 
     publish("/pods/a/1", published_record(LABEL_AT_C4_C9, ("shop", "web-1"), status="pending"))
     publish("/pods/b/1", published_record(None, ("shop", "db-0")))
@@ -282,25 +278,30 @@ def test_levels_of_published_volumes_follow_the_csi_state(tmp_path):
     unpublish("/pods/c/1")
     unpublish("/pods/a/2")
     assert attributor.attribute(gone).reason == "pid_gone" and len(levels) == 0
-    assert registry.get_sample_value("selinux_mount_agent_csi_request_duration_seconds_count",
-                                     {"method": "NodePublishVolume", "code": "OK"}) == 5  # metrics still recorded
     state.close()
 
 
 def test_a_failing_level_update_does_not_fail_the_csi_call():
-    from agent.avc.applied import PublishNotifier
+    """The shim's on_publish runs after publish and unpublish only; its failure is logged, and the call's
+    metrics are still recorded."""
+    import grpc
 
-    seen = []
+    from csi_shim.server import ErrorMapping
+
+    seen, calls = [], []
 
     class Metrics:
         def observe_csi(self, method, code, seconds):
             seen.append(method)
 
     def broken():
+        calls.append(1)
         raise RuntimeError("bug")
 
-    PublishNotifier(Metrics(), broken).observe_csi("NodePublishVolume", "OK", 0.01)
-    assert seen == ["NodePublishVolume"]
+    mapping = ErrorMapping(Metrics(), "x", on_publish=broken)
+    for method in ("NodePublishVolume", "NodeGetCapabilities", "NodeUnpublishVolume"):
+        mapping._record(method, None, grpc.StatusCode.OK, None, 0.0)
+    assert seen == ["NodePublishVolume", "NodeGetCapabilities", "NodeUnpublishVolume"] and len(calls) == 2
 
 
 @pytest.mark.root
