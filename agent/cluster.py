@@ -470,17 +470,17 @@ class Cluster:
         for volume in volumes:
             if not isinstance(volume, dict):
                 continue
-            if "persistentVolumeClaim" in volume:
-                claim = _get(volume, "persistentVolumeClaim", "claimName")
-            elif "ephemeral" in volume:
-                claim = f"{meta.get('name')}-{volume.get('name')}"
-            else:
+            if "persistentVolumeClaim" not in volume and "ephemeral" not in volume:
                 driver = _get(volume, "csi", "driver") if "csi" in volume else None
                 driver = driver or next((MIGRATED_TO_CSI[key] for key in volume if key in MIGRATED_TO_CSI), None)
                 if isinstance(driver, str):
                     keys.add(("CSIDriver", driver))
                 continue
-            if not isinstance(claim, str):
+            try:
+                claim = _volume_claim(pod, volumes, volume)[0]
+            except InvalidManifest:
+                continue  # a malformed claim reference: no storage object can make the pod resolve
+            if not claim:
                 continue
             keys.add(("PersistentVolumeClaim", (namespace, claim)))
             pv_name = _get(self.pvcs.get((namespace, claim)), "spec", "volumeName")
