@@ -58,16 +58,16 @@ def _build_extensions(tree: Path) -> None:
     shutil.rmtree(tree / "build", ignore_errors=True)
 
 
-# Python packages Debian's guest ships too old for the checked-in CSI stubs (protobuf >= 7, grpcio >= 1.85),
-# copied from the host's venv (same Python 3.11, same glibc) into .vm-run/site, which run-tests puts first on
-# PYTHONPATH.
-GUEST_SITE_PACKAGES = ("grpc", "google/protobuf", "google/_upb")
+# Python packages Debian's guest ships too old for the checked-in CSI stubs (protobuf >= 7, grpcio >= 1.85) and
+# for the audit reader (pyroute2 0.9's socket core; bookworm has 0.7), copied from the host's venv (same Python
+# 3.11, same glibc) into .vm-run/site, which run-tests puts first on PYTHONPATH.
+GUEST_SITE_PACKAGES = ("grpc", "google/protobuf", "google/_upb", "pyroute2")
 
 
 def _site_packages(site: Path) -> None:
     venv_python = PROJECT / ".venv/bin/python"
     if not venv_python.exists():
-        print("== disks: no .venv; the guest uses its own grpcio/protobuf", flush=True)
+        print("== disks: no .venv; the guest uses its own grpcio, protobuf and pyroute2", flush=True)
         return
     found = subprocess.run([str(venv_python), "-c", "import os, grpc, google.protobuf; "
                             "print(os.path.dirname(os.path.dirname(grpc.__file__)))"],
