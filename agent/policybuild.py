@@ -8,7 +8,10 @@
   administrator's local ones. A CIL module that inherits the `container` template also needs
   container-selinux's `base_container.cil`, which is installed beside it when present.
 - semodule's exit status alone is not trusted (selinuxd issue #44 reports success on failure): the result is
-  checked in `semodule -lfull`.
+  checked in `semodule -lfull`, and the copy the store now holds at that priority is extracted
+  (`semodule -X PRIORITY -E NAME`) and compared byte for byte with the file given. A listing alone cannot
+  tell an older module of the same name and priority from the new one, and the checksum `semodule -lfull -m`
+  prints is not the file's SHA-256, so it cannot be compared with the file.
 
 Tools are run with an argument list, never a shell, and every file name is derived from a validated module
 name.
@@ -20,6 +23,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,9 +172,33 @@ def install(path: Path, priority: int = DEFAULT_PRIORITY, selinuxfs: str = SELIN
         raise _failure(result, f"semodule -i {path.name}")
     for module in installed_modules():
         if module.name == name and module.priority == priority:
+            if _extract(name, priority) != path.read_bytes():
+                raise PolicyBuildError(f"semodule reported success but the {name} module installed at priority "
+                                       f"{priority} is not {path} (an older copy is still in place)")
             return module
     raise PolicyBuildError(f"semodule reported success but {name} is not listed at priority {priority} "
                            "in `semodule -lfull`")
+
+
+def installed_copy(name: str, priority: int) -> bytes:
+    """The module file the store holds for `name` at `priority`, as installed (`semodule -X P -E NAME`)."""
+    validate_module_name(name)
+    # Asked for a priority that lacks the module, semodule 3.4 fails and later versions extract the highest
+    # priority's copy instead; neither is the copy asked for, so the listing is checked first.
+    if not any(m.name == name and m.priority == priority for m in installed_modules()):
+        raise PolicyBuildError(f"{name} is not installed at priority {priority}")
+    return _extract(name, priority)
+
+
+def _extract(name: str, priority: int) -> bytes:
+    with tempfile.TemporaryDirectory(prefix="sma-extract-") as directory:
+        result = _run([_tool("semodule"), "-X", str(priority), "-E", name], cwd=Path(directory))
+        if result.returncode != 0:
+            raise _failure(result, f"semodule -E {name}")
+        extracted = [entry for entry in Path(directory).iterdir() if entry.is_file()]
+        if len(extracted) != 1:
+            raise PolicyBuildError(f"semodule -E {name} wrote {len(extracted)} files, expected one")
+        return extracted[0].read_bytes()
 
 
 def remove(name: str, priority: int = DEFAULT_PRIORITY) -> None:

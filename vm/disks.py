@@ -62,6 +62,7 @@ def _build_extensions(tree: Path) -> None:
 # for the audit reader (pyroute2 0.9's socket core; bookworm has 0.7), copied from the host's venv (same Python
 # 3.11, same glibc) into .vm-run/site, which run-tests puts first on PYTHONPATH.
 GUEST_SITE_PACKAGES = ("grpc", "google/protobuf", "google/_upb", "pyroute2")
+UDICA_TEMPLATES = "usr/share/udica/templates"  # below site-packages: udica's absolute data_files land there
 
 
 def _site_packages(site: Path) -> None:
@@ -79,6 +80,10 @@ def _site_packages(site: Path) -> None:
     for name in GUEST_SITE_PACKAGES:
         if (root / name).is_dir():
             shutil.copytree(root / name, site / name, ignore=shutil.ignore_patterns("__pycache__"))
+    # container-selinux's CIL templates as udica 0.2.2 (a test extra) installs them; run-tests points
+    # SMA_UDICA_TEMPLATES here for the generated-CIL test.
+    if (root / UDICA_TEMPLATES / "base_container.cil").is_file():
+        shutil.copytree(root / UDICA_TEMPLATES, site.parent / "udica-templates")
     # A regular package that also extends its path, so that it is found before Debian's `google`.
     (site / "google" / "__init__.py").write_text("__path__ = __import__('pkgutil').extend_path(__path__, __name__)\n")
 

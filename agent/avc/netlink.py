@@ -225,34 +225,40 @@ class AuditNetlinkSource:
     # -- the reader thread --------------------------------------------------------------------------------
 
     def _read(self, ready: queue.Queue) -> None:
+        """The reader thread: make and bind the socket, say so on `ready`, then run its loop until stopped."""
+        sock = None
+        announced = False
         try:
-            sock = AuditSocket(self.counters, self._hand_over, self.rcvbuf)
-            sock.socket  # pyroute2 makes the socket on first use: make it here, where a failure is named
-        except OSError as err:
-            ready.put(_unavailable(err, "create the audit netlink socket"))
-            return
-        loop = None
-        try:
+            try:
+                sock = AuditSocket(self.counters, self._hand_over, self.rcvbuf)
+                sock.fileno()  # pyroute2 makes the socket on first use: make it here, where a failure is named
+            except OSError as err:
+                raise AuditUnavailable(_reason(err, "create the audit netlink socket")) from err
             loop = sock.event_loop
             try:
                 sock.grow_receive_buffer(self.rcvbuf)
                 loop.run_until_complete(sock.bind())
-                self.receive_buffer, self.port = sock.receive_buffer, sock.port
             except OSError as err:
-                ready.put(_unavailable(err, "join the audit multicast group"))
-                return
+                raise AuditUnavailable(_reason(err, "join the audit multicast group")) from err
+            self.receive_buffer, self.port = sock.receive_buffer, sock.port
             stopped = asyncio.Event()
             self._wake = lambda: loop.call_soon_threadsafe(stopped.set)
             if self._stop.is_set():
                 stopped.set()
             ready.put(None)
+            announced = True
             loop.run_until_complete(stopped.wait())
-        except BaseException as err:  # noqa: BLE001 - reaches the consumer as the end of the stream
-            self._put_blocking(err)
+        except BaseException as err:  # noqa: BLE001 - raised in open(), or in the consumer as the stream's end
+            if announced:
+                self._put_blocking(err)
+            else:
+                ready.put(err)
         finally:
             self._wake = None
-            sock.close()
-            self._put_blocking(None)  # end of stream
+            if sock is not None:
+                sock.close()
+            if announced:
+                self._put_blocking(None)  # end of stream
 
     def _hand_over(self, batch: list) -> None:
         self._put_blocking(batch)
@@ -312,12 +318,6 @@ class AuditNetlinkSource:
 
     def __exit__(self, *exc):
         self.close()
-
-
-def _unavailable(err: OSError, step: str) -> AuditUnavailable:
-    failure = AuditUnavailable(_reason(err, step))
-    failure.__cause__ = err
-    return failure
 
 
 def _reason(err: OSError, step: str) -> str:

@@ -241,10 +241,11 @@ class ConfinedRunner:
             self.entrypoints[name] = copy
         return self.entrypoints[name]
 
-    def run(self, level: str, program: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    def run(self, level: str, program: str, *args: str, timeout: float = 60,
+            domain: str = CONTAINER_DOMAIN) -> subprocess.CompletedProcess:
         entrypoint = self._entrypoint(program)
         argv = [str(entrypoint), program, *args] if self.busybox else [str(entrypoint), *args]
-        return subprocess.run(["runcon", f"{CONTAINER_DOMAIN}:{level}", *argv],
+        return subprocess.run(["runcon", f"{domain}:{level}", *argv],
                               input="", capture_output=True, text=True, timeout=timeout)
 
 

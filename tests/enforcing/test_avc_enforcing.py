@@ -7,7 +7,12 @@ Two files are read from `container_t:s0:c1,c2` (the "pod" `enforce-test/reader`)
 - one at `container_file_t:s0:c3,c4`: another pod's categories. That is an MCS constraint violation; no
   allow rule can fix it, and the generator must say so instead of writing a rule;
 - one at `user_home_t:s0`: a type the container domain has no TE access to, at a level it dominates. Here
-  the audit2allow loop works: denials → module → install → retry, until the read succeeds.
+  the audit2allow loop works: denials → module → install → retry, until the read succeeds, and each round the
+  store's copy of the module is the build just installed, not the previous one. The same denials
+  also become a CIL domain in the udica form, installed with container-selinux's `base_container.cil`
+  template (from udica 0.2.2), and a process of that domain reads the file. The guest's test module
+  (vm/policy/smatest.te) lets kernel_t start any container_domain from a container_file_t busybox and
+  declares svirt_sandbox_domain, which the template names and Debian's refpolicy lacks.
 
 Needs root, an enforcing kernel, runcon/chcon, checkmodule, semodule_package and semodule. The module is
 removed afterwards.
@@ -26,8 +31,8 @@ import pytest
 from agent.avc.attribution import Attributor, PodRef
 from agent.avc.netlink import AuditNetlinkSource
 from agent.avc.watcher import AvcWatcher
-from agent.errors import AuditUnavailable
-from agent.policybuild import build_pp, install, installed_modules, remove
+from agent.errors import AuditUnavailable, PolicyBuildError
+from agent.policybuild import build_pp, install, installed_copy, installed_modules, remove
 from agent.policygen import build_ruleset, generate
 
 CONTEXT = "system_u:system_r:container_t:s0:c1,c2"
@@ -144,7 +149,7 @@ def test_cross_pod_read_is_attributed_and_not_turned_into_a_rule(files):
 
 def test_generate_build_install_until_the_read_succeeds(files, tmp_path, module_cleanup):
     ours, _, as_pod = files
-    collected = []
+    collected, builds = [], []
     with Denials() as denials:
         for _round in range(5):
             result = as_pod("cat", str(ours))
@@ -159,10 +164,72 @@ def test_generate_build_install_until_the_read_succeeds(files, tmp_path, module_
             assert module.ruleset.rules, f"nothing to allow: {module.ruleset}"
             te = tmp_path / f"{MODULE}.te"
             te.write_text(module.te)
-            installed = install(build_pp(te), priority=PRIORITY)
+            pp = build_pp(te)
+            builds.append(pp.read_bytes())
+            installed = install(pp, priority=PRIORITY)
             assert installed.name == MODULE and installed.priority == PRIORITY
+            # The comparison install relies on: the store's copy is the file just installed, byte for byte,
+            # and not the previous round's build of the same name at the same priority.
+            assert installed_copy(MODULE, PRIORITY) == builds[-1]
+            assert len(builds) == 1 or builds[-1] != builds[-2]
         else:
             result = as_pod("cat", str(ours))
     assert result.returncode == 0, f"still denied after the module: {result.stderr}"
     assert result.stdout == "ours\n"
     assert any(r.target == "user_home_t" and r.permission == "read" for r in build_ruleset(collected).rules)
+    with pytest.raises(PolicyBuildError, match="not installed at priority 999"):
+        installed_copy(MODULE, 999)
+
+
+CIL_MODULE = "smacilread"
+
+
+def _udica_templates() -> Path | None:
+    for candidate in (os.environ.get("SMA_UDICA_TEMPLATES"), "/usr/share/udica/templates"):
+        if candidate and (Path(candidate) / "base_container.cil").is_file():
+            return Path(candidate)
+    return None
+
+
+@pytest.fixture
+def cil_cleanup():
+    yield
+    installed = {m.name for m in installed_modules() if m.priority == PRIORITY}
+    names = [name for name in (CIL_MODULE, "base_container") if name in installed]
+    if names:  # one transaction: every semodule call rebuilds the whole policy, slow under emulation
+        subprocess.run(["semodule", "-X", str(PRIORITY), *[arg for name in names for arg in ("-r", name)]],
+                       capture_output=True, text=True, timeout=600)
+
+
+def test_generated_cil_domain_installs_with_its_template_and_reads_the_file(files, confined, tmp_path,
+                                                                           cil_cleanup):
+    templates = _udica_templates()
+    if templates is None:
+        pytest.skip("no base_container.cil: install the test extras (udica 0.2.2) or container-selinux")
+    ours, _, as_pod = files
+    with Denials() as denials:
+        result = as_pod("cat", str(ours))
+        assert result.returncode != 0, "container_t read a user_home_t file before any module"
+        seen = denials.collect(ours.name)
+    if not seen:
+        pytest.skip("the read was refused without an AVC record (a dontaudit rule hides it)")
+    # The audit2allow loop again, now on the new domain: the kernel stops at the first refused permission
+    # (read, then open), so each round may show one more.
+    collected = [i.denial for i in seen]
+    cil = tmp_path / f"{CIL_MODULE}.cil"
+    for _round in range(4):
+        module = generate(CIL_MODULE, collected, ("cil",))
+        assert "(blockinherit container)" in module.cil and "user_home_t" in module.cil
+        cil.write_text(module.cil)
+        installed = install(cil, priority=PRIORITY, template_dir=str(templates))
+        assert (installed.name, installed.kind) == (CIL_MODULE, "cil")
+        with Denials() as denials:
+            result = confined.run(POD_LEVEL, "cat", str(ours), domain=f"system_u:system_r:{CIL_MODULE}.process")
+            missing = [] if result.returncode == 0 else denials.collect(ours.name)
+        if result.returncode == 0 or not missing:
+            break
+        collected.extend(i.denial for i in missing)
+    assert result.returncode == 0, (f"{CIL_MODULE}.process could not read the file: {result.stderr.strip()}; "
+                                    f"denials: {[i.denial.to_json() for i in missing]}")
+    assert result.stdout == "ours\n"
+    assert any(m.name == "base_container" for m in installed_modules()), "the template was not installed"

@@ -1,6 +1,7 @@
 """agent/policybuild.py: generated .te really compiles with checkmodule + semodule_package; name checks;
 install refuses clearly on a host without SELinux."""
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -116,3 +117,40 @@ def test_cil_block_name_must_match(tmp_path):
     with pytest.raises(InvalidInput, match="block 'b'"):
         module_name_of(cil)
     assert Path(cil).exists()
+
+
+STALE_SEMODULE = r"""#!/bin/sh
+# A semodule that keeps the first copy of a module and still exits 0 on later installs (the failure mode of
+# selinuxd issue #44): -lfull lists the store, -i stores a file unless one of that name is there, -E copies
+# the stored file to the working directory.
+store="$SMA_FAKE_STORE"; priority=350
+while [ $# -gt 0 ]; do
+    case "$1" in
+        -X) priority=$2; shift 2 ;;
+        -lfull) for f in "$store"/*; do [ -e "$f" ] && echo "$priority $(basename "${f%.*}") ${f##*.}"; done; exit 0 ;;
+        -i) name=$(basename "$2"); [ -e "$store/$name" ] || cp "$2" "$store/$name"; exit 0 ;;
+        -E) cp "$store/$2".* .; exit 0 ;;
+        *) shift ;;
+    esac
+done
+"""
+
+
+def test_install_refuses_a_store_that_kept_an_older_copy(tmp_path, monkeypatch):
+    bin_dir, store, selinuxfs = tmp_path / "bin", tmp_path / "store", tmp_path / "selinuxfs"
+    for directory in (bin_dir, store, selinuxfs):
+        directory.mkdir()
+    (selinuxfs / "enforce").write_text("1")
+    semodule = bin_dir / "semodule"
+    semodule.write_text(STALE_SEMODULE)
+    semodule.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("SMA_FAKE_STORE", str(store))
+    first, second = tmp_path / "one" / "webread.pp", tmp_path / "two" / "webread.pp"
+    for path, body in ((first, b"first build"), (second, b"second build")):
+        path.parent.mkdir()
+        path.write_bytes(body)
+    module = install(first, priority=350, selinuxfs=str(selinuxfs))
+    assert (module.name, module.priority) == ("webread", 350)
+    with pytest.raises(PolicyBuildError, match="installed at priority 350 is not .*older copy"):
+        install(second, priority=350, selinuxfs=str(selinuxfs))
