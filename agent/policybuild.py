@@ -165,7 +165,9 @@ def install(path: Path, priority: int = DEFAULT_PRIORITY, selinuxfs: str = SELIN
         if not any(m.name == "base_container" for m in installed_modules()):
             if not template.exists():
                 raise PolicyBuildError(f"{path.name} inherits the 'container' template, which is neither "
-                                       f"installed nor found at {template} (package container-selinux)")
+                                       f"installed nor found at {template} (package container-selinux; "
+                                       "elsewhere the pip package udica 0.2.2 ships it under "
+                                       "site-packages/usr/share/udica/templates: pass that as --template-dir)")
             argv.append(str(template))
     result = _run(argv)
     if result.returncode != 0:

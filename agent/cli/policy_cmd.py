@@ -4,13 +4,13 @@ Contract (keep stable):
   policy generate (--from FILE | --live [--duration S]) --module NAME [--namespace NS] [--workload NAME]
                   [--format te|cil|both] [--build] [--output-dir DIR] [--allow-capabilities]
                   [--pod-map FILE] [--proc-root DIR]
-  policy install FILE [--priority N]
+  policy install FILE [--priority N] [--template-dir DIR]
 
 `generate` writes NAME.te and/or NAME.cil (and NAME.pp with --build) into the output directory (default: the
 current one) and prints their paths, one per line, on stdout; what it refused or skipped goes to stderr.
 Exit code 0: files written; 1: no denial left to turn into a rule (nothing written); 2: bad input or a
-failed build. `install` exits 0 once the module is listed by semodule, 2 otherwise (including on a host
-without SELinux, which it says).
+failed build. `install` exits 0 once the module is listed by semodule at its priority and the store's copy
+is the file given, 2 otherwise (including on a host without SELinux, which it says).
 
 Attribution works offline: denials in a saved audit.log are tied to pods through `--pod-map` (the MCS level
 of the source context against each pod's seLinuxOptions.level, and pod UIDs) and, for pids still running,
@@ -29,7 +29,7 @@ from agent.avc.netlink import AuditNetlinkSource
 from agent.avc.watcher import AvcWatcher
 from agent.cli.avc_cmd import add_attribution_arguments, build_attributor
 from agent.errors import InvalidInput
-from agent.policybuild import DEFAULT_PRIORITY, build_pp, install
+from agent.policybuild import DEFAULT_PRIORITY, TEMPLATE_DIR, build_pp, install
 from agent.policygen import Denylist, generate, validate_module_name
 
 FORMATS = {"te": ("te",), "cil": ("cil",), "both": ("te", "cil")}
@@ -69,11 +69,15 @@ def register(subparsers) -> None:
 
     inst = sub.add_parser(
         "install", help="install a .pp or .cil module with semodule and verify it",
-        description="Run `semodule -X PRIORITY -i FILE` and check that the module is listed. Needs an "
-                    "SELinux host; elsewhere it says so and exits 2.")
+        description="Run `semodule -X PRIORITY -i FILE`, check that the module is listed at that priority and "
+                    "that the store's copy is this file (not an older one of the same name). A CIL module that "
+                    "inherits the `container` template goes in with container-selinux's base_container.cil "
+                    "when that is not installed yet. Needs an SELinux host; elsewhere it says so and exits 2.")
     inst.add_argument("file", metavar="FILE", help="NAME.pp or NAME.cil")
     inst.add_argument("--priority", type=int, default=DEFAULT_PRIORITY,
                       help=f"semodule priority (default {DEFAULT_PRIORITY}, the container-tooling priority)")
+    inst.add_argument("--template-dir", default=TEMPLATE_DIR, metavar="DIR",
+                      help=f"where base_container.cil is (default {TEMPLATE_DIR}, from container-selinux)")
     inst.set_defaults(func=run_install)
 
 
@@ -164,6 +168,6 @@ def run_generate(args) -> int:
 
 
 def run_install(args) -> int:
-    module = install(Path(args.file), priority=args.priority)
+    module = install(Path(args.file), priority=args.priority, template_dir=args.template_dir)
     print(f"installed {module.name} at priority {module.priority} ({module.kind})")
     return 0

@@ -136,7 +136,9 @@ done
 """
 
 
-def test_install_refuses_a_store_that_kept_an_older_copy(tmp_path, monkeypatch):
+@pytest.fixture
+def stale_semodule(tmp_path, monkeypatch):
+    """The stand-in semodule on PATH and an `enforce` file; returns the selinuxfs directory to pass."""
     bin_dir, store, selinuxfs = tmp_path / "bin", tmp_path / "store", tmp_path / "selinuxfs"
     for directory in (bin_dir, store, selinuxfs):
         directory.mkdir()
@@ -146,6 +148,11 @@ def test_install_refuses_a_store_that_kept_an_older_copy(tmp_path, monkeypatch):
     semodule.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     monkeypatch.setenv("SMA_FAKE_STORE", str(store))
+    return selinuxfs
+
+
+def test_install_refuses_a_store_that_kept_an_older_copy(tmp_path, stale_semodule):
+    selinuxfs = stale_semodule
     first, second = tmp_path / "one" / "webread.pp", tmp_path / "two" / "webread.pp"
     for path, body in ((first, b"first build"), (second, b"second build")):
         path.parent.mkdir()
@@ -154,3 +161,10 @@ def test_install_refuses_a_store_that_kept_an_older_copy(tmp_path, monkeypatch):
     assert (module.name, module.priority) == ("webread", 350)
     with pytest.raises(PolicyBuildError, match="installed at priority 350 is not .*older copy"):
         install(second, priority=350, selinuxfs=str(selinuxfs))
+
+
+def test_install_of_a_cil_domain_names_the_missing_template(tmp_path, stale_semodule):
+    cil = tmp_path / "webread.cil"
+    cil.write_text("(block webread\n    (blockinherit container)\n)\n")
+    with pytest.raises(PolicyBuildError, match="base_container.cil.*udica 0.2.2.*--template-dir"):
+        install(cil, selinuxfs=str(stale_semodule), template_dir=str(tmp_path / "no-templates"))
