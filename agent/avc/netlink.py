@@ -57,7 +57,7 @@ _HEADER = struct.Struct("=LHHLL")  # struct nlmsghdr: len, type, flags, seq, pid
 # MAX_AUDIT_MESSAGE_LENGTH is 8970; a datagram holds one record, so 64 KiB leaves a wide margin.
 RECV_SIZE = 65536
 DEFAULT_RCVBUF = 8 * 1024 * 1024
-# A burst is read in one go up to this many datagrams, then handed over as one batch.
+# Read in one go after the datagram that woke the loop, at most; also the batch size that is handed over at once.
 BATCH_DATAGRAMS = 256
 # How long read records may wait for more before they are handed over: the latency a record may gain.
 HAND_OVER_DELAY = 0.005
