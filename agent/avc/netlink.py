@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 import queue
 import socket
 import struct
@@ -49,6 +50,8 @@ from pyroute2.netlink import NETLINK_AUDIT
 from pyroute2.netlink.nlsocket import AsyncNetlinkSocket
 
 from agent.errors import AuditUnavailable
+
+log = logging.getLogger(__name__)
 
 AUDIT_NLGRP_READLOG = 1  # enum audit_nlgrps { AUDIT_NLGRP_NONE, AUDIT_NLGRP_READLOG }
 READLOG_MASK = 1 << (AUDIT_NLGRP_READLOG - 1)  # bind(2) takes groups as a bit mask
@@ -150,8 +153,11 @@ class AuditProtocol(asyncio.DatagramProtocol):
         # The transport goes on reading after this: ENOBUFS is loss to count, not the end of the stream.
         if exc.errno == errno.ENOBUFS:
             self.counters.drops += 1
-        else:
-            self.counters.errors += 1
+            return
+        self.counters.errors += 1
+        if self.counters.errors == 1:
+            log.warning("audit netlink socket: receive error %s; reading goes on (later ones are only counted)",
+                        exc)
 
 
 class AuditSocket(AsyncNetlinkSocket):
@@ -224,6 +230,7 @@ class AuditNetlinkSource:
     drops = property(lambda self: self.counters.drops)
     foreign = property(lambda self: self.counters.foreign)
     datagrams = property(lambda self: self.counters.datagrams)
+    errors = property(lambda self: self.counters.errors)
 
     def open(self) -> "AuditNetlinkSource":
         if self._thread is not None:

@@ -1,6 +1,7 @@
 """agent/avc/netlink.py (a real NETLINK_AUDIT socket), filesource.py (rotation, truncation), watcher.py and
 metrics.py."""
 
+import asyncio
 import errno
 import os
 import queue
@@ -18,7 +19,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from agent.avc.attribution import Attributor, PodDirectory, PodRef
 from agent.avc.filesource import AuditLogFollower, read_lines
 from agent.avc.metrics import AvcMetrics
-from agent.avc.netlink import AUDIT_NLGRP_READLOG, NETLINK_AUDIT, AuditNetlinkSource, split_datagram
+from agent.avc.netlink import (AUDIT_NLGRP_READLOG, HAND_OVER_DELAY, NETLINK_AUDIT, AuditNetlinkSource, AuditProtocol,
+                               ReaderCounters, split_datagram)
 from agent.avc.records import parse_lines
 from agent.avc.watcher import AvcWatcher
 from agent.errors import AuditUnavailable
@@ -183,6 +185,33 @@ def test_netlink_overflow_is_counted_and_reading_goes_on():
         assert seen_late
     finally:
         source.close()
+
+
+def test_audit_protocol_counts_errors_and_batches_records():
+    # The protocol alone, on an idle non-blocking socket: what it is handed goes into one batch after the
+    # hand-over delay; a foreign sender is dropped; receive errors are counted and never end the stream.
+    delivered = []
+    idle = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    idle.setblocking(False)
+    counters = ReaderCounters()
+    protocol = AuditProtocol(idle, counters, delivered.append)
+
+    async def feed():
+        protocol.datagram_received(nlmsg(1400, "audit(1.0:1): " + avc_text()), (0, 0))
+        protocol.datagram_received(nlmsg(1400, "audit(1.0:2): " + avc_text()), (4242, 0))
+        protocol.datagram_received(nlmsg(1300, "audit(1.0:1): arch=c000003e syscall=257"), (0, 0))
+        assert delivered == []  # waiting for more
+        await asyncio.sleep(HAND_OVER_DELAY * 4)
+
+    try:
+        asyncio.run(feed())
+        protocol.error_received(OSError(errno.ENOBUFS, "No buffer space available"))
+        protocol.error_received(OSError(errno.EIO, "I/O error"))
+        protocol.error_received(OSError(errno.EIO, "I/O error"))
+    finally:
+        idle.close()
+    assert [[t for t, _ in batch] for batch in delivered] == [[1400, 1300]]
+    assert (counters.datagrams, counters.foreign, counters.drops, counters.errors) == (2, 1, 1, 2)
 
 
 def test_netlink_open_and_close_leave_no_thread_or_descriptor():
