@@ -20,6 +20,7 @@ is the reader process's own, from the moment it was bound to its last record.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import platform
@@ -107,7 +108,7 @@ def read_plain_socket(tally: Tally) -> None:
         except socket.timeout:
             continue
         except OSError as err:
-            if err.errno == 105:  # ENOBUFS
+            if err.errno == errno.ENOBUFS:
                 tally.drops += 1
                 continue
             raise
@@ -144,7 +145,7 @@ def read_pyroute2_get(tally: Tally) -> None:
             messages = sock.get()
         except OSError as err:
             tally.drops += 1
-            if err.errno != 105:
+            if err.errno != errno.ENOBUFS:
                 raise
             continue
         tally.seen(len(messages))
