@@ -172,14 +172,18 @@ def install(path: Path, priority: int = DEFAULT_PRIORITY, selinuxfs: str = SELIN
     result = _run(argv)
     if result.returncode != 0:
         raise _failure(result, f"semodule -i {path.name}")
-    for module in installed_modules():
-        if module.name == name and module.priority == priority:
-            if _extract(name, priority) != path.read_bytes():
-                raise PolicyBuildError(f"semodule reported success but the {name} module installed at priority "
-                                       f"{priority} is not {path} (an older copy is still in place)")
-            return module
-    raise PolicyBuildError(f"semodule reported success but {name} is not listed at priority {priority} "
-                           "in `semodule -lfull`")
+    module = _listed(name, priority)
+    if module is None:
+        raise PolicyBuildError(f"semodule reported success but {name} is not listed at priority {priority} "
+                               "in `semodule -lfull`")
+    if _extract(name, priority) != path.read_bytes():
+        raise PolicyBuildError(f"semodule reported success but the {name} module installed at priority "
+                               f"{priority} is not {path} (an older copy is still in place)")
+    return module
+
+
+def _listed(name: str, priority: int) -> InstalledModule | None:
+    return next((m for m in installed_modules() if m.name == name and m.priority == priority), None)
 
 
 def installed_copy(name: str, priority: int) -> bytes:
@@ -187,7 +191,7 @@ def installed_copy(name: str, priority: int) -> bytes:
     validate_module_name(name)
     # Asked for a priority that lacks the module, semodule 3.4 fails and later versions extract the highest
     # priority's copy instead; neither is the copy asked for, so the listing is checked first.
-    if not any(m.name == name and m.priority == priority for m in installed_modules()):
+    if _listed(name, priority) is None:
         raise PolicyBuildError(f"{name} is not installed at priority {priority}")
     return _extract(name, priority)
 

@@ -255,7 +255,7 @@ class AuditNetlinkSource:
         announced = False
         try:
             try:
-                sock = AuditSocket(self.counters, self._hand_over, self.rcvbuf)
+                sock = AuditSocket(self.counters, self._put_blocking, self.rcvbuf)
                 sock.fileno()  # pyroute2 makes the socket on first use: make it here, where a failure is named
             except OSError as err:
                 raise AuditUnavailable(_reason(err, "create the audit netlink socket")) from err
@@ -284,9 +284,6 @@ class AuditNetlinkSource:
                 sock.close()
             if announced:
                 self._put_blocking(None)  # end of stream
-
-    def _hand_over(self, batch: list) -> None:
-        self._put_blocking(batch)
 
     def _put_blocking(self, item) -> None:
         """Queue a batch, waiting while the consumer catches up (the kernel buffer fills meanwhile)."""
