@@ -127,6 +127,7 @@ struct rl_xattr_args {
 #define F_BLIND 0x20       /* write without reading first (benchmark comparison only) */
 #define F_STAT_FILES 0x40  /* stat non-directories too: a mount point below the root may be a file */
 #define F_NO_LABEL 0x80    /* ownership only: no label is read or written */
+#define F_NO_OPENAT2 0x100 /* use the openat + mount id fallback even where openat2 exists (tests) */
 
 #define CHUNK_ENTRIES 512
 #define CHUNK_BYTES (CHUNK_ENTRIES * 48)
@@ -519,7 +520,7 @@ static atomic_int have_openat2 = 1;
  * the root's. */
 static int open_beneath(struct walk *w, int dirfd, const char *name, int flags)
 {
-    if (atomic_load_explicit(&have_openat2, memory_order_relaxed)) {
+    if (!(w->flags & F_NO_OPENAT2) && atomic_load_explicit(&have_openat2, memory_order_relaxed)) {
         struct rl_open_how how = {
             .flags = (uint64_t)flags,
             .resolve = RL_RESOLVE_BENEATH | RL_RESOLVE_NO_SYMLINKS | RL_RESOLVE_NO_MAGICLINKS |
@@ -1846,6 +1847,7 @@ PyMODINIT_FUNC PyInit__relabel(void)
         PyModule_AddIntConstant(m, "RO_GROUP", F_RO_GROUP) < 0 || PyModule_AddIntConstant(m, "BLIND", F_BLIND) < 0 ||
         PyModule_AddIntConstant(m, "STAT_FILES", F_STAT_FILES) < 0 ||
         PyModule_AddIntConstant(m, "NO_LABEL", F_NO_LABEL) < 0 ||
+        PyModule_AddIntConstant(m, "NO_OPENAT2", F_NO_OPENAT2) < 0 ||
         PyModule_AddIntConstant(m, "CHUNK_ENTRIES", CHUNK_ENTRIES) < 0) {
         Py_DECREF(m);
         return NULL;

@@ -303,7 +303,7 @@ def _check_options(threads, fs_group, fs_group_policy) -> int:
 def relabel(path, label, *, threads: int | None = None, one_file_system: bool = True, dry_run: bool = False,
             fs_group: int | None = None, fs_group_policy: str = "Always", read_only: bool = False,
             compare: bool = True, progress: Progress | None = None, progress_interval: float = 0.2,
-            _force_proc: bool = False, _fd_budget: int = 0) -> RelabelStats:
+            _force_proc: bool = False, _fd_budget: int = 0, _no_openat2: bool = False) -> RelabelStats:
     """Set the SELinux label `label` on `path` (a path, or an open directory fd) and everything below it; see
     the module docstring.
 
@@ -333,7 +333,8 @@ def relabel(path, label, *, threads: int | None = None, one_file_system: bool = 
                 gid = fs_group
         return _walk(root, str(target).encode(), gid, read_only, threads=threads, one_file_system=one_file_system,
                      dry_run=dry_run, compare=compare, progress=progress, progress_interval=progress_interval,
-                     force_proc=_force_proc, fd_budget=_fd_budget, label=str(target), fs_group=fs_group,
+                     force_proc=_force_proc, no_openat2=_no_openat2, fd_budget=_fd_budget, label=str(target),
+                     fs_group=fs_group,
                      ownership_skipped=ownership_skipped)
     finally:
         root.close()
@@ -365,7 +366,7 @@ def apply_fs_group(path_or_fd, gid: int, *, read_only: bool = False, policy: str
 def _walk(root: _Root, canonical: bytes, gid: int, read_only: bool, *, threads: int, one_file_system: bool,
           dry_run: bool, compare: bool, progress, progress_interval: float, label: str, fs_group,
           ownership_skipped: bool = False, ownership_only: bool = False, force_proc: bool = False,
-          fd_budget: int = 0) -> RelabelStats:
+          no_openat2: bool = False, fd_budget: int = 0) -> RelabelStats:
     """Run the C walker on an opened root and turn its report into RelabelStats or RelabelFailed."""
     # Imported here so that the rest of the CLI works from a checkout whose extension is not built yet.
     from agent import _relabel
@@ -381,6 +382,8 @@ def _walk(root: _Root, canonical: bytes, gid: int, read_only: bool, *, threads: 
         flags |= _relabel.FORCE_PROC
     if ownership_only:
         flags |= _relabel.NO_LABEL
+    if no_openat2:
+        flags |= _relabel.NO_OPENAT2
     real = root.path
     if root.fd is not None:
         try:

@@ -142,6 +142,28 @@ def _deep_tree(root) -> list[str]:
     return ["d"] * DEPTH + ["bottom"]
 
 
+@pytest.fixture
+def deep_root(tmp_path):
+    """A volume path for _deep_tree; removed bottom-up afterwards (a recursive rmtree would hit Python's recursion
+    limit on it, in pytest's own clean-up of old temporary directories)."""
+    root = tmp_path / "vol"
+    yield root
+    fds = [os.open(root, os.O_RDONLY | os.O_DIRECTORY)]
+    try:
+        while True:
+            try:
+                fds.append(os.open("d", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fds[-1]))
+            except FileNotFoundError:
+                break
+        os.unlink("bottom", dir_fd=fds[-1])
+        for parent in reversed(fds[:-1]):
+            os.rmdir("d", dir_fd=parent)
+    finally:
+        for fd in fds:
+            os.close(fd)
+    os.rmdir(root)
+
+
 def _stat_at(root, parts) -> os.stat_result:
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -166,19 +188,19 @@ def _xattr_at(root, parts) -> bytes:
         os.close(fd)
 
 
-def test_fs_group_pass_of_the_csi_shim_completes_a_deep_tree(tmp_path):
-    parts = _deep_tree(tmp_path / "vol")
-    node.apply_fs_group(os.fspath(tmp_path / "vol"), GID, False)
-    st = _stat_at(tmp_path / "vol", parts)
+def test_fs_group_pass_of_the_csi_shim_completes_a_deep_tree(deep_root):
+    parts = _deep_tree(deep_root)
+    node.apply_fs_group(os.fspath(deep_root), GID, False)
+    st = _stat_at(deep_root, parts)
     assert st.st_gid == GID and stat.S_IMODE(st.st_mode) == 0o660
 
 
-def test_relabel_completes_a_deep_tree(tmp_path):
-    parts = _deep_tree(tmp_path / "vol")
-    stats = relabel(tmp_path / "vol", LABEL, threads=2, fs_group=GID)
+def test_relabel_completes_a_deep_tree(deep_root):
+    parts = _deep_tree(deep_root)
+    stats = relabel(deep_root, LABEL, threads=2, fs_group=GID)
     assert stats.errors == 0 and stats.seen == DEPTH + 2
-    assert _xattr_at(tmp_path / "vol", parts) == LABEL.encode() + b"\0"
-    assert _stat_at(tmp_path / "vol", parts).st_gid == GID
+    assert _xattr_at(deep_root, parts) == LABEL.encode() + b"\0"
+    assert _stat_at(deep_root, parts).st_gid == GID
 
 
 # ---- (d): bind mounts of the same filesystem inside the tree -------------------------------------------------
@@ -224,9 +246,10 @@ def _outside_untouched(fs, outside, names):
     assert label_of(fs / "secret") is None and st.st_gid == 0 and stat.S_IMODE(st.st_mode) == 0o644
 
 
-def test_relabel_does_not_enter_a_same_filesystem_bind_mount(tmp_path, mounts):
+@pytest.mark.parametrize("no_openat2", [False, True], ids=["openat2", "mount-id-fallback"])
+def test_relabel_does_not_enter_a_same_filesystem_bind_mount(tmp_path, mounts, no_openat2):
     fs, vol, outside, names = _same_fs_binds(tmp_path, mounts)
-    stats = relabel(vol, LABEL, threads=2, fs_group=GID)
+    stats = relabel(vol, LABEL, threads=2, fs_group=GID, _no_openat2=no_openat2)
     _outside_untouched(fs, outside, names)
     assert stats.other_filesystem == 2 and stats.errors == 0
     assert label_of(vol / "own" / "file") == LABEL.encode() + b"\0"
