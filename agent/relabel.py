@@ -37,11 +37,8 @@ from typing import Callable
 
 from agent.errors import InvalidInput, RelabelFailed
 from agent.label import Label
-from agent.system_paths import SYSTEM_PATHS, check_identity, check_text
+from agent.system_paths import SYSTEM_PATHS, check_identity, check_text  # noqa: F401 (SYSTEM_PATHS: re-export)
 from agent.system_paths import show as _show
-
-__all__ = ["SYSTEM_PATHS", "RelabelStats", "apply_fs_group", "check_path", "fs_group_modes",
-           "ownership_needs_change", "relabel"]
 
 FS_GROUP_POLICIES = ("Always", "OnRootMismatch")  # kubelet's fsGroupChangePolicy values
 XATTR_NAME = "security.selinux"
@@ -348,9 +345,9 @@ def apply_fs_group(path_or_fd, gid: int, *, read_only: bool = False, policy: str
     added; symlinks only chowned. `policy="OnRootMismatch"` skips the walk when the root is already right
     (the root is done last, so a right root means a finished walk). `path_or_fd` is a path or an open
     directory fd (the caller keeps its fd)."""
-    threads = _check_options(threads, gid, policy)
     if gid is None:
         raise InvalidInput("relabel: fsGroup is required")
+    threads = _check_options(threads, gid, policy)
     root = _open_root(path_or_fd)
     try:
         if policy == "OnRootMismatch" and not ownership_needs_change(root.st, gid, read_only):
