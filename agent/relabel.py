@@ -221,12 +221,7 @@ def _open_root(path_or_fd) -> _Root:
             shown = os.readlink(f"/proc/self/fd/{fd}".encode())
         except OSError:
             shown = f"fd {path_or_fd}".encode()
-        try:
-            _refuse_by_identity(fd, shown, True, None)
-            return _Root(fd, shown, os.fstat(fd))
-        except BaseException:
-            os.close(fd)
-            raise
+        return _checked_dir(fd, shown)
     root = check_path(path_or_fd)
     try:
         st = os.lstat(root)
@@ -243,9 +238,14 @@ def _open_root(path_or_fd) -> _Root:
     except OSError as err:
         raise RelabelFailed(f"relabel: cannot open {_show(root)}: {err.strerror}", errno=err.errno,
                             path=root) from None
+    return _checked_dir(fd, root)
+
+
+def _checked_dir(fd: int, shown: bytes) -> _Root:
+    """The root for our own directory fd, which is closed when it is refused."""
     try:
-        _refuse_by_identity(fd, root, True, None)
-        return _Root(fd, root, os.fstat(fd))
+        _refuse_by_identity(fd, shown, True, None)
+        return _Root(fd, shown, os.fstat(fd))
     except BaseException:
         os.close(fd)
         raise

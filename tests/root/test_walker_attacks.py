@@ -8,7 +8,6 @@ it; it cannot mount. Everything outside the volume must come out of a pass exact
 from __future__ import annotations
 
 import ctypes
-import errno
 import os
 import stat
 import subprocess
@@ -20,10 +19,10 @@ import pytest
 from agent.errors import PathOutsideRoot
 from agent.relabel import apply_fs_group, relabel
 from csi_shim import node
+from test_relabel_fs import label_of, mounts  # noqa: F401 (mounts: a fixture)
 
 pytestmark = pytest.mark.root
 
-XATTR = "security.selinux"
 LABEL = "system_u:object_r:container_file_t:s0:c3,c4"
 GID = 4711
 HOST_FILES = 300
@@ -40,15 +39,6 @@ def _exchange(a: bytes, b: bytes) -> None:
     if _libc.renameat2(-100, a, -100, b, RENAME_EXCHANGE) != 0:  # AT_FDCWD
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
-
-
-def label_of(path) -> bytes | None:
-    try:
-        return os.getxattr(path, XATTR, follow_symlinks=False)
-    except OSError as err:
-        if err.errno in (errno.ENODATA, errno.ENOTSUP):
-            return None
-        raise
 
 
 def _host_dir(path) -> list[str]:
@@ -97,7 +87,7 @@ def _swap_attack(tmp_path, one_pass) -> int:
         try:
             one_pass(os.fspath(vol))
         except (OSError, RecursionError):
-            pass  # a pass that fails is fine; one that reaches outside is not
+            pass  # a pass that fails is fine; one that reaches outside is not (depth: tests/unit/test_relabel.py)
         finally:
             stop.set()
             thread.join()
@@ -121,103 +111,7 @@ def test_relabel_never_follows_a_swapped_symlink(tmp_path):
     assert changed == 0, f"{changed} of {HOST_FILES} host files labelled, re-grouped or re-moded"
 
 
-# ---- (c): depth ----------------------------------------------------------------------------------------------
-
-DEPTH = 1500
-
-
-def _deep_tree(root) -> list[str]:
-    """DEPTH nested directories `d`, a file at the bottom; returns the components to the bottom."""
-    root.mkdir()
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        for _ in range(DEPTH):
-            os.mkdir("d", dir_fd=fd)
-            inner = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
-            os.close(fd)
-            fd = inner
-        os.close(os.open("bottom", os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=fd))
-    finally:
-        os.close(fd)
-    return ["d"] * DEPTH + ["bottom"]
-
-
-@pytest.fixture
-def deep_root(tmp_path):
-    """A volume path for _deep_tree; removed bottom-up afterwards (a recursive rmtree would hit Python's recursion
-    limit on it, in pytest's own clean-up of old temporary directories)."""
-    root = tmp_path / "vol"
-    yield root
-    fds = [os.open(root, os.O_RDONLY | os.O_DIRECTORY)]
-    try:
-        while True:
-            try:
-                fds.append(os.open("d", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fds[-1]))
-            except FileNotFoundError:
-                break
-        os.unlink("bottom", dir_fd=fds[-1])
-        for parent in reversed(fds[:-1]):
-            os.rmdir("d", dir_fd=parent)
-    finally:
-        for fd in fds:
-            os.close(fd)
-    os.rmdir(root)
-
-
-def _stat_at(root, parts) -> os.stat_result:
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        for part in parts[:-1]:
-            inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
-            os.close(fd)
-            fd = inner
-        return os.stat(parts[-1], dir_fd=fd, follow_symlinks=False)
-    finally:
-        os.close(fd)
-
-
-def _xattr_at(root, parts) -> bytes:
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        for part in parts:
-            inner = os.open(part, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=fd)
-            os.close(fd)
-            fd = inner
-        return os.getxattr(fd, XATTR)
-    finally:
-        os.close(fd)
-
-
-def test_fs_group_pass_of_the_csi_shim_completes_a_deep_tree(deep_root):
-    parts = _deep_tree(deep_root)
-    node.apply_fs_group(os.fspath(deep_root), GID, False)
-    st = _stat_at(deep_root, parts)
-    assert st.st_gid == GID and stat.S_IMODE(st.st_mode) == 0o660
-
-
-def test_relabel_completes_a_deep_tree(deep_root):
-    parts = _deep_tree(deep_root)
-    stats = relabel(deep_root, LABEL, threads=2, fs_group=GID)
-    assert stats.errors == 0 and stats.seen == DEPTH + 2
-    assert _xattr_at(deep_root, parts) == LABEL.encode() + b"\0"
-    assert _stat_at(deep_root, parts).st_gid == GID
-
-
 # ---- (d): bind mounts of the same filesystem inside the tree -------------------------------------------------
-
-@pytest.fixture
-def mounts():
-    """Mount helper; everything mounted is unmounted (innermost first) at teardown."""
-    done = []
-
-    def mount(*args):
-        subprocess.run(["mount", *map(str, args)], check=True, capture_output=True)
-        done.append(str(args[-1]))
-
-    yield mount
-    for target in reversed(done):
-        subprocess.run(["umount", "-l", target], check=False, capture_output=True)
-
 
 def _same_fs_binds(tmp_path, mounts):
     """One tmpfs holding the volume and an outside directory and file, bound (same st_dev) into the volume."""
