@@ -36,7 +36,7 @@
  * work items or child nodes refer to it, so memory follows the depth of the walk and the number of pending
  * subdirectories, and there is no recursion, so depth is unlimited. A directory fd is closed as soon as no
  * pending item needs it. When more fds than the budget are open, idle ones are closed and reopened on
- * demand from the nearest open ancestor, one O_NOFOLLOW component at a time, checking st_dev/st_ino.
+ * demand from the nearest open ancestor, one component at a time as above, checking st_dev/st_ino.
  * Node state is guarded by a second mutex, taken about three times per directory (the parent's fd, linking
  * the new node, done with it); fds are closed after it is released, not under it (only reopening, over the
  * fd budget, opens and closes under it).
@@ -532,8 +532,18 @@ static int open_beneath(struct walk *w, int dirfd, const char *name, int flags)
         do
             r = syscall(__NR_openat2, dirfd, name, &how, sizeof how);
         while (r < 0 && (errno == EINTR || (errno == EAGAIN && ++tries < 16)));
-        if (r >= 0 || errno != ENOSYS)
+        /* ENOSYS: before Linux 5.6. EPERM without O_NOATIME: a seccomp filter refusing a syscall it does not
+         * know; only if openat then succeeds was it the filter. */
+        if (r >= 0 || (errno != ENOSYS && (errno != EPERM || (flags & O_NOATIME))))
             return (int)r;
+        if (errno == EPERM) {
+            int fd = openat(dirfd, name, flags | O_NOFOLLOW);
+            if (fd < 0) {
+                errno = EPERM;
+                return -1;
+            }
+            close(fd);
+        }
         atomic_store(&have_openat2, 0);
     }
     int fd = openat(dirfd, name, flags | O_NOFOLLOW);
@@ -1797,7 +1807,7 @@ static PyObject *py_open_root(PyObject *self, PyObject *args)
     do
         fd = syscall(__NR_openat2, AT_FDCWD, path, &how, sizeof how);
     while (fd < 0 && (errno == EINTR || errno == EAGAIN));
-    if (fd < 0 && errno == ENOSYS)
+    if (fd < 0 && (errno == ENOSYS || errno == EPERM)) /* EPERM: a seccomp filter (O_PATH needs no permission) */
         fd = open(path, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     Py_END_ALLOW_THREADS
     if (fd < 0)
