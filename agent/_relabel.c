@@ -11,7 +11,15 @@
  *   - xattrs of non-directories are read and written with getxattrat/setxattrat(dirfd, name,
  *     AT_SYMLINK_NOFOLLOW) (Linux 6.13+), falling back to l{get,set}xattr("/proc/self/fd/<dirfd>/<name>");
  *     directories are labelled through their own (non-O_PATH) fd;
- *   - with one_file_system, a directory whose st_dev differs from the root's is neither labelled nor entered;
+ *   - subdirectories are opened with openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS, and
+ *     with one_file_system RESOLVE_NO_XDEV), so a directory that is a mount point, of the same filesystem (a
+ *     bind mount) or not, is neither labelled nor entered; where openat2 is missing (ENOSYS) the mount id of
+ *     what was opened (statx STATX_MNT_ID) is compared with the root's; with F_STAT_FILES non-directories are
+ *     statx-ed too, and a file whose mount id differs (a bind-mounted file) is skipped the same way;
+ *   - the root is opened by the caller (agent/relabel.py resolves and checks it) and handed over as a fd, or
+ *     given as a path for a single non-directory entry;
+ *   - F_NO_LABEL walks for ownership only (kubelet's fsGroup): no label is read or written. The mode bits to
+ *     add are plain numbers from the caller (dir_mode, file_mode); the rule that picks them lives in Python;
  *   - the root is labelled last, so "root carries the label" means "the walk finished".
  *
  * Work distribution: one shared LIFO stack of work items (a directory to open, or a chunk of entries of an
@@ -28,7 +36,7 @@
  * work items or child nodes refer to it, so memory follows the depth of the walk and the number of pending
  * subdirectories, and there is no recursion, so depth is unlimited. A directory fd is closed as soon as no
  * pending item needs it. When more fds than the budget are open, idle ones are closed and reopened on
- * demand from the nearest open ancestor, one O_NOFOLLOW component at a time, checking st_dev/st_ino.
+ * demand from the nearest open ancestor, one component at a time as above, checking st_dev/st_ino.
  * Node state is guarded by a second mutex, taken about three times per directory (the parent's fd, linking
  * the new node, done with it); fds are closed after it is released, not under it (only reopening, over the
  * fd budget, opens and closes under it).
@@ -47,6 +55,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/xattr.h>
@@ -63,6 +72,43 @@
 #ifndef __NR_getxattrat
 #define __NR_getxattrat 464
 #endif
+#ifndef __NR_openat2
+#define __NR_openat2 437
+#endif
+
+/* include/uapi/linux/openat2.h, Linux 5.6 */
+struct rl_open_how {
+    uint64_t flags;
+    uint64_t mode;
+    uint64_t resolve;
+};
+#define RL_RESOLVE_NO_XDEV 0x01
+#define RL_RESOLVE_NO_MAGICLINKS 0x02
+#define RL_RESOLVE_NO_SYMLINKS 0x04
+#define RL_RESOLVE_BENEATH 0x08
+
+/* include/uapi/linux/stat.h: struct statx up to stx_mnt_id (Linux 5.8), padded to the kernel's 256 bytes. glibc's
+ * own struct statx has no stx_mnt_id before 2.38. */
+struct rl_statx {
+    uint32_t mask;
+    uint32_t blksize;
+    uint64_t attributes;
+    uint32_t nlink;
+    uint32_t uid;
+    uint32_t gid;
+    uint16_t mode;
+    uint16_t spare0;
+    uint64_t ino;
+    uint64_t size;
+    uint64_t blocks;
+    uint64_t attributes_mask;
+    unsigned char timestamps[64];
+    uint32_t rdev_major, rdev_minor, dev_major, dev_minor;
+    uint64_t mnt_id;
+    unsigned char spare[104];
+};
+#define RL_STATX_BASIC_STATS 0x07ffU
+#define RL_STATX_MNT_ID 0x1000U
 
 /* include/uapi/linux/xattr.h, Linux 6.13 */
 struct rl_xattr_args {
@@ -77,9 +123,11 @@ struct rl_xattr_args {
 #define F_DRY_RUN 0x02     /* count what would change, write nothing */
 #define F_FORCE_PROC 0x04  /* use the /proc/self/fd fallback even where *xattrat exists */
 #define F_ABORT_FATAL 0x08 /* stop at the first EROFS/ENOTSUP on the root's filesystem */
-#define F_RO_GROUP 0x10    /* fs_group on a read-only volume: group r (0440) instead of rw (0660) */
+#define F_RO_GROUP 0x10    /* unused since the caller passes the modes; kept so the constant stays defined */
 #define F_BLIND 0x20       /* write without reading first (benchmark comparison only) */
 #define F_STAT_FILES 0x40  /* stat non-directories too: a mount point below the root may be a file */
+#define F_NO_LABEL 0x80    /* ownership only: no label is read or written */
+#define F_NO_OPENAT2 0x100 /* use the openat + mount id fallback even where openat2 exists (tests) */
 
 #define CHUNK_ENTRIES 512
 #define CHUNK_BYTES (CHUNK_ENTRIES * 48)
@@ -137,7 +185,9 @@ struct walk {
     size_t label_len; /* without the NUL */
     int flags;
     long gid; /* -1: no fs_group */
+    mode_t dir_mode, file_mode; /* fs_group: bits added to directories / to everything else but symlinks */
     dev_t root_dev;
+    uint64_t root_mnt; /* the root's mount id; 0: unknown (no STATX_MNT_ID) */
     struct node *root;
     int use_xattrat;
     int nthreads;
@@ -441,19 +491,88 @@ static void close_detached(struct closing *c)
     c->n = 0;
 }
 
-/* Open a directory below dirfd without following a symlink. O_NOATIME: reading a directory would otherwise
- * update its atime (relatime does, once the label write has moved ctime past it), one more journalled
- * inode write per directory. Only the owner or CAP_FOWNER may ask for it; after an EPERM, stop asking. */
+/* statx of `name` in dirfd (AT_SYMLINK_NOFOLLOW; "" with AT_EMPTY_PATH: dirfd itself) into a struct stat, and
+ * its mount id (0 when the kernel does not report one). */
+static int statx_at(int dirfd, const char *name, int flags, struct stat *st, uint64_t *mnt)
+{
+    struct rl_statx sx;
+    long r;
+    do
+        r = syscall(SYS_statx, dirfd, name, flags | AT_SYMLINK_NOFOLLOW, RL_STATX_BASIC_STATS | RL_STATX_MNT_ID, &sx);
+    while (r < 0 && errno == EINTR);
+    if (r < 0)
+        return -1;
+    memset(st, 0, sizeof *st);
+    st->st_mode = sx.mode;
+    st->st_uid = sx.uid;
+    st->st_gid = sx.gid;
+    st->st_ino = sx.ino;
+    st->st_dev = makedev(sx.dev_major, sx.dev_minor);
+    *mnt = (sx.mask & RL_STATX_MNT_ID) ? sx.mnt_id : 0;
+    return 0;
+}
+
+static atomic_int have_openat2 = 1;
+
+/* Open `name`, one component below dirfd, never following a symlink or a magic link and never leaving dirfd;
+ * with one_file_system never crossing into another mount either (EXDEV), bind mounts of the same filesystem
+ * included. Before Linux 5.6 (openat2 ENOSYS): openat O_NOFOLLOW, then the mount id of what was opened must be
+ * the root's. */
+static int open_beneath(struct walk *w, int dirfd, const char *name, int flags)
+{
+    if (!(w->flags & F_NO_OPENAT2) && atomic_load_explicit(&have_openat2, memory_order_relaxed)) {
+        struct rl_open_how how = {
+            .flags = (uint64_t)flags,
+            .resolve = RL_RESOLVE_BENEATH | RL_RESOLVE_NO_SYMLINKS | RL_RESOLVE_NO_MAGICLINKS |
+                       ((w->flags & F_ONE_FS) ? RL_RESOLVE_NO_XDEV : 0),
+        };
+        long r;
+        int tries = 0;
+        /* EAGAIN: a rename elsewhere raced the lookup (only possible with ".." components; retried anyway). */
+        do
+            r = syscall(__NR_openat2, dirfd, name, &how, sizeof how);
+        while (r < 0 && (errno == EINTR || (errno == EAGAIN && ++tries < 16)));
+        /* ENOSYS: before Linux 5.6. EPERM without O_NOATIME: a seccomp filter refusing a syscall it does not
+         * know; only if openat then succeeds was it the filter. */
+        if (r >= 0 || (errno != ENOSYS && (errno != EPERM || (flags & O_NOATIME))))
+            return (int)r;
+        if (errno == EPERM) {
+            int fd = openat(dirfd, name, flags | O_NOFOLLOW);
+            if (fd < 0) {
+                errno = EPERM;
+                return -1;
+            }
+            close(fd);
+        }
+        atomic_store(&have_openat2, 0);
+    }
+    int fd = openat(dirfd, name, flags | O_NOFOLLOW);
+    if (fd >= 0 && (w->flags & F_ONE_FS) && w->root_mnt) {
+        struct stat st;
+        uint64_t mnt = 0;
+        if (statx_at(fd, "", AT_EMPTY_PATH, &st, &mnt) < 0 || (mnt && mnt != w->root_mnt)) {
+            int err = mnt ? EXDEV : errno;
+            close(fd);
+            errno = err;
+            return -1;
+        }
+    }
+    return fd;
+}
+
+/* Open a directory below dirfd (see open_beneath). O_NOATIME: reading a directory would otherwise update its
+ * atime (relatime does, once the label write has moved ctime past it), one more journalled inode write per
+ * directory. Only the owner or CAP_FOWNER may ask for it; after an EPERM, stop asking. */
 static int open_dir_at(struct walk *w, int dirfd, const char *name)
 {
     int flags = O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC;
     if (atomic_load_explicit(&w->noatime, memory_order_relaxed)) {
-        int fd = openat(dirfd, name, flags | O_NOATIME);
+        int fd = open_beneath(w, dirfd, name, flags | O_NOATIME);
         if (fd >= 0 || errno != EPERM)
             return fd;
         atomic_store_explicit(&w->noatime, 0, memory_order_relaxed);
     }
-    return openat(dirfd, name, flags);
+    return open_beneath(w, dirfd, name, flags);
 }
 
 /* Drop one item reference; frees nodes that nothing refers to any more, up the chain. */
@@ -688,6 +807,8 @@ static unsigned char type_of(mode_t mode)
 static int label_entry_on(struct walk *w, struct tally *t, int dirfd, struct node *node, const char *name,
                           dev_t dev)
 {
+    if (w->flags & F_NO_LABEL)
+        return 0;
     if (!(w->flags & F_BLIND)) {
         char buf[w->label_len + 1];
         ssize_t len = xget_at(w, dirfd, name, buf, sizeof buf);
@@ -728,6 +849,8 @@ static int label_entry(struct walk *w, struct tally *t, int dirfd, struct node *
 /* Label a directory through its own fd. */
 static void label_dirfd(struct walk *w, struct tally *t, int fd, struct node *parent, const char *name, dev_t dev)
 {
+    if (w->flags & F_NO_LABEL)
+        return;
     if (!(w->flags & F_BLIND)) {
         char buf[w->label_len + 1];
         ssize_t len;
@@ -757,15 +880,11 @@ static void label_dirfd(struct walk *w, struct tally *t, int fd, struct node *pa
         t->changed++;
 }
 
-/* kubelet SetVolumeOwnership (pkg/volume/volume_linux.go): lchown to the fsGroup, then chmod to the
- * existing mode | rwMask 0660 (roMask 0440 on read-only volumes), directories also | execMask 0110 |
- * setgid; symlinks are not chmod-ed. Unlike kubelet, nothing is written when it already holds. */
+/* fsGroup ownership: lchown to the group, then chmod to the existing mode | the caller's bits (agent/relabel.py
+ * picks them by kubelet's rule); symlinks are not chmod-ed. Nothing is written when it already holds. */
 static mode_t wanted_mode(struct walk *w, mode_t mode)
 {
-    mode_t mask = (w->flags & F_RO_GROUP) ? 0440 : 0660;
-    if (S_ISDIR(mode))
-        mask |= 0110 | S_ISGID;
-    return (mode & 07777) | mask;
+    return (mode & 07777) | (S_ISDIR(mode) ? w->dir_mode : w->file_mode);
 }
 
 static int chmod_nofollow(int dirfd, const char *name, mode_t mode)
@@ -863,8 +982,12 @@ static int process_entry(struct walk *w, struct tally *t, struct node *node, int
 {
     struct stat st;
     int have_st = 0;
+    uint64_t mnt = 0;
     if (type == DT_UNKNOWN || (type != DT_DIR && (w->gid >= 0 || (w->flags & F_STAT_FILES)))) {
-        if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
+        /* statx only where a mount id is wanted: fstatat is a little cheaper. */
+        int r = (w->flags & F_STAT_FILES) ? statx_at(dirfd, name, 0, &st, &mnt)
+                                          : fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW);
+        if (r < 0) {
             if (errno == ENOENT)
                 t->vanished++;
             else
@@ -876,9 +999,10 @@ static int process_entry(struct walk *w, struct tally *t, struct node *node, int
     }
     if (type == DT_DIR)
         return 1;
-    /* A file on another filesystem than its directory is a file mount point (a bind-mounted file). */
+    /* A file on another filesystem or mount than its directory is a file mount point (a bind-mounted file). In
+     * one_file_system walks every directory is on the root's mount. */
     dev_t dev = have_st ? st.st_dev : node->dev;
-    if (dev != node->dev && (w->flags & F_ONE_FS)) {
+    if ((w->flags & F_ONE_FS) && (dev != node->dev || (mnt && w->root_mnt && mnt != w->root_mnt))) {
         t->other_fs++;
         return 0;
     }
@@ -1062,6 +1186,9 @@ static void open_dir(struct walk *w, struct tally *t, struct node *parent, const
         int err = errno;
         if (err == ENOENT) {
             t->vanished++;
+        } else if (err == EXDEV) {
+            /* A mount point (one_file_system): what is seen at this name is another mount's root, not ours. */
+            t->other_fs++;
         } else {
             /* ELOOP/ENOTDIR: replaced by a symlink or a file since it was listed, so label what is there now,
              * never following it. Anything else (EACCES...): it cannot be entered, but the directory itself is
@@ -1249,30 +1376,69 @@ static void free_walk(struct walk *w)
 }
 
 PyDoc_STRVAR(walk_doc,
-             "walk(path: bytes, label: bytes, threads: int, flags: int, gid: int = -1, progress=None,\n"
-             "     interval: float = 0.2, fd_budget: int = 0) -> dict\n\n"
-             "Label every entry under path (the root last). progress(seen, changed) is called every\n"
-             "interval seconds with the GIL held; an exception from it stops the walk and propagates.\n"
-             "Raises OSError when the root cannot be opened.");
+             "walk(root: int | bytes, label: bytes, threads: int, flags: int, gid: int = -1, progress=None,\n"
+             "     interval: float = 0.2, fd_budget: int = 0, dir_mode: int = 0, file_mode: int = 0) -> dict\n\n"
+             "Label every entry under root (the root last). root is an open directory fd (reopened here, so the\n"
+             "caller keeps and closes its own), or a path: a directory, or a single non-directory entry that is\n"
+             "labelled without being followed. With gid >= 0, fsGroup ownership: group gid, mode | dir_mode on\n"
+             "directories, | file_mode on the rest (not symlinks). label may be empty with NO_LABEL.\n"
+             "progress(seen, changed) is called every interval seconds with the GIL held; an exception from it\n"
+             "stops the walk and propagates. Raises OSError when the root cannot be opened.");
+
+/* The root, opened for reading from the caller's fd (O_PATH or not): "." gives this walk its own open file, so
+ * the caller's directory offset is never shared. */
+static int open_root_fd(struct walk *w, int fd)
+{
+    int flags = O_RDONLY | O_DIRECTORY | O_CLOEXEC;
+    if (atomic_load(&w->noatime)) {
+        int r = openat(fd, ".", flags | O_NOATIME);
+        if (r >= 0 || errno != EPERM)
+            return r;
+        atomic_store(&w->noatime, 0);
+    }
+    return openat(fd, ".", flags);
+}
 
 static PyObject *py_walk(PyObject *self, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"path", "label", "threads", "flags", "gid", "progress", "interval", "fd_budget", NULL};
-    const char *path, *label;
-    Py_ssize_t path_len, label_len;
-    int nthreads, flags, fd_budget = 0;
+    static char *kwlist[] = {"root",     "label",     "threads",  "flags",     "gid", "progress",
+                             "interval", "fd_budget", "dir_mode", "file_mode", NULL};
+    PyObject *root_obj;
+    const char *path = NULL, *label;
+    Py_ssize_t path_len = 0, label_len;
+    int nthreads, flags, fd_budget = 0, given_fd = -1;
+    unsigned int dir_mode = 0, file_mode = 0;
     long gid = -1;
     PyObject *progress = Py_None;
     double interval = 0.2;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "y#y#ii|lOdi", kwlist, &path, &path_len, &label, &label_len,
-                                     &nthreads, &flags, &gid, &progress, &interval, &fd_budget))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "Oy#ii|lOdiII", kwlist, &root_obj, &label, &label_len, &nthreads,
+                                     &flags, &gid, &progress, &interval, &fd_budget, &dir_mode, &file_mode))
         return NULL;
+    if (PyLong_Check(root_obj)) {
+        given_fd = PyObject_AsFileDescriptor(root_obj);
+        if (given_fd < 0)
+            return NULL;
+    } else if (PyBytes_Check(root_obj)) {
+        path = PyBytes_AS_STRING(root_obj);
+        path_len = PyBytes_GET_SIZE(root_obj);
+    } else {
+        PyErr_SetString(PyExc_TypeError, "root must be a directory fd (int) or a path (bytes)");
+        return NULL;
+    }
     if (nthreads < 1 || nthreads > 1024) {
         PyErr_SetString(PyExc_ValueError, "threads must be between 1 and 1024");
         return NULL;
     }
-    if (label_len == 0 || label_len > 4096 || memchr(label, '\0', label_len) || memchr(path, '\0', path_len)) {
-        PyErr_SetString(PyExc_ValueError, "label must be 1..4096 bytes and neither argument may hold NUL");
+    if (!(flags & F_NO_LABEL) && (label_len == 0 || label_len > 4096)) {
+        PyErr_SetString(PyExc_ValueError, "label must be 1..4096 bytes");
+        return NULL;
+    }
+    if (memchr(label, '\0', label_len) || (path && memchr(path, '\0', path_len))) {
+        PyErr_SetString(PyExc_ValueError, "neither the label nor the path may hold NUL");
+        return NULL;
+    }
+    if ((dir_mode | file_mode) & ~07777U) {
+        PyErr_SetString(PyExc_ValueError, "dir_mode and file_mode are permission bits (07777 at most)");
         return NULL;
     }
     if (progress != Py_None && !PyCallable_Check(progress)) {
@@ -1297,6 +1463,8 @@ static PyObject *py_walk(PyObject *self, PyObject *args, PyObject *kw)
     w->label_len = (size_t)label_len;
     w->flags = flags;
     w->gid = gid;
+    w->dir_mode = (mode_t)dir_mode;
+    w->file_mode = (mode_t)file_mode;
     w->nthreads = nthreads;
     w->fd_budget = fd_budget;
     pthread_mutex_init(&w->lock, NULL);
@@ -1312,8 +1480,18 @@ static PyObject *py_walk(PyObject *self, PyObject *args, PyObject *kw)
     Py_BEGIN_ALLOW_THREADS
     w->use_xattrat = !(flags & F_FORCE_PROC) && probe_xattrat();
     atomic_store(&w->noatime, 1);
-    rootfd = open_dir_at(w, AT_FDCWD, path);
-    if (rootfd < 0 && (errno == ELOOP || errno == ENOTDIR)) {
+    if (path) {
+        int fd = open(path, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        rootfd = fd >= 0 ? open_root_fd(w, fd) : -1;
+        if (fd >= 0) {
+            int saved = errno;
+            close(fd);
+            errno = saved;
+        }
+    } else {
+        rootfd = open_root_fd(w, given_fd);
+    }
+    if (rootfd < 0 && path && (errno == ELOOP || errno == ENOTDIR)) {
         /* A symlink or a non-directory: label that one entry, never following it. */
         if (fstatat(AT_FDCWD, path, &st, AT_SYMLINK_NOFOLLOW) < 0) {
             open_err = errno;
@@ -1326,7 +1504,7 @@ static PyObject *py_walk(PyObject *self, PyObject *args, PyObject *kw)
         }
     } else if (rootfd < 0) {
         open_err = errno;
-    } else if (fstat(rootfd, &st) < 0) {
+    } else if (statx_at(rootfd, "", AT_EMPTY_PATH, &st, &w->root_mnt) < 0) {
         open_err = errno;
         close(rootfd);
     } else {
@@ -1335,7 +1513,10 @@ static PyObject *py_walk(PyObject *self, PyObject *args, PyObject *kw)
     Py_END_ALLOW_THREADS
     if (open_err) {
         errno = open_err;
-        PyErr_SetFromErrnoWithFilename(PyExc_OSError, path);
+        if (path)
+            PyErr_SetFromErrnoWithFilename(PyExc_OSError, path);
+        else
+            PyErr_SetFromErrno(PyExc_OSError);
         free_walk(w);
         free(w);
         return NULL;
@@ -1604,7 +1785,56 @@ static PyObject *py_xattrat_available(PyObject *self, PyObject *unused)
     return PyBool_FromLong(probe_xattrat());
 }
 
+PyDoc_STRVAR(open_root_doc,
+             "open_root(path: bytes) -> int\n\nAn O_PATH fd of the directory at path, resolved without following any\n"
+             "symlink or magic link on the way (openat2 RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS; before Linux\n"
+             "5.6 only the last component is checked). Raises OSError: ELOOP for a symlink, ENOTDIR for a file.");
+
+static PyObject *py_open_root(PyObject *self, PyObject *args)
+{
+    const char *path;
+    Py_ssize_t len;
+    if (!PyArg_ParseTuple(args, "y#", &path, &len))
+        return NULL;
+    if (memchr(path, '\0', (size_t)len)) {
+        PyErr_SetString(PyExc_ValueError, "path holds NUL");
+        return NULL;
+    }
+    long fd = -1;
+    Py_BEGIN_ALLOW_THREADS
+    struct rl_open_how how = {.flags = O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC,
+                              .resolve = RL_RESOLVE_NO_SYMLINKS | RL_RESOLVE_NO_MAGICLINKS};
+    do
+        fd = syscall(__NR_openat2, AT_FDCWD, path, &how, sizeof how);
+    while (fd < 0 && (errno == EINTR || errno == EAGAIN));
+    if (fd < 0 && (errno == ENOSYS || errno == EPERM)) /* EPERM: a seccomp filter (O_PATH needs no permission) */
+        fd = open(path, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    Py_END_ALLOW_THREADS
+    if (fd < 0)
+        return PyErr_SetFromErrnoWithFilename(PyExc_OSError, path);
+    return PyLong_FromLong(fd);
+}
+
+PyDoc_STRVAR(mount_id_doc, "mount_id(fd: int, name: bytes = b\"\") -> int\n\nThe mount id (statx STATX_MNT_ID) of fd "
+                           "itself, or of name below it (not followed); 0 where the kernel does not report one.");
+
+static PyObject *py_mount_id(PyObject *self, PyObject *args)
+{
+    int fd;
+    const char *name = "";
+    Py_ssize_t len = 0;
+    if (!PyArg_ParseTuple(args, "i|y#", &fd, &name, &len))
+        return NULL;
+    struct stat st;
+    uint64_t mnt = 0;
+    if (statx_at(fd, name, len ? 0 : AT_EMPTY_PATH, &st, &mnt) < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    return PyLong_FromUnsignedLongLong(mnt);
+}
+
 static PyMethodDef methods[] = {
+    {"open_root", py_open_root, METH_VARARGS, open_root_doc},
+    {"mount_id", py_mount_id, METH_VARARGS, mount_id_doc},
     {"walk", (PyCFunction)(void (*)(void))py_walk, METH_VARARGS | METH_KEYWORDS, walk_doc},
     {"floor", py_floor, METH_VARARGS, floor_doc},
     {"xattrat_available", py_xattrat_available, METH_NOARGS,
@@ -1626,6 +1856,8 @@ PyMODINIT_FUNC PyInit__relabel(void)
         PyModule_AddIntConstant(m, "ABORT_FATAL", F_ABORT_FATAL) < 0 ||
         PyModule_AddIntConstant(m, "RO_GROUP", F_RO_GROUP) < 0 || PyModule_AddIntConstant(m, "BLIND", F_BLIND) < 0 ||
         PyModule_AddIntConstant(m, "STAT_FILES", F_STAT_FILES) < 0 ||
+        PyModule_AddIntConstant(m, "NO_LABEL", F_NO_LABEL) < 0 ||
+        PyModule_AddIntConstant(m, "NO_OPENAT2", F_NO_OPENAT2) < 0 ||
         PyModule_AddIntConstant(m, "CHUNK_ENTRIES", CHUNK_ENTRIES) < 0) {
         Py_DECREF(m);
         return NULL;

@@ -68,25 +68,23 @@ def relabel_walker():
     return relabel
 
 
-def apply_fs_group(path: str, gid: int, read_only: bool) -> None:
-    """kubelet's fsGroup ownership (pkg/volume/volume_linux.go) for a volume the walker does not visit: a
-    context mount needs no relabel, and one without a label has none to apply. Group to `gid`, group
-    read/write (read on a read-only volume), setgid and group search on directories; one filesystem only."""
-    root_dev = os.lstat(path).st_dev
-    for top, dirs, files in os.walk(path):
-        dirs[:] = [d for d in dirs if os.lstat(os.path.join(top, d)).st_dev == root_dev]
-        for name in [None] + files + dirs:
-            full = top if name is None else os.path.join(top, name)
-            st = os.lstat(full)
-            os.lchown(full, -1, gid)
-            if os.path.islink(full):
-                continue
-            mode = st.st_mode & 0o7777 | (0o440 if read_only else 0o660)
-            if os.path.isdir(full):
-                mode |= 0o2000 | 0o010
-            elif st.st_mode & 0o100:
-                mode |= 0o010
-            os.chmod(full, mode)
+def apply_fs_group(path, gid: int, read_only: bool):
+    """kubelet's fsGroup ownership (pkg/volume/volume_linux.go) for a volume the relabel walker does not visit:
+    a context mount needs no relabel, and one without a label has none to apply. The walker's ownership-only
+    pass (`agent.relabel.apply_fs_group`): dirfd-relative, never following a symlink the pod swaps in, never
+    entering a mount, one filesystem only. `path` is a path or an open directory fd. Entries that failed are
+    logged, as kubelet logs them; the volume is still published."""
+    try:
+        from agent.relabel import apply_fs_group as ownership_walk
+    except ImportError as err:
+        raise ContextNotApplied(f"the fsGroup walker (agent.relabel) is not available: {err}") from None
+    stats = ownership_walk(path, gid, read_only=read_only, policy="Always")
+    if stats.errors:
+        log.warning("fsGroup %d on %s: %d entries failed (%s); first: %s", gid, stats.path.decode(errors="replace"),
+                    stats.errors, ", ".join(f"{k} {v}" for k, v in stats.errors_by_errno.items()),
+                    "; ".join(f"{s.op} {s.path.decode(errors='replace')}: {os.strerror(s.errno)}"
+                              for s in stats.error_samples[:3]))
+    return stats
 
 
 def finish_publish(path: str, verification: mounter.Verification, plan: MountPlan, config: ShimConfig,

@@ -4,7 +4,8 @@ Contract:
   relabel PATH --label LABEL [--threads N] [--dry-run] [--one-file-system|--cross-mounts]
           [--fs-group GID] [--fs-group-policy Always|OnRootMismatch] [--read-only] [--no-compare] [-o table|json]
 Exit codes: 0 done without errors; 1 walk finished but some entries failed (see the error samples);
-2 bad input or a walk that cannot run (read-only or label-less filesystem, refused system path).
+2 bad input or a walk that cannot run (read-only or label-less filesystem, refused system path, also one reached
+by another name such as a bind mount of /etc or /proc/1/root/etc).
 """
 
 from __future__ import annotations
@@ -44,15 +45,16 @@ def register(subparsers) -> None:
         "relabel", help="set an SELinux label on a volume and everything in it (parallel, never follows symlinks)",
         description="Label PATH and every entry below it with LABEL, the way a container runtime relabels a "
                     "volume for a pod (`:Z`), but in parallel, without following symlinks, without rewriting "
-                    "entries that are already right, and staying on PATH's filesystem. The root is labelled "
-                    "last. With --fs-group, kubelet's fsGroup ownership is applied in the same pass.")
+                    "entries that are already right, and never entering a mount point below PATH. System "
+                    "directories are refused, also by another name (a bind mount, /proc/PID/root). The root is "
+                    "labelled last. With --fs-group, kubelet's fsGroup ownership is applied in the same pass.")
     parser.add_argument("path", metavar="PATH")
     parser.add_argument("--label", "-l", required=True, help="full context, e.g. system_u:object_r:container_file_t:s0:c1,c2")
     parser.add_argument("--threads", "-j", type=_positive_int, default=None, help="worker threads (default: CPUs)")
     parser.add_argument("--dry-run", "-n", action="store_true", help="count what would change, change nothing")
     mounts = parser.add_mutually_exclusive_group()
     mounts.add_argument("--one-file-system", dest="one_file_system", action="store_true", default=True,
-                        help="skip directories on other filesystems (the default)")
+                        help="skip mount points below PATH: other filesystems and bind mounts (the default)")
     mounts.add_argument("--cross-mounts", dest="one_file_system", action="store_false",
                         help="also label filesystems mounted below PATH")
     parser.add_argument("--fs-group", type=_gid, default=None, metavar="GID",

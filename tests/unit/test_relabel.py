@@ -20,7 +20,7 @@ import pytest
 from agent import _relabel
 from agent.cli.main import main as cli_main
 from agent.errors import InvalidInput, InvalidLabel, PathOutsideRoot
-from agent.relabel import RelabelStats, check_path, ownership_needs_change, relabel
+from agent.relabel import RelabelStats, apply_fs_group, check_path, ownership_needs_change, relabel
 
 XATTR = "security.selinux"
 LABEL = "system_u:object_r:container_file_t:s0:c1,c2"
@@ -333,6 +333,36 @@ def test_depth_ten_thousand(tmp_path):
         _rmtree_deep(root)
 
 
+def _bottom_of_deep(root: str) -> os.stat_result:
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        while os.path.lexists(f"/proc/self/fd/{fd}/d"):
+            next_fd = os.open("d", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = next_fd
+        return os.stat("bottom", dir_fd=fd, follow_symlinks=False)
+    finally:
+        os.close(fd)
+
+
+def test_fs_group_passes_complete_a_deep_tree(tmp_path):
+    """1,500 levels: the CSI shim's fsGroup pass (once an os.walk that died with RecursionError here) and the
+    ownership-only walk both reach the bottom."""
+    from csi_shim import node
+
+    root = str(tmp_path / "deep")
+    _make_deep(root, 1500, side=False)
+    try:
+        node.apply_fs_group(root, 4711, False)
+        st = _bottom_of_deep(root)
+        assert st.st_gid == 4711 and stat.S_IMODE(st.st_mode) == 0o664
+        stats = apply_fs_group(root, 4712, threads=2)
+        assert stats.errors == 0 and stats.seen == 1500 + 2 and stats.owner_changed == 1500 + 2
+        assert _bottom_of_deep(root).st_gid == 4712
+    finally:
+        _rmtree_deep(root)
+
+
 def test_deep_tree_with_fd_budget_reopens_directories(tmp_path):
     # Each level keeps a sibling pending, so open directories pile up; with a budget of 16 fds the walker
     # must close idle ones and reopen them from an ancestor.
@@ -640,6 +670,80 @@ def test_ownership_needs_change_follows_kubelet():
     assert not ownership_needs_change(st(stat.S_IFDIR | 0o2550, 5), 5, True)
     assert ownership_needs_change(st(stat.S_IFDIR | 0o2770, 6), 5, False)  # other group
     assert ownership_needs_change(st(stat.S_IFREG | 0o2770, 5), 5, False)  # not a directory
+
+
+# --- fsGroup without labels, and walks from an open fd ----------------------------------------------------------
+
+
+def test_ownership_only_writes_no_label_and_follows_kubelet(tmp_path):
+    root = tmp_path / "vol"
+    outside = _ownership_tree(root)
+    gid = 4343
+    stats = apply_fs_group(root, gid, threads=2)
+    for path in (root, root / "sub", root / "file", root / "sub" / "exe", root / "link"):
+        assert os.lstat(path).st_gid == gid and label_of(path) is None, path
+    mode = lambda p: stat.S_IMODE(os.lstat(p).st_mode)  # noqa: E731
+    assert mode(root) == 0o2775 and mode(root / "sub") == 0o2770 and mode(root / "file") == 0o664
+    assert mode(root / "sub" / "exe") == 0o4775  # setuid back after chown cleared it
+    assert mode(outside) == 0o600 and os.stat(outside).st_gid != gid  # the link was not followed
+    assert (stats.seen, stats.changed, stats.owner_changed, stats.mode_changed, stats.errors) == (5, 0, 5, 4, 0)
+    again = apply_fs_group(root, gid)
+    assert (again.owner_changed, again.mode_changed, again.walk_skipped) == (0, 0, False)
+    # OnRootMismatch: a right root is a finished pass, nothing below is looked at; Always walks.
+    os.chown(root / "file", -1, 0)
+    assert apply_fs_group(root, gid, policy="OnRootMismatch").walk_skipped
+    assert os.lstat(root / "file").st_gid == 0
+    assert apply_fs_group(root, gid, policy="Always").owner_changed == 1
+
+
+def test_ownership_only_read_only_mask(tmp_path):
+    root = tmp_path / "vol"
+    root.mkdir()
+    (root / "file").write_text("x")
+    os.chmod(root / "file", 0o600)
+    apply_fs_group(root, 77, read_only=True)
+    assert stat.S_IMODE(os.lstat(root / "file").st_mode) == 0o640
+    assert stat.S_IMODE(os.lstat(root).st_mode) & 0o2550 == 0o2550
+
+
+def test_ownership_only_bad_arguments(tmp_path):
+    for kwargs in (dict(gid=-1), dict(gid=True), dict(gid=None), dict(gid=5, policy="Sometimes"),
+                   dict(gid=5, threads=0)):
+        with pytest.raises(InvalidInput):
+            apply_fs_group(tmp_path, **kwargs)
+    with pytest.raises(InvalidInput, match="no such file"):
+        apply_fs_group(tmp_path / "missing", 5)
+    with open(tmp_path / "plain", "w") as handle:
+        with pytest.raises(InvalidInput, match="not an open directory"):
+            apply_fs_group(handle.fileno(), 5)
+
+
+def test_walks_from_an_open_fd_leave_the_callers_fd_alone(tmp_path):
+    root = tmp_path / "vol"
+    _ownership_tree(root)
+    for flags in (os.O_RDONLY | os.O_DIRECTORY, os.O_PATH | os.O_DIRECTORY):
+        fd = os.open(root, flags)
+        try:
+            stats = relabel(fd, LABEL, fs_group=4344, threads=2)
+            assert stats.errors == 0 and stats.seen == 5 and stats.path == os.fsencode(root)
+            assert label_of(root / "sub" / "exe") == want() and os.lstat(root / "file").st_gid == 4344
+            assert apply_fs_group(fd, 4345).owner_changed == 5
+            if not flags & os.O_PATH:
+                assert sorted(os.listdir(fd)) == ["file", "link", "sub"]  # still open, still readable
+        finally:
+            os.close(fd)
+
+
+@pytest.mark.parametrize("path", ["/etc", "/usr", "/"])
+def test_an_fd_of_a_system_directory_is_refused(path):
+    fd = os.open(path, os.O_PATH | os.O_DIRECTORY)
+    try:
+        with pytest.raises(PathOutsideRoot, match="is not allowed"):
+            apply_fs_group(fd, 5, dry_run=True)
+        with pytest.raises(PathOutsideRoot, match="is not allowed"):
+            relabel(fd, LABEL, dry_run=True)
+    finally:
+        os.close(fd)
 
 
 # --- input checks ------------------------------------------------------------------------------------------
