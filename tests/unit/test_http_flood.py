@@ -62,6 +62,7 @@ class Agent:
 
     def __init__(self, tmp: Path, port: int, command: str = "run", fd_limit: bool = True):
         self.tmp = tmp
+        self.port = port
         self.socket = tmp / "csi.sock"
         self.log_path = tmp / f"{command}-{port}.log"
         (tmp / "kubelet").mkdir(exist_ok=True)
@@ -104,7 +105,6 @@ def many_fds():
 def agent(tmp_path):
     port = free_port()
     running = Agent(tmp_path, port)
-    running.port = port
     try:
         assert wait_for(lambda: http_get(port, "/readyz", 2)[0] == 200 or running.proc.poll() is not None,
                         timeout=30)
