@@ -163,6 +163,7 @@ def _bind_socket(server, path: str) -> tuple[int, int]:
     and gRPC, which removes the path it bound when it stops, only ever removes the private name. Returns the
     socket's (st_dev, st_ino): `stop` removes the path only while it is still this socket."""
     _prepare_socket(path)
+    # A leading dot: kubelet's plugin watcher ignores such files (pluginwatcher/plugin_watcher.go).
     private = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}~")
     server.add_insecure_port(f"unix://{private}")
     os.chmod(private, 0o660)

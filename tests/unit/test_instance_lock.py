@@ -111,3 +111,38 @@ def test_a_stale_socket_is_replaced_and_a_live_foreign_one_is_refused(tmp_path):
     finally:
         server.stop(0)
     assert not os.path.exists(path)
+
+
+def test_the_lock_is_exclusive_until_released(tmp_path):
+    from csi_shim.instance_lock import InstanceLock, InstanceRunning, holder_text
+
+    held = InstanceLock.acquire(str(tmp_path / "state"))
+    with pytest.raises(InstanceRunning, match=f"in use by pid {os.getpid()} "):
+        InstanceLock.acquire(str(tmp_path / "state"))  # another open file description: flock refuses it too
+    held.release()
+    InstanceLock.acquire(str(tmp_path / "state")).release()
+    assert holder_text(b"") == "a process whose pid is not written yet"
+
+
+def test_a_lock_file_that_is_a_symbolic_link_is_refused(tmp_path):
+    from agent.errors import InvalidInput
+    from csi_shim.instance_lock import InstanceLock
+
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "instance.lock").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(InvalidInput, match="cannot lock the state directory"):
+        InstanceLock.acquire(str(tmp_path / "state"))
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_a_metrics_address_in_use_is_one_line(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        agent = Agent(tmp_path, taken.getsockname()[1], fd_limit=False)
+        code = agent.proc.wait(30)
+        agent.stop()
+    log = agent.stderr()
+    assert code == 2 and "Traceback" not in log
+    assert "metrics address" in log.splitlines()[-1] and "in use" in log.splitlines()[-1]
+    assert not (tmp_path / "csi.sock").exists()
