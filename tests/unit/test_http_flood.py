@@ -53,10 +53,6 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def limit_fds():
-    resource.setrlimit(resource.RLIMIT_NOFILE, (CHILD_FD_LIMIT, CHILD_FD_LIMIT))
-
-
 class Agent:
     """`selinux-mount-agent run` as a subprocess with its state, socket and kubelet root under tmp."""
 
@@ -72,8 +68,12 @@ class Agent:
             args += ["--metrics-address", f"127.0.0.1:{port}", "--avc", "off", "--kube-api", "off"]
         self.log = open(self.log_path, "wb")
         env = dict(os.environ, PYTHONPATH=str(ROOT))
-        self.proc = subprocess.Popen(args, cwd=tmp, env=env, stdout=self.log, stderr=self.log,
-                                     preexec_fn=limit_fds if fd_limit else None)
+        self.proc = subprocess.Popen(args, cwd=tmp, env=env, stdout=self.log, stderr=self.log)
+        if fd_limit:
+            # Set from here rather than in a preexec_fn: this process runs gRPC threads, and Python code
+            # between fork and exec in a threaded process can hang or abort. The limit binds every descriptor
+            # the agent opens from now on; the interpreter has barely started.
+            resource.prlimit(self.proc.pid, resource.RLIMIT_NOFILE, (CHILD_FD_LIMIT, CHILD_FD_LIMIT))
 
     def stderr(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -101,10 +101,11 @@ def many_fds():
     resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
-@pytest.fixture
-def agent(tmp_path):
+@contextlib.contextmanager
+def ready_agent(tmp_path, fd_limit: bool = True):
+    """`run` started, ready (/readyz), and stopped at the end."""
     port = free_port()
-    running = Agent(tmp_path, port)
+    running = Agent(tmp_path, port, fd_limit=fd_limit)
     try:
         assert wait_for(lambda: http_get(port, "/readyz", 2)[0] == 200 or running.proc.poll() is not None,
                         timeout=30)
@@ -112,6 +113,12 @@ def agent(tmp_path):
         yield running
     finally:
         running.stop()
+
+
+@pytest.fixture
+def agent(tmp_path):
+    with ready_agent(tmp_path) as running:
+        yield running
 
 
 def open_idle(port: int, count: int, batch: int = 4, wait: float = 1.0) -> list[socket.socket]:
@@ -174,6 +181,8 @@ def test_health_answers_and_the_cpu_idles_while_1020_connections_are_held(agent,
     """Everything is measured first and asserted at the end, so one run reports every figure."""
     clients = open_idle(agent.port, FLOOD)
     try:
+        with open(f"/proc/{agent.proc.pid}/limits") as limits:
+            assert any(line.startswith("Max open files") and f" {CHILD_FD_LIMIT} " in line for line in limits)
         print(f"\n{established(clients)} of {FLOOD} connections established; "
               f"the agent has {open_fds(agent.proc.pid)} fds open (limit {CHILD_FD_LIMIT})")
         health = http_get(agent.port, "/healthz", timeout=10)

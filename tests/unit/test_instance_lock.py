@@ -9,8 +9,7 @@ import grpc
 import pytest
 
 from csi_shim.proto import csi_pb2, csi_pb2_grpc
-from tests.polling import wait_for
-from tests.unit.test_http_flood import Agent, free_port, http_get
+from tests.unit.test_http_flood import Agent, free_port, http_get, ready_agent
 
 
 def plugin_name(path) -> str:
@@ -20,15 +19,8 @@ def plugin_name(path) -> str:
 
 @pytest.fixture
 def first(tmp_path):
-    port = free_port()
-    running = Agent(tmp_path, port, fd_limit=False)
-    try:
-        assert wait_for(lambda: http_get(port, "/readyz", 2)[0] == 200 or running.proc.poll() is not None,
-                        timeout=30)
-        assert running.proc.poll() is None, running.stderr()
+    with ready_agent(tmp_path, fd_limit=False) as running:
         yield running
-    finally:
-        running.stop()
 
 
 @pytest.mark.parametrize("command", ["run", "csi"])
