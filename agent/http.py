@@ -213,7 +213,11 @@ class MetricsServer:
                     elif key.data == "wake":
                         self._drain_wake()
                     elif key.fileobj in self.connections:
-                        self._ready(key.data, events)
+                        try:
+                            self._ready(key.data, events)
+                        except Exception:  # noqa: BLE001 - a bug costs that connection, not the server
+                            log.exception("metrics server: connection failed")
+                            self._close(key.data)
                 now = time.monotonic()
                 if now >= self._due:
                     self._expire(now)
