@@ -17,14 +17,14 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import yaml
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 
 from agent import host
 from agent.avc.applied import AppliedLevels
 from agent.errors import InvalidInput
+from agent.http import MetricsServer, Request, Response, health_response, metrics_response
 from agent.kubeapi import KUBE_API_CHOICES
 from agent.metrics import NodeMetrics
 
@@ -146,30 +146,16 @@ def configure_logging(log_format: str = "text", log_level: str = "info", stream=
     root.setLevel(log_level.upper())
 
 
-class _Handler(BaseHTTPRequestHandler):
-    daemon: "Daemon"
-
-    def log_message(self, *args):
-        pass
-
-    def do_GET(self):
-        path = self.path.split("?", 1)[0]
-        if path == "/metrics":
-            body, status, kind = generate_latest(self.daemon.registry), 200, CONTENT_TYPE_LATEST
-        elif path == "/healthz":
-            problems = self.daemon.problems()
-            body = ("ok\n" if not problems else "\n".join(problems) + "\n").encode()
-            status, kind = (200 if not problems else 503), "text/plain; charset=utf-8"
-        elif path == "/readyz":
-            ready = self.daemon.ready.is_set() and not self.daemon.problems()
-            body, status, kind = (b"ready\n", 200, "text/plain") if ready else (b"not ready\n", 503, "text/plain")
-        else:
-            body, status, kind = b"not found\n", 404, "text/plain"
-        self.send_response(status)
-        self.send_header("Content-Type", kind)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+def _answer(daemon: "Daemon", request: Request) -> Response:
+    """What the metrics and health server answers for `run` (a contract: paths, codes and bodies)."""
+    if request.path == "/metrics":
+        return metrics_response(daemon.registry, request)
+    if request.path == "/healthz":
+        return health_response(daemon.problems())
+    if request.path == "/readyz":
+        ready = daemon.ready.is_set() and not daemon.problems()
+        return Response(200, b"ready\n", "text/plain") if ready else Response(503, b"not ready\n", "text/plain")
+    return Response(404, b"not found\n", "text/plain")
 
 
 class Component:
@@ -197,9 +183,14 @@ class Daemon:
         self.selinux = False
         self.components: list[Component] = []
         self._factory = components_factory or default_components
-        self._http: ThreadingHTTPServer | None = None
+        self._http: MetricsServer | None = None
+        self.instance_lock = None
 
     def start(self) -> None:
+        from csi_shim.instance_lock import InstanceLock
+
+        # First of all: a second agent on the same state must not bind the metrics port or touch the socket.
+        self.instance_lock = InstanceLock.acquire(csi_state_dir(self.config.state_dir))
         self.selinux = host.selinux_enabled()
         self.metrics.selinux_enabled.set(1 if self.selinux else 0)
         if not self.selinux:
@@ -208,10 +199,10 @@ class Daemon:
                         "relabelled")
         os.makedirs(self.config.state_dir, exist_ok=True)
         host_name, port = split_address(self.config.metrics_address)
-        handler = type("Handler", (_Handler,), {"daemon": self})
-        self._http = ThreadingHTTPServer((host_name, port), handler)
-        self._http.daemon_threads = True
-        threading.Thread(target=self._http.serve_forever, name="metrics", daemon=True).start()
+        try:
+            self._http = MetricsServer((host_name, port), lambda request: _answer(self, request)).start()
+        except OSError as err:
+            raise InvalidInput(f"metrics address {self.config.metrics_address}: {err.strerror or err}") from None
         log.info("serving /metrics, /healthz and /readyz on %s", self.metrics_url)
         self.components = list(self._factory(self))
         for component in self.components:
@@ -253,8 +244,9 @@ class Daemon:
             except Exception:
                 log.exception("stopping %s failed", component.name)
         if self._http:
-            self._http.shutdown()
-            self._http.server_close()
+            self._http.stop()
+        if self.instance_lock is not None:
+            self.instance_lock.release()
         self.stopped.set()
 
 
@@ -285,12 +277,14 @@ class CSIComponent(Component):
         self.socket = socket_path(self.shim_config.csi_endpoint, "--csi-endpoint")
         self.metrics = daemon.metrics
         self.levels = daemon.applied_levels
+        self.daemon = daemon
         self.server = None
 
     def start(self) -> None:
         from csi_shim.server import build_server
 
-        server = build_server(self.shim_config, self.metrics, on_publish=self.levels.sync)
+        server = build_server(self.shim_config, self.metrics, on_publish=self.levels.sync,
+                              instance_lock=self.daemon.instance_lock)
         self.levels.watch(server.state)  # the records recovered from before a restart count too
         self.server = server.start()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import stat
 import threading
 import time
@@ -20,6 +21,7 @@ import grpc
 from agent.errors import AgentError, InvalidInput, LabelConflict
 from csi_shim import mounter, validate
 from csi_shim.config import ShimConfig
+from csi_shim.instance_lock import InstanceLock
 from csi_shim.plan import node_topology
 from csi_shim.proto import csi_pb2_grpc
 from csi_shim.state import State, VolumeLocks, reconcile
@@ -135,6 +137,9 @@ def recover(state: State, config: ShimConfig) -> list[str]:
 
 
 def _prepare_socket(path: str) -> None:
+    """Refuse a path that is not a socket, or a socket another process serves (a shim on another state
+    directory, which the instance lock does not see). A socket nobody listens on was left by a killed run and
+    is replaced by `_bind_socket`; kubelet reconnects by path."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     try:
         mode = os.lstat(path).st_mode
@@ -142,17 +147,53 @@ def _prepare_socket(path: str) -> None:
         return
     if not stat.S_ISSOCK(mode):
         raise InvalidInput(f"--csi-endpoint {path} exists and is not a socket")
-    os.unlink(path)  # left behind by a previous run; kubelet reconnects by path
+    with socket.socket(socket.AF_UNIX) as probe:
+        probe.settimeout(2)
+        try:
+            probe.connect(path)
+        except (ConnectionRefusedError, FileNotFoundError):
+            return
+        except OSError:
+            pass  # a full backlog or a timeout: someone is there
+    raise InvalidInput(f"--csi-endpoint {path} is in use by another process")
+
+
+def _bind_socket(server, path: str) -> tuple[int, int]:
+    """Bind the socket under a private name and rename it into place, so the path never points at nothing
+    and gRPC, which removes the path it bound when it stops, only ever removes the private name. Returns the
+    socket's (st_dev, st_ino): `stop` removes the path only while it is still this socket."""
+    _prepare_socket(path)
+    # A leading dot: kubelet's plugin watcher ignores such files (pluginwatcher/plugin_watcher.go).
+    private = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}~")
+    server.add_insecure_port(f"unix://{private}")
+    os.chmod(private, 0o660)
+    identity = os.stat(private)
+    os.rename(private, path)
+    return identity.st_dev, identity.st_ino
+
+
+def _remove_own_socket(path: str, identity: tuple[int, int]) -> None:
+    try:
+        now = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if (now.st_dev, now.st_ino) == identity:
+        os.unlink(path)
+    else:
+        log.warning("left %s in place: it is no longer the socket this process bound", path)
 
 
 class ShimServer:
-    def __init__(self, config: ShimConfig, metrics=None, on_publish=None):
+    def __init__(self, config: ShimConfig, metrics=None, on_publish=None, instance_lock=None):
         self.config = config
         self.metrics = metrics
         problem = None if config.proxy else validate.topology_value_problem(config.node_id)
         if problem:
             # kubelet writes NodeGetInfo's topology as a node label: registration would fail later, less clearly.
             raise InvalidInput(f"--node-id {config.node_id!r} cannot be this driver's topology value: {problem}")
+        # Before the state or the socket is touched: one instance per state directory.
+        self._owns_lock = instance_lock is None
+        self.instance_lock = instance_lock or InstanceLock.acquire(config.state_dir)
         self.state = State(config.state_file)
         self.locks = VolumeLocks()
         self.recovery_notes = recover(self.state, config)
@@ -174,13 +215,11 @@ class ShimServer:
                                   node_topology(config.driver_name, config.node_id)), self.server)
             csi_pb2_grpc.add_NodeServicer_to_server(NodeService(self.state, self.config, self.locks, metrics),
                                                     self.server)
-        _prepare_socket(config.socket)
-        self.server.add_insecure_port(f"unix://{config.socket}")
+        self.socket_identity = _bind_socket(self.server, config.socket)
         self._stopped = threading.Event()
 
     def start(self) -> "ShimServer":
         self.server.start()
-        os.chmod(self.config.socket, 0o660)
         log.info("CSI %s listening on %s%s", "proxy" if self.proxy else "driver", self.config.csi_endpoint,
                  f", forwarding to {self.config.backend_endpoint}" if self.proxy else "")
         return self
@@ -190,16 +229,18 @@ class ShimServer:
         if self.proxy is not None:
             self.proxy.close()
         self.state.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.config.socket)
+        _remove_own_socket(self.config.socket, self.socket_identity)
+        if self._owns_lock:
+            self.instance_lock.release()
         self._stopped.set()
 
     def wait(self) -> None:
         self.server.wait_for_termination()
 
 
-def build_server(config: ShimConfig, metrics=None, on_publish=None) -> ShimServer:
+def build_server(config: ShimConfig, metrics=None, on_publish=None, instance_lock=None) -> ShimServer:
     """The shim for these settings, state recovered, socket bound, not yet serving. `metrics` (an
     agent.metrics.NodeMetrics) receives what the shim does; None records nothing. `on_publish()` runs after
-    each NodePublishVolume and NodeUnpublishVolume (see ErrorMapping)."""
-    return ShimServer(config, metrics, on_publish)
+    each NodePublishVolume and NodeUnpublishVolume (see ErrorMapping). Without `instance_lock` (an
+    InstanceLock the caller took on config.state_dir) the server takes it and releases it when it stops."""
+    return ShimServer(config, metrics, on_publish, instance_lock)

@@ -1,8 +1,9 @@
 """`selinux-mount-agent controller`: live conflict detection against a cluster's API.
 
 Watches Pods, PVCs, PVs and CSIDrivers, keeps the audit's model up to date, posts Events with the upstream
-selinux-warning-controller's reasons and texts, and serves its metric on /metrics. Unlike upstream it needs no
-kube-controller-manager restart and fills in node defaults in its reasoning.
+selinux-warning-controller's reasons and texts, and serves its metric on /metrics, with /healthz and /readyz
+(agent/http.py). Unlike upstream it needs no kube-controller-manager restart and fills in node defaults in its
+reasoning.
 """
 
 from __future__ import annotations
@@ -11,11 +12,13 @@ import logging
 import signal
 import threading
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
 from agent import gates as gates_mod
 from agent.controller import ConflictController, ConflictModel, conflict_collector
 from agent.daemon import split_address
+from agent.errors import InvalidInput
+from agent.http import MetricsServer, Request, Response, health_response, metrics_response
 from agent.defaults import load_node_defaults
 from agent.kubeapi import Client, in_cluster_config, kubeconfig_config
 
@@ -34,10 +37,23 @@ def register(subparsers) -> None:
     parser.add_argument("--feature-gates", default="", metavar="Gate=bool,...")
     parser.add_argument("--defaults-file", metavar="PATH", help="contexts file with the nodes' container labels")
     parser.add_argument("--metrics-address", default="127.0.0.1:9809", metavar="HOST:PORT",
-                        help="where /metrics is served (default %(default)s; empty to disable)")
+                        help="where /metrics, /healthz and /readyz are served (default %(default)s; empty to "
+                             "disable)")
     parser.add_argument("--no-events", action="store_true", help="do not post Events, only serve the metric")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     parser.set_defaults(func=run)
+
+
+def answer(registry, controller: ConflictController, request: Request) -> Response:
+    """/metrics as prometheus_client's own server answered it (OpenMetrics, gzip, name[] on request),
+    /healthz while the process serves, /readyz once every kind has been listed."""
+    if request.path == "/metrics":
+        return metrics_response(registry, request, negotiate=True)
+    if request.path == "/healthz":
+        return health_response([])
+    if request.path == "/readyz":
+        return Response.text(200, "ready\n") if controller.synced.is_set() else Response.text(503, "not ready\n")
+    return Response.text(404, "not found\n")
 
 
 def run(args) -> int:
@@ -46,11 +62,15 @@ def run(args) -> int:
     config = kubeconfig_config(args.kubeconfig, args.context) if args.kubeconfig else in_cluster_config()
     model = ConflictModel(gates, load_node_defaults(args.defaults_file))
     controller = ConflictController(Client(config), model, emit_events=not args.no_events)
+    server = None
     if args.metrics_address:
         registry = CollectorRegistry(auto_describe=True)
         registry.register(conflict_collector(model, controller.lock))
         host, port = split_address(args.metrics_address)
-        start_http_server(port, addr=host, registry=registry)
+        try:
+            server = MetricsServer((host, port), lambda request: answer(registry, controller, request)).start()
+        except OSError as err:
+            raise InvalidInput(f"--metrics-address {args.metrics_address}: {err.strerror or err}") from None
     stopping = threading.Event()
 
     def stop(signum, frame):
@@ -61,5 +81,9 @@ def run(args) -> int:
     signal.signal(signal.SIGINT, stop)
     logging.getLogger("selinux-mount-agent.controller").info(
         "watching %s (Kubernetes %s gates: %s)", config.server, gates.version, gates.describe())
-    controller.run()
+    try:
+        controller.run()
+    finally:
+        if server is not None:
+            server.stop()
     return 0

@@ -1,5 +1,6 @@
 """agent/controller.py and `selinux-mount-agent controller`: the live model against a real HTTP API server."""
 
+import gzip
 import os
 import signal
 import subprocess
@@ -192,6 +193,17 @@ def test_command_serves_metrics_and_stops_on_sigterm(api, kubeconfig):
 
         assert wait_for(lambda: scrape().count("selinux_warning_controller_selinux_volume_conflict{") == 4, 15)
         assert wait_for(lambda: len(api.events) == 4)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as response:
+            assert (response.status, response.read()) == (200, b"ok\n")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as response:
+            assert response.status == 200
+        # What prometheus_client's own server answered: OpenMetrics and gzip when the scraper asks for them.
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", headers={
+            "Accept": "application/openmetrics-text; version=1.0.0", "Accept-Encoding": "gzip"})
+        with urllib.request.urlopen(request, timeout=5) as response:
+            assert response.headers["Content-Type"].startswith("application/openmetrics-text")
+            assert response.headers["Content-Encoding"] == "gzip"
+            assert gzip.decompress(response.read()).endswith(b"# EOF\n")
     finally:
         process.send_signal(signal.SIGTERM)
         out, err = process.communicate(timeout=15)
