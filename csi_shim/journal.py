@@ -248,7 +248,8 @@ _MISSING = object()
 
 class State:
     """The records and the files behind them. All access goes through `lock`; changes go through `change()`
-    or `intent()`. Raises StateInvalid when the files on disk cannot be trusted."""
+    or `intent()`. Raises StateInvalid when the files on disk cannot be trusted. `fresh`: no state was on
+    disk (a new node) and none has been saved yet."""
 
     def __init__(self, path: str):
         self.path = path
@@ -377,6 +378,7 @@ class State:
                     os.unlink(os.path.join(self.directory, name))
                 raise
             old_fd, self._journal_fd, self._journal_lines = self._journal_fd, fd, 0
+            self.fresh = False  # a state is on disk now
             if old_fd >= 0:
                 os.close(old_fd)
             for entry in journals_in(self.directory):

@@ -27,14 +27,15 @@ from agent.label import context_mount_option
 from agent.mountinfo import Mount
 from csi_shim import mounter
 from csi_shim.journal import SNAPSHOT, JOURNAL_NAME, State, empty
-from csi_shim.plan import _FLAG_OPTIONS, SUPPORTED_FS_TYPES
+from csi_shim.plan import SUPPORTED_FS_TYPES
 from csi_shim.records import DONE, ImageVolume, Published, Staged
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIX = ".img"
-# Per-mount options mountinfo shows on every mount unless told otherwise: not flags anyone asked for.
-DEFAULT_OPTIONS = frozenset({"rw", "relatime", "ro"})
+# Per-mount flags mountinfo shows when they were asked for (proc(5) "mount options"); rw, ro and relatime
+# are the defaults or, for ro, the publish's readonly, and are not flags anyone listed.
+MOUNTINFO_FLAGS = ("nosuid", "nodev", "noexec", "noatime", "nodiratime", "strictatime", "nosymfollow")
 # kubelet's directory layout (pkg/volume/csi): targets live below pods/<uid>/volumes/kubernetes.io~csi/.
 PODS = "pods"
 CSI_PLUGIN_DIR = "plugins/kubernetes.io/csi"
@@ -139,6 +140,10 @@ def recover(state: State, config) -> list[str]:
             except OSError as err:
                 notes.append(f"{path}: left in place: {err.strerror}")
         state.replace(data)
+        recorded = {rec.get("image") for rec in data["volumes"].values()}
+        for image in image_files(config.image_dir):
+            if image not in recorded:
+                notes.append(f"{image}: a volume image no record names; kept (csi --recover-state adopts it)")
     for note in notes:
         log.warning("recovery: %s", note)
     return notes
@@ -149,7 +154,7 @@ def recover(state: State, config) -> list[str]:
 def flags_of(entry: Mount) -> list[str]:
     """The mount flags a mount shows in mountinfo that someone asked for (defaults left out), `context=` last
     as kubelet appends it. Options that leave no trace in mountinfo cannot be known."""
-    flags = [o for o in entry.mount_options if o in _FLAG_OPTIONS and o not in DEFAULT_OPTIONS]
+    flags = [o for o in entry.mount_options if o in MOUNTINFO_FLAGS]
     if entry.context is not None:
         flags.append(context_mount_option(entry.context))
     return flags
@@ -202,7 +207,7 @@ def rebuild(images: dict[str, tuple[str, int, str | None]], loops: dict[str, tup
             data["published"][entry.mount_point] = Published(
                 volume_id=volume_id, staging_path=staging.mount_point if staging else None,
                 label=entry.context.text if entry.context else None, readonly=entry.read_only,
-                mount_flags=tuple(f for f in flags_of(entry) if f != "ro"), pod=None, status=DONE,
+                mount_flags=tuple(flags_of(entry)), pod=None, status=DONE,
                 verification=_verification(entry), action=None).to_json()
             rebuilt.append(f"published {volume_id} at {entry.mount_point} (readonly={entry.read_only}); its pod "
                            f"is unknown")

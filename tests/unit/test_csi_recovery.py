@@ -156,3 +156,19 @@ def test_no_state_but_images_is_refused(tmp_path):
     (images / "vol-1.img").write_bytes(b"")
     with pytest.raises(StateInvalid, match="holds 1 volume image"):
         refuse_forgetting(state, str(images))
+
+
+def test_start_up_recovery_names_an_image_no_record_names(tmp_path):
+    from csi_shim.config import ShimConfig
+    from csi_shim.recovery import recover
+
+    config = ShimConfig(csi_endpoint=f"unix://{tmp_path}/csi.sock", state_dir=str(tmp_path), node_id="n")
+    state = State(config.state_file)
+    state.replace(data())
+    os.makedirs(config.image_dir)
+    orphan = os.path.join(config.image_dir, "vol-9.img")
+    open(orphan, "wb").close()
+    notes = recover(state, config)
+    state.close()
+    assert any(orphan in note and "no record" in note for note in notes)
+    assert os.path.exists(orphan)  # never deleted
