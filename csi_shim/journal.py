@@ -118,10 +118,11 @@ def parse_snapshot(path: str, payload: bytes) -> tuple[dict, str | None]:
         raise StateInvalid(path, f"is not valid JSON ({err}; truncated or damaged)") from None
     if not isinstance(data, dict):
         raise StateInvalid(path, f"holds {records._kind(data)}, not the state object")
-    version = data.get("version", "missing")
+    version = data.get("version")
     if type(version) is not int or version != VERSION:  # noqa: E721 - true == 1 in Python, not here
-        raise StateInvalid(path, f"has version {json.dumps(version) if version != 'missing' else 'missing'}; "
-                                 f"this shim reads version {VERSION} (a file of another format or release)")
+        shown = json.dumps(version) if "version" in data else "missing"
+        raise StateInvalid(path, f"has version {shown}; this shim reads version {VERSION} (a file of another "
+                                 f"format or release)")
     unknown = sorted(set(data) - TOP_LEVEL)
     if unknown:
         raise StateInvalid(path, f"has unknown top-level keys {', '.join(map(repr, unknown))}")

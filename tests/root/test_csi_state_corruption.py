@@ -302,8 +302,25 @@ def assert_mounted(node) -> None:
     assert len(loops_under(node["state"])) == 1
 
 
+def unpublish_unstage_delete(node) -> None:
+    """What kubelet and the provisioner do when the pods and the claim go: it must work and leave nothing."""
+    shim = ShimProcess(node["shim"].tmp).start()
+    node["shim"] = shim
+    client = connect(shim)
+    try:
+        for target in node["targets"]:
+            client.unpublish(node["volume_id"], target)
+        client.unstage(node["volume_id"], node["staging"])
+        client.delete(node["volume_id"])
+    finally:
+        client.close()
+    assert not mounts_under(f"{shim.tmp}/kubelet")
+    assert not loops_under(node["state"])
+    assert os.listdir(f"{node['state']}/volumes") == []
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_damaged_state_refuses_to_start_and_recovers(node, case, tmp_path):
+def test_damaged_state_refuses_to_start_and_recovers(node, case):
     state_dir = node["state"]
     named = CASES[case](state_dir, journal_of(state_dir))
     damaged = fingerprint(state_dir)
@@ -327,19 +344,7 @@ def test_damaged_state_refuses_to_start_and_recovers(node, case, tmp_path):
                    for other, seen in kept.items()), f"{name} was not kept aside: {sorted(kept)}"
     assert_mounted(node)
 
-    shim = ShimProcess(tmp_path).start()
-    node["shim"] = shim
-    client = connect(shim)
-    try:
-        for target in node["targets"]:
-            client.unpublish(node["volume_id"], target)
-        client.unstage(node["volume_id"], node["staging"])
-        client.delete(node["volume_id"])
-    finally:
-        client.close()
-    assert not mounts_under(f"{tmp_path}/kubelet")
-    assert not loops_under(state_dir)
-    assert os.listdir(f"{state_dir}/volumes") == []
+    unpublish_unstage_delete(node)
 
 
 def test_a_torn_last_journal_line_is_tolerated(node):
@@ -348,17 +353,7 @@ def test_a_torn_last_journal_line_is_tolerated(node):
     _append(state_dir, journal_of(state_dir), b'{"t":"published","k":"/x","r":{"volu')
     outcome, code, out, err = start_once(node["shim"])
     assert outcome == "serving", err
-    shim = ShimProcess(node["shim"].tmp).start()
-    node["shim"] = shim
-    client = connect(shim)
-    try:
-        for target in node["targets"]:
-            client.unpublish(node["volume_id"], target)
-        client.unstage(node["volume_id"], node["staging"])
-        client.delete(node["volume_id"])
-    finally:
-        client.close()
-    assert not mounts_under(f"{shim.tmp}/kubelet") and not loops_under(state_dir)
+    unpublish_unstage_delete(node)
 
 
 def test_recover_state_leaves_a_valid_state_alone(node):
