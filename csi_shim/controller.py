@@ -155,6 +155,11 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
             if request.volume_id in self.state.staged or self.state.publishers(request.volume_id):
                 raise VolumeInUse(f"volume {request.volume_id} is still staged or published on this node")
             if record.get("image"):
+                # The records are not the only witness: whatever they say, a mounted image stays.
+                numbers = {mounter.device_number(device) for device in mounter.find_loop(record["image"])}
+                mounted = sorted(m.mount_point for m in mounter.mounts() if m.major_minor in numbers)
+                if mounted:
+                    raise VolumeInUse(f"volume {request.volume_id} is still mounted at {', '.join(mounted)}")
                 mounter.detach_image(record["image"])
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(record["image"])
