@@ -253,10 +253,16 @@ class Daemon:
 def csi_state_dir(state_dir: str) -> str:
     """Where the shim keeps its files under `run`: `--state-dir` itself, as for `csi`, so both commands find
     the same volumes. A node whose state was kept in DIR/csi (as `run` once did) keeps using that directory:
-    moving away from it would lose the volume records and leave their loop devices attached."""
+    moving away from it would lose the volume records and leave their loop devices attached. Any state file
+    or the image directory there counts, a damaged or deleted snapshot included: the shim then refuses to
+    start on that directory instead of starting empty in another."""
     base = os.path.abspath(state_dir)
     earlier = os.path.join(base, "csi")
-    return earlier if os.path.exists(os.path.join(earlier, "csi-state.json")) else base
+    try:
+        names = os.listdir(earlier)
+    except OSError:
+        return base
+    return earlier if any(n.startswith("csi-state.") or n == "volumes" for n in names) else base
 
 
 class CSIComponent(Component):

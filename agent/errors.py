@@ -128,3 +128,17 @@ class BackendError(AgentError):
     def __init__(self, code: str, message: str):
         self.code = code
         super().__init__(message)
+
+
+class StateInvalid(AgentError):
+    """A CSI shim state file that cannot be trusted (damaged, foreign, or missing while its volumes exist).
+    The shim does not start on it and leaves it as it is: starting empty would forget mounted volumes."""
+
+    code = "INTERNAL"
+
+    def __init__(self, path: str, why: str):
+        self.path = path
+        self.why = why
+        super().__init__(f"state file {path}: {why}; it is left as it is and the shim does not start: run "
+                         f"`selinux-mount-agent csi --recover-state` with this node's flags to set it aside and "
+                         f"rebuild the state from the volume images and mounts")

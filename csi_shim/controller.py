@@ -16,7 +16,8 @@ from agent.errors import CapacityOutOfRange, InvalidInput, VolumeAlreadyExists, 
 from csi_shim import mounter, validate
 from csi_shim.plan import DEFAULT_FS_TYPE, SUPPORTED_FS_TYPES, TopologyUnsatisfiable, topology_satisfied
 from csi_shim.proto import csi_pb2, csi_pb2_grpc
-from csi_shim.state import DONE, PENDING, State, VolumeLocks
+from csi_shim.records import DONE, PENDING, ImageVolume
+from csi_shim.state import State, VolumeLocks
 
 log = logging.getLogger(__name__)
 
@@ -120,18 +121,10 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
 
             volume_id = f"vol-{uuid.uuid4().hex}"
             image = os.path.join(self.image_dir, f"{volume_id}.img")
-            record = {"name": request.name, "capacity_bytes": capacity, "fs_type": fs_type, "image": image,
-                      "status": PENDING}
-            with self.state.change():
-                self.state.volumes[volume_id] = record
-            try:
+            pending = ImageVolume(name=request.name, capacity_bytes=capacity, fs_type=fs_type, image=image,
+                                  status=PENDING)
+            with self.state.intent("volumes", volume_id, pending):
                 self._make_image(image, capacity, fs_type)
-            except BaseException:
-                with self.state.change():
-                    self.state.volumes.pop(volume_id, None)
-                raise
-            with self.state.change():
-                self.state.volumes[volume_id] = dict(record, status=DONE)
             log.info("created volume %s (%s, %d bytes of %s)", volume_id, request.name, capacity, fs_type)
             return csi_pb2.CreateVolumeResponse(volume=volume_message(volume_id, self.state.volumes[volume_id],
                                                                       self.topology))
@@ -162,6 +155,11 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
             if request.volume_id in self.state.staged or self.state.publishers(request.volume_id):
                 raise VolumeInUse(f"volume {request.volume_id} is still staged or published on this node")
             if record.get("image"):
+                # The records are not the only witness: whatever they say, a mounted image stays.
+                numbers = {mounter.device_number(device) for device in mounter.find_loop(record["image"])}
+                mounted = sorted(m.mount_point for m in mounter.mounts() if m.major_minor in numbers)
+                if mounted:
+                    raise VolumeInUse(f"volume {request.volume_id} is still mounted at {', '.join(mounted)}")
                 mounter.detach_image(record["image"])
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(record["image"])

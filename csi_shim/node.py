@@ -23,6 +23,7 @@ from csi_shim.config import ShimConfig
 from csi_shim.plan import (FAIL, FS_GROUP, RELABEL, SUPPORTED_FS_TYPES, MountPlan, after_mount, device_filesystem,
                            dropped_hint, label_conflict, node_topology, plan_mount, pod_of)
 from csi_shim.proto import csi_pb2, csi_pb2_grpc
+from csi_shim.records import Published, Staged
 from csi_shim.state import DONE, PENDING, State, VolumeLocks
 
 log = logging.getLogger(__name__)
@@ -194,20 +195,12 @@ class NodeService(csi_pb2_grpc.NodeServicer):
             if not os.path.isdir(staging):
                 raise InvalidInput(f"staging_target_path {staging} is not a directory (the CO creates it)")
 
-            with self.state.change():
-                self.state.staged[request.volume_id] = {
-                    "staging_path": staging, "label": plan.context.text if plan.context else None,
-                    "mount_flags": list(plan.mount_flags), "fs_type": plan.fs_type, "device": None,
-                    "status": PENDING, "verification": None}
-            try:
+            pending = Staged(staging_path=staging, label=plan.context.text if plan.context else None,
+                             mount_flags=tuple(plan.mount_flags), fs_type=plan.fs_type, device=None,
+                             status=PENDING, verification=None)
+            with self.state.intent("staged", request.volume_id, pending) as done:
                 verification, device = self._stage(request.volume_id, volume, staging, plan, needs_format)
-            except BaseException:
-                with self.state.change():
-                    self.state.staged.pop(request.volume_id, None)
-                raise
-            with self.state.change():
-                self.state.staged[request.volume_id] = dict(self.state.staged[request.volume_id], status=DONE,
-                                                            device=device, verification=verification.status)
+                done.update(device=device, verification=verification.status)
             log.info("staged volume %s at %s: %s", request.volume_id, staging, verification.describe())
             return csi_pb2.NodeStageVolumeResponse()
 
@@ -341,21 +334,13 @@ class NodeService(csi_pb2_grpc.NodeServicer):
                                               f"(volume {record['volume_id']}, readonly={record['readonly']})")
                 return csi_pb2.NodePublishVolumeResponse()  # a repeat: already done
 
-            with self.state.change():
-                self.state.published[target] = {
-                    "volume_id": request.volume_id, "staging_path": staging,
-                    "label": plan.context.text if plan.context else None, "readonly": plan.readonly,
-                    "mount_flags": list(plan.mount_flags), "pod": list(requester) if requester else None,
-                    "status": PENDING, "verification": None, "action": None}
-            try:
+            pending = Published(volume_id=request.volume_id, staging_path=staging,
+                                label=plan.context.text if plan.context else None, readonly=plan.readonly,
+                                mount_flags=tuple(plan.mount_flags), pod=tuple(requester) if requester else None,
+                                status=PENDING, verification=None, action=None)
+            with self.state.intent("published", target, pending) as done:
                 verification, action = self._publish(staging, target, plan, request.volume_id)
-            except BaseException:
-                with self.state.change():
-                    self.state.published.pop(target, None)
-                raise
-            with self.state.change():
-                self.state.published[target] = dict(self.state.published[target], status=DONE,
-                                                    verification=verification.status, action=action)
+                done.update(verification=verification.status, action=action)
             log.info("published volume %s at %s (readonly=%s): %s%s", request.volume_id, target, plan.readonly,
                      verification.describe(), f"; {action}" if action != "nothing" else "")
             return csi_pb2.NodePublishVolumeResponse()

@@ -1,5 +1,5 @@
-"""The gRPC server on a unix socket: which services it carries, the one place errors become status codes,
-and the start-up reconciliation of state with mountinfo.
+"""The gRPC server on a unix socket: which services it carries and the one place errors become status codes;
+on start the state is loaded (refused when it cannot be trusted) and reconciled (csi_shim/recovery.py).
 
 `build_server(config)` is what the `csi` subcommand runs and what the `run` daemon will run: it returns a
 `ShimServer` that is started, stopped and waited on, so a caller can embed it next to other work.
@@ -19,12 +19,13 @@ from concurrent import futures
 import grpc
 
 from agent.errors import AgentError, InvalidInput, LabelConflict
-from csi_shim import mounter, validate
+from csi_shim import validate
 from csi_shim.config import ShimConfig
 from csi_shim.instance_lock import InstanceLock
 from csi_shim.plan import node_topology
 from csi_shim.proto import csi_pb2_grpc
-from csi_shim.state import State, VolumeLocks, reconcile
+from csi_shim.recovery import recover
+from csi_shim.state import State, VolumeLocks
 
 log = logging.getLogger(__name__)
 
@@ -107,33 +108,6 @@ class ErrorMapping(grpc.ServerInterceptor):
 
         return grpc.unary_unary_rpc_method_handler(call, request_deserializer=handler.request_deserializer,
                                                    response_serializer=handler.response_serializer)
-
-
-def recover(state: State, config: ShimConfig) -> list[str]:
-    """Reconcile the records with mountinfo and loop devices after a (re)start; returns what changed."""
-    table = mounter.mounts()
-    mount_points = {m.mount_point: m.major_minor for m in table}
-    with state.lock:
-        data, detach, remove, rmdirs, notes = reconcile(state.plain(), mount_points, mounter.loop_devices(), config.image_dir)
-        for device in detach:
-            try:
-                mounter.detach_loop(device)
-            except AgentError as err:
-                notes.append(f"{device}: could not detach: {err}")
-        for path in remove:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-        for path in rmdirs:
-            try:
-                os.rmdir(path)
-            except FileNotFoundError:
-                pass
-            except OSError as err:
-                notes.append(f"{path}: left in place: {err.strerror}")
-        state.replace(data)
-    for note in notes:
-        log.warning("recovery: %s", note)
-    return notes
 
 
 def _prepare_socket(path: str) -> None:

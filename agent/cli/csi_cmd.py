@@ -3,9 +3,11 @@
 Contract (relied on elsewhere, keep stable):
   csi --csi-endpoint unix:///PATH.sock [--backend-endpoint unix:///PATH.sock] [--state-dir DIR]
       [--kubelet-root DIR] [--node-id ID] [--strip-context] [--on-context-dropped relabel|fail]
-      [--log-format text|json] [--log-level LEVEL]
+      [--log-format text|json] [--log-level LEVEL] [--recover-state]
 Without --backend-endpoint it serves the built-in loop-device driver; with it, it proxies to that plugin.
-Runs until SIGTERM or SIGINT; exit code 0 after a clean stop, 2 for bad flags.
+Runs until SIGTERM or SIGINT; exit code 0 after a clean stop, 2 for bad flags or a state file it cannot trust
+(one line naming the file; the file is left as it is). --recover-state does not serve: it sets such files
+aside, rebuilds the state from the node, prints what it rebuilt and what it could not, and exits 0.
 """
 
 from __future__ import annotations
@@ -26,6 +28,12 @@ def register(subparsers) -> None:
                     "node plugin that checks each context= mount against /proc/self/mountinfo and relabels or "
                     "fails when the context did not take.")
     add_csi_arguments(parser)
+    parser.add_argument("--recover-state", action="store_true",
+                        help="do not serve: when the state file cannot be loaded (the shim refuses to start on "
+                             "it), rename it and its journal to <name>.bad-<time>, rebuild the records from the "
+                             "volume images, their loop devices and the mounts under --kubelet-root, print what "
+                             "was rebuilt and what could not be (volume and pod names, given block devices), "
+                             "write the new state and exit; a state that loads is left alone")
     parser.set_defaults(func=run)
 
 
@@ -68,6 +76,11 @@ def config_from_args(args):
 def run(args) -> int:
     configure_logging(args.log_format, args.log_level)
     config = config_from_args(args)
+    if getattr(args, "recover_state", False):
+        from csi_shim.recovery import recover_state
+        for line in recover_state(config):
+            print(line, flush=True)
+        return 0
     from csi_shim.server import build_server
     server = build_server(config).start()
     done = threading.Event()

@@ -548,3 +548,17 @@ def test_unpublish_leaves_a_mount_it_did_not_make(shim):
     assert not mounts_at(ours) and not os.path.exists(ours)
     client.unstage(volume.volume_id, staging)
     mounter.unmount(foreign)
+
+
+def test_delete_volume_refuses_a_mounted_image_the_records_do_not_show(shim):
+    """The records are not the only witness: an image whose loop device is mounted anywhere is not deleted,
+    whatever the tables say (a record lost or damaged must not let DeleteVolume pull it from under a pod)."""
+    server, client = shim
+    volume, staging, target = client.create_stage_publish("pvc-unrecorded", "pod-a")
+    with server.state.change():
+        server.state.published.pop(target)
+        server.state.staged.pop(volume.volume_id)
+    code, message = status_of(client.delete, volume.volume_id)
+    assert code == C.FAILED_PRECONDITION and target in message and staging in message
+    assert os.path.exists(server.state.volumes[volume.volume_id]["image"])
+    assert len(mounts_at(target)) == 1 and len(mounts_at(staging)) == 1

@@ -137,7 +137,9 @@ def test_restart_removes_the_directory_of_a_publish_killed_before_its_mount(tmp_
     os.makedirs(target)
     state = State(config.state_file)
     with state.change():
-        state.published[target] = {"volume_id": "vol-1", "status": PENDING}
+        state.published[target] = {"volume_id": "vol-1", "staging_path": None, "label": None, "readonly": False,
+                                   "mount_flags": [], "pod": None, "status": PENDING, "verification": None,
+                                   "action": None}
     state.close()
     server = build_server(config)
     try:

@@ -33,3 +33,36 @@ def test_bad_endpoints(endpoint):
 def test_relative_dirs_refused():
     with pytest.raises(InvalidInput):
         ShimConfig(csi_endpoint="unix:///x.sock", kubelet_root="kubelet")
+
+
+def test_a_damaged_state_stops_csi_with_one_line_and_recover_state_rebuilds(tmp_path, capsys):
+    """No root needed: no images, no mounts. The refusal is one line naming the file; --recover-state keeps
+    the file aside, writes a valid state, and a second run finds nothing to recover."""
+    import os
+
+    from agent.cli.main import main
+
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "csi-state.json").write_text('{"version": "1"}')
+    flags = ["csi", "--csi-endpoint", f"unix://{tmp_path}/csi.sock", "--state-dir", str(state),
+             "--kubelet-root", str(tmp_path / "kubelet"), "--node-id", "n1"]
+    assert main(flags) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(state / "csi-state.json") in err[0] and "--recover-state" in err[0]
+    assert (state / "csi-state.json").read_text() == '{"version": "1"}'
+    assert not os.path.exists(tmp_path / "csi.sock")
+
+    assert main(flags + ["--recover-state"]) == 0
+    out = capsys.readouterr().out
+    assert 'version "1"' in out and "kept aside: csi-state.json -> csi-state.json.bad-" in out
+    [aside] = [p for p in os.listdir(state) if ".bad-" in p]
+    assert (state / aside).read_text() == '{"version": "1"}'
+    assert main(flags + ["--recover-state"]) == 0
+    assert "nothing to recover" in capsys.readouterr().out
+
+
+def test_recover_state_is_in_the_help(capsys):
+    with pytest.raises(SystemExit):
+        build_parser(["csi"]).parse_args(["csi", "--help"])
+    assert "--recover-state" in capsys.readouterr().out

@@ -368,3 +368,7 @@ def test_csi_state_dir_is_the_state_dir_as_for_the_csi_command(tmp_path):
     assert csi_state_dir(str(tmp_path)) == str(tmp_path)  # an empty directory is not state
     (tmp_path / "csi" / "csi-state.json").write_text('{"version": 1}')
     assert csi_state_dir(str(tmp_path)) == str(tmp_path / "csi")
+    # Its snapshot deleted, its journal or images still there: still that directory (the shim refuses it).
+    (tmp_path / "csi" / "csi-state.json").unlink()
+    (tmp_path / "csi" / "volumes").mkdir()
+    assert csi_state_dir(str(tmp_path)) == str(tmp_path / "csi")
