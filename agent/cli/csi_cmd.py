@@ -7,7 +7,8 @@ Contract (relied on elsewhere, keep stable):
 Without --backend-endpoint it serves the built-in loop-device driver; with it, it proxies to that plugin.
 Runs until SIGTERM or SIGINT; exit code 0 after a clean stop, 2 for bad flags or a state file it cannot trust
 (one line naming the file; the file is left as it is). --recover-state does not serve: it sets such files
-aside, rebuilds the state from the node, prints what it rebuilt and what it could not, and exits 0.
+aside, rebuilds the state from the node, prints what it rebuilt and what it could not, and exits 0; it takes
+the state directory's instance lock too, so it refuses (exit 2) while a shim serves that directory.
 """
 
 from __future__ import annotations
@@ -77,9 +78,15 @@ def run(args) -> int:
     configure_logging(args.log_format, args.log_level)
     config = config_from_args(args)
     if getattr(args, "recover_state", False):
+        from csi_shim.instance_lock import InstanceLock
         from csi_shim.recovery import recover_state
-        for line in recover_state(config):
-            print(line, flush=True)
+        # A shim serving this state directory would write its records over the rebuilt ones.
+        lock = InstanceLock.acquire(config.state_dir)
+        try:
+            for line in recover_state(config):
+                print(line, flush=True)
+        finally:
+            lock.release()
         return 0
     from csi_shim.server import build_server
     server = build_server(config).start()

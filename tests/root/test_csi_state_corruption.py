@@ -21,6 +21,8 @@ import time
 import grpc
 import pytest
 
+from csi_shim.instance_lock import LOCK_NAME
+
 from tests.root.csi_helpers import REPO, Client, ShimProcess, cleanup, loops_under, mounts_at, mounts_under
 
 pytestmark = [pytest.mark.root, pytest.mark.loop, pytest.mark.slow]
@@ -207,10 +209,11 @@ CASES = {
 # ---- helpers ------------------------------------------------------------------------------------------------
 
 def fingerprint(directory: str) -> dict:
-    """The state files as they are: name -> (kind, content or link target); the image directory left out."""
+    """The state files as they are: name -> (kind, content or link target); the image directory and the
+    instance lock (it holds the pid of whichever process ran last) left out."""
     out = {}
     for name in sorted(os.listdir(directory)):
-        if name == "volumes":
+        if name in ("volumes", LOCK_NAME):
             continue
         path = os.path.join(directory, name)
         mode = os.lstat(path).st_mode

@@ -4,12 +4,13 @@ nothing but the process that bound the CSI socket ever removes it."""
 import os
 import socket
 import subprocess
+import sys
 
 import grpc
 import pytest
 
 from csi_shim.proto import csi_pb2, csi_pb2_grpc
-from tests.unit.test_http_flood import Agent, free_port, http_get, ready_agent
+from tests.unit.test_http_flood import ROOT, Agent, free_port, http_get, ready_agent
 
 
 def plugin_name(path) -> str:
@@ -46,6 +47,20 @@ def test_a_second_instance_on_the_same_state_exits_2_and_leaves_the_socket(first
     assert kept, "the live socket was replaced or removed"
     assert plugin_name(first.socket) == "local.selinux-mount-agent.io"
     assert http_get(first.port, "/healthz")[0] == 200
+
+def test_recover_state_refuses_while_a_shim_serves_the_directory(first, tmp_path):
+    """Rebuilding the records under a running shim would have both write the same state files."""
+    before = sorted(os.listdir(tmp_path / "state"))
+    done = subprocess.run(
+        [sys.executable, "-m", "agent", "csi", "--csi-endpoint", f"unix://{tmp_path}/other.sock", "--state-dir",
+         str(tmp_path / "state"), "--kubelet-root", str(tmp_path / "kubelet"), "--recover-state"],
+        capture_output=True, text=True, timeout=60, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2, done.stderr
+    assert len(lines) == 1 and str(first.proc.pid) in lines[0], done.stderr
+    assert sorted(os.listdir(tmp_path / "state")) == before
+    assert plugin_name(first.socket) == "local.selinux-mount-agent.io"
+
 
 def test_the_lock_file_names_the_holder(first, tmp_path):
     assert (tmp_path / "state" / "instance.lock").read_text().strip() == str(first.proc.pid)
