@@ -28,6 +28,7 @@ from agent.avc.filesource import read_lines
 from agent.avc.netlink import AuditNetlinkSource
 from agent.avc.watcher import AvcWatcher
 from agent.cli.avc_cmd import add_attribution_arguments, build_attributor
+from agent.cli.printable import printable
 from agent.errors import InvalidInput
 from agent.policybuild import DEFAULT_PRIORITY, TEMPLATE_DIR, build_pp, install
 from agent.policygen import Denylist, generate, validate_module_name
@@ -140,12 +141,13 @@ def run_generate(args) -> int:
     err.write(f"policy generate: {stats.lines} line(s), {len(denials)} denial(s), {len(selected)} selected, "
               f"{stats.bad_lines} unreadable line(s)\n")
     module = generate(name, selected, formats, Denylist(allow_capabilities=args.allow_capabilities))
+    # Record text, shown escaped: a log can hold terminal escapes in any field (agent.cli.printable).
     for refusal in module.ruleset.refused:
         rule = refusal.rule
-        err.write(f"refused: allow {rule.source} {rule.target}:{rule.tclass} {rule.permission} "
-                  f"({refusal.reason})\n")
+        err.write(printable(f"refused: allow {rule.source} {rule.target}:{rule.tclass} {rule.permission} "
+                            f"({refusal.reason})") + "\n")
     for skip in module.ruleset.skipped:
-        err.write(f"skipped ({skip.reason}): {skip.detail}\n")
+        err.write(printable(f"skipped ({skip.reason}): {skip.detail}") + "\n")
     if not module.ruleset.rules:
         err.write("policy generate: no rules to write; nothing written\n")
         return 1
