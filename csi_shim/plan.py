@@ -10,11 +10,11 @@ because comparisons (conflicts, verification against mountinfo) must be canonica
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from agent.errors import AgentError, InvalidInput, LabelConflict
 from agent.label import CONTEXT_OPTION_KEYS, Label, go_quote, parse_context_option
+from agent.numbers import ascii_decimal
 
 
 class TopologyUnsatisfiable(AgentError):
@@ -76,7 +76,6 @@ DEFAULT_FS_TYPE = "ext4"
 
 # A gid is 32 bits; (gid_t)-1 means "no change" to chown(2), so it is not a group.
 MAX_GROUP_ID = 2**32 - 2
-_DECIMAL = re.compile(r"[0-9]{1,10}")
 
 POD_NAME_KEY = "csi.storage.k8s.io/pod.name"
 POD_NAMESPACE_KEY = "csi.storage.k8s.io/pod.namespace"
@@ -205,11 +204,10 @@ def mount_group(text: str) -> int | None:
     """VolumeCapability.MountVolume.volume_mount_group: kubelet passes the pod's fsGroup as a decimal id."""
     if not text:
         return None
-    # ASCII digits only: str.isdigit() and int() also take other scripts' digits ("\u0663" is 3) and
-    # superscripts ("\u00b2", which int() then refuses); kubelet writes strconv.FormatInt.
-    if not _DECIMAL.fullmatch(text) or int(text) > MAX_GROUP_ID:
+    gid = ascii_decimal(text, MAX_GROUP_ID)  # kubelet writes it with strconv.FormatInt: ASCII digits
+    if gid is None:
         raise InvalidInput(f"volume_mount_group {text!r} is not a group id (0 to {MAX_GROUP_ID})")
-    return int(text)
+    return gid
 
 
 def plan_mount(capability, *, readonly: bool = False, default_fs_type: str = DEFAULT_FS_TYPE,
