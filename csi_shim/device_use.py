@@ -40,14 +40,18 @@ def in_use_problem(use: DeviceUse, ours: set[str]) -> str | None:
     here = sorted(point for point in use.mounted_here if point not in ours)
     if here:
         reasons.append(f"{name} is already mounted at {', '.join(here)}")
-    if use.mounted_elsewhere:
+    # While the volume has mounts of its own, the other namespaces hold copies of them: the propagated ones
+    # at the same paths (kubelet's directory is shared, mountPropagation: Bidirectional) and the container
+    # runtime's bind mounts of a publish into its containers. Only without any are theirs someone else's.
+    own = bool(set(use.mounted_here) & ours)
+    if use.mounted_elsewhere and not own:
         # Both are another program's text: shown escaped, as a name and path could hold control characters.
         where = ", ".join(f"{point!r} in the mount namespace of process {pid} ({comm!r})"
                           for pid, comm, point in sorted(use.mounted_elsewhere))
         reasons.append(f"{name} is mounted in another mount namespace: at {where}")
     if use.holders:
         reasons.append(f"{name} is held by {', '.join(sorted(use.holders))} (a device stacked on it)")
-    if use.busy and not reasons and not set(use.mounted_here) & ours:
+    if use.busy and not reasons and not own:
         reasons.append(f"{name} is in use: the kernel refuses to open it exclusively (another program holds it "
                        f"open exclusively, or it is mounted where this node plugin cannot see)")
     if not reasons:

@@ -10,12 +10,14 @@ import select
 import signal
 import subprocess
 import sys
+import time
 
 import grpc
 import pytest
 
 from tests.root.csi_helpers import mounts_at, mounts_under, running_shim, status_of
-from tests.root.test_csi_device import VOLUME, disk, stage  # noqa: F401 - disk is a fixture
+from csi_shim import mounter
+from tests.root.test_csi_device import VOLUME, disk, publish, stage  # noqa: F401 - disk is a fixture
 
 pytestmark = [pytest.mark.root, pytest.mark.loop]
 C = grpc.StatusCode
@@ -25,6 +27,26 @@ C = grpc.StatusCode
 def shim(tmp_path):
     with running_shim(tmp_path) as pair:
         yield pair
+
+
+@pytest.fixture
+def given_disk(shim, disk):
+    """disk(...) whose loop devices are detached before the shim's own clean-up checks that none is left. A
+    detach while another program has the device open (a short-lived probe) only marks it for autoclear, so
+    the wait for it to go is bounded by count, not by a timer."""
+    made = []
+
+    def attach(*args, **kwargs):
+        made.append(disk(*args, **kwargs))
+        return made[-1]
+
+    yield attach
+    for name in made:
+        subprocess.run(["losetup", "--detach", name], capture_output=True)
+    for _ in range(200):
+        if not any(os.path.exists(f"/sys/block/{os.path.basename(name)}/loop/backing_file") for name in made):
+            break
+        time.sleep(0.05)
 
 
 @contextlib.contextmanager
@@ -51,9 +73,9 @@ def in_other_namespace(device: str, point: str):
     return holder(["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", device, point])
 
 
-def test_a_device_mounted_in_another_mount_namespace_is_not_staged(shim, disk, tmp_path):
+def test_a_device_mounted_in_another_mount_namespace_is_not_staged(shim, given_disk, tmp_path):
     server, client = shim
-    device = disk("ext4", {"host-secret": "kept by the host"})
+    device = given_disk("ext4", {"host-secret": "kept by the host"})
     point = tmp_path / "other-namespace"
     point.mkdir()
     staging = client.staging_path(VOLUME)
@@ -72,9 +94,32 @@ def test_a_device_mounted_in_another_mount_namespace_is_not_staged(shim, disk, t
     client.unstage(VOLUME, staging)
 
 
-def test_a_device_claimed_exclusively_by_another_program_is_not_staged(shim, disk):
+def test_our_own_mounts_and_a_containers_copy_of_them_still_pass(shim, given_disk, tmp_path):
+    """The device is busy with the volume's own publish and a container's bind mount of it (what a runtime
+    makes): a stage again after the staging mount went away is this volume's, not someone else's."""
     server, client = shim
-    device = disk("ext4")
+    device = given_disk("ext4")
+    staging = client.staging_path(VOLUME)
+    target = client.target_path("pod-disk")
+    stage(client, staging, device)
+    publish(client, staging, target, device)
+    container_root = tmp_path / "container-root"
+    container_root.mkdir()
+    script = 'mount --bind "$1" "$2" && echo ready && exec sleep 600'
+    with holder(["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", target,
+                 str(container_root)]):
+        stage(client, staging, device)  # a repeat while mounted
+        mounter.unmount(staging)         # the staging mount went away; the pod runs on
+        stage(client, staging, device)
+        assert len(mounts_at(staging)) == 1
+        client.unpublish(VOLUME, target)
+    client.unstage(VOLUME, staging)
+    assert not mounts_under(client.root)
+
+
+def test_a_device_claimed_exclusively_by_another_program_is_not_staged(shim, given_disk):
+    server, client = shim
+    device = given_disk("ext4")
     staging = client.staging_path(VOLUME)
     script = ("import os, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY | os.O_EXCL); print('ready', flush=True);"
               " time.sleep(600)")
@@ -86,9 +131,9 @@ def test_a_device_claimed_exclusively_by_another_program_is_not_staged(shim, dis
     client.unstage(VOLUME, staging)
 
 
-def test_a_device_held_by_device_mapper_is_not_staged(shim, disk, tmp_path):
+def test_a_device_held_by_device_mapper_is_not_staged(shim, given_disk, tmp_path):
     server, client = shim
-    device = disk("ext4")
+    device = given_disk("ext4")
     name = f"csi-test-{os.getpid()}-{tmp_path.name}"[:120]
     sectors = int(open(f"/sys/class/block/{os.path.basename(device)}/size").read())
     made = subprocess.run(["dmsetup", "create", name, "--table", f"0 {sectors} linear {device} 0"],

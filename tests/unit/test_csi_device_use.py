@@ -28,11 +28,22 @@ def test_each_use_elsewhere_refuses_and_is_named():
 
 
 def test_a_use_elsewhere_is_refused_even_beside_our_own_mount():
-    problem = in_use_problem(use(busy=True, mounted_here=("/k/plugins/x/globalmount",),
-                                 mounted_elsewhere=((7, "sh", "/mnt"),)), OURS)
-    assert problem and "process 7" in problem
+    problem = in_use_problem(use(busy=True, mounted_here=("/k/plugins/x/globalmount", "/srv"),
+                                 holders=("md0",)), OURS)
+    assert "already mounted at /srv" in problem and "held by md0" in problem
 
 
 def test_another_programs_text_is_shown_escaped():
     problem = in_use_problem(use(busy=True, mounted_elsewhere=((9, "\x1b]0;pwned\x07", "/m\x1b[2J"),)), OURS)
     assert "\x1b" not in problem and "\x07" not in problem and "\\x1b" in problem
+
+
+def test_copies_of_our_own_mounts_in_other_namespaces_pass():
+    target = "/k/pods/u/volumes/kubernetes.io~csi/pv/mount"
+    # The host's propagated copy at the same path, and a container's bind mount of the publish.
+    copies = ((1, "systemd", target), (77, "nginx", "/usr/share/nginx/html"))
+    assert in_use_problem(use(busy=True, mounted_here=(target,), mounted_elsewhere=copies), OURS) is None
+    # Without a mount of our own, a mount at another path in another namespace is someone else's.
+    assert "process 77" in in_use_problem(use(busy=True, mounted_elsewhere=copies), OURS)
+    # Nor is one at our own path there while we have none here: nothing says it is a copy of ours.
+    assert "process 1 " in in_use_problem(use(busy=True, mounted_elsewhere=copies[:1]), OURS)
