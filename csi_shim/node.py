@@ -20,7 +20,6 @@ from agent.errors import ContextNotApplied, InvalidInput, VolumeAlreadyExists, V
 from agent.label import Label
 from csi_shim import mounter, paths, validate
 from csi_shim.config import ShimConfig
-from csi_shim.device_use import device_use, in_use_problem
 from csi_shim.plan import (FAIL, FS_GROUP, RELABEL, SUPPORTED_FS_TYPES, MountPlan, after_mount, device_filesystem,
                            dropped_hint, label_conflict, node_topology, plan_mount, pod_of)
 from csi_shim.proto import csi_pb2, csi_pb2_grpc
@@ -241,6 +240,8 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         """A given device in use anywhere but at this volume's own paths (mounted in any mount namespace, held
         by a stacked device, opened exclusively) is someone else's: sharing its superblock would hand a pod
         whatever the host keeps there."""
+        from csi_shim.device_use import device_use, in_use_problem
+
         ours = {staging} | {target for target, _ in self.state.publishers(volume_id)}
         try:
             use = device_use(device, number, mounter.mounts())
