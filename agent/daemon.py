@@ -27,6 +27,7 @@ from agent.errors import InvalidInput
 from agent.http import MetricsServer, Request, Response, health_response, metrics_response
 from agent.kubeapi import KUBE_API_CHOICES
 from agent.metrics import NodeMetrics
+from agent.numbers import ascii_decimal
 
 log = logging.getLogger("selinux-mount-agent")
 ENV_PREFIX = "SELINUX_MOUNT_AGENT_"
@@ -110,9 +111,10 @@ def resolve_config(flags: dict, environ: dict, file_text: str | None = None, fil
 
 def split_address(text: str) -> tuple[str, int]:
     host_part, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+    number = ascii_decimal(port, 65535)
+    if not sep or number is None:
         raise InvalidInput(f"address {text!r} is not HOST:PORT")
-    return host_part.strip("[]") or "0.0.0.0", int(port)
+    return host_part.strip("[]") or "0.0.0.0", number
 
 
 class JSONFormatter(logging.Formatter):

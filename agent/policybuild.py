@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.errors import InvalidInput, PolicyBuildError, SELinuxUnavailable
+from agent.outfiles import Output, write_outputs
 from agent.policygen import validate_module_name
 
 DEFAULT_PRIORITY = 350
@@ -73,40 +74,57 @@ def module_name_of(path: Path) -> str:
         text = path.read_text(encoding="utf-8", errors="replace")
     except OSError as err:
         raise InvalidInput(f"cannot read {path}: {err.strerror}") from err
-    if path.suffix == ".te":
-        match = _MODULE_LINE.search(text)
-        if not match:
-            raise InvalidInput(f"{path} has no 'module NAME VERSION;' line")
-        if match.group(1) != stem:
-            raise InvalidInput(f"{path}: module name {match.group(1)!r} differs from the file base name {stem!r}; "
-                               "checkmodule would refuse it")
-    elif path.suffix == ".cil":
-        match = _BLOCK_LINE.search(text)
-        if match and match.group(1) != stem:
-            raise InvalidInput(f"{path}: block {match.group(1)!r} differs from the file base name {stem!r}")
+    _check_declared_name(text, path.suffix, stem, path)
     return stem
 
 
+def _check_declared_name(text: str, suffix: str, stem: str, shown) -> None:
+    if suffix == ".te":
+        match = _MODULE_LINE.search(text)
+        if not match:
+            raise InvalidInput(f"{shown} has no 'module NAME VERSION;' line")
+        if match.group(1) != stem:
+            raise InvalidInput(f"{shown}: module name {match.group(1)!r} differs from the file base name {stem!r}; "
+                               "checkmodule would refuse it")
+    elif suffix == ".cil":
+        match = _BLOCK_LINE.search(text)
+        if match and match.group(1) != stem:
+            raise InvalidInput(f"{shown}: block {match.group(1)!r} differs from the file base name {stem!r}")
+
+
+def compile_pp(te_text: str, name: str) -> bytes:
+    """The bytes of NAME.pp compiled from the text of NAME.te.
+
+    checkmodule and semodule_package write their outputs by path name, following any link found there, so
+    they run in a private directory of their own (mode 0700), never in an output directory others can write
+    to; the caller places the result (agent.outfiles)."""
+    validate_module_name(name)
+    _check_declared_name(te_text, ".te", name, f"{name}.te")
+    checkmodule, semodule_package = _tool("checkmodule"), _tool("semodule_package")
+    with tempfile.TemporaryDirectory(prefix="sma-build-") as work:
+        te, mod, pp = (Path(work) / f"{name}.{ext}" for ext in ("te", "mod", "pp"))
+        te.write_text(te_text, encoding="utf-8")
+        result = _run([checkmodule, "-M", "-m", "-o", str(mod), str(te)], cwd=Path(work))
+        if result.returncode != 0 or not mod.exists():
+            raise _failure(result, f"checkmodule {te.name}")
+        result = _run([semodule_package, "-o", str(pp), "-m", str(mod)], cwd=Path(work))
+        if result.returncode != 0 or not pp.exists():
+            raise _failure(result, f"semodule_package {mod.name}")
+        return pp.read_bytes()
+
+
 def build_pp(te_path: Path, output_dir: Path | None = None) -> Path:
-    """Compile NAME.te into NAME.pp (in `output_dir`, default beside the .te); returns the .pp path."""
+    """Compile NAME.te into NAME.pp (in `output_dir`, default beside the .te); returns the .pp path. An existing
+    NAME.pp there is replaced, a link of that name too (never written through); no NAME.mod is left anywhere,
+    as audit2allow -M leaves only .te and .pp."""
     te_path = Path(te_path)
     if te_path.suffix != ".te":
         raise InvalidInput(f"{te_path} is not a .te file")
     name = module_name_of(te_path)
-    # Absolute, because the tools run with cwd=out: a relative out/NAME.mod would be looked up in out/out/.
-    out = (Path(output_dir) if output_dir else te_path.parent).resolve()
+    data = compile_pp(te_path.read_text(encoding="utf-8", errors="replace"), name)
+    out = Path(output_dir) if output_dir else te_path.parent
     out.mkdir(parents=True, exist_ok=True)
-    checkmodule, semodule_package = _tool("checkmodule"), _tool("semodule_package")
-    mod, pp = out / f"{name}.mod", out / f"{name}.pp"
-    result = _run([checkmodule, "-M", "-m", "-o", str(mod), str(te_path.resolve())], cwd=out)
-    if result.returncode != 0 or not mod.exists():
-        raise _failure(result, f"checkmodule {te_path.name}")
-    try:
-        result = _run([semodule_package, "-o", str(pp), "-m", str(mod)], cwd=out)
-        if result.returncode != 0 or not pp.exists():
-            raise _failure(result, f"semodule_package {mod.name}")
-    finally:
-        mod.unlink(missing_ok=True)  # intermediate, like audit2allow -M leaves only .te and .pp
+    (pp,) = write_outputs(out, [Output(f"{name}.pp", data)], ours=lambda head: True, force=True)
     return pp
 
 

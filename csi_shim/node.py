@@ -227,14 +227,21 @@ class NodeService(csi_pb2_grpc.NodeServicer):
             self.state.volumes[volume_id] = wanted  # journals (and fsyncs) only when it differs
         return wanted, needs_format
 
-    def _refuse_device_in_use(self, volume_id: str, number: str, staging: str) -> None:
-        """A given device mounted anywhere but at this volume's own paths is someone else's filesystem: sharing
-        its superblock would hand a pod whatever the host keeps there."""
+    def _refuse_device_in_use(self, volume_id: str, device: str, number: str, staging: str) -> None:
+        """A given device in use anywhere but at this volume's own paths (mounted in any mount namespace, held
+        by a stacked device, opened exclusively) is someone else's: sharing its superblock would hand a pod
+        whatever the host keeps there."""
+        from csi_shim.device_use import device_use, in_use_problem
+
         ours = {staging} | {target for target, _ in self.state.publishers(volume_id)}
-        elsewhere = [m.mount_point for m in mounter.mounts_of_device(number) if m.mount_point not in ours]
-        if elsewhere:
-            raise VolumeInUse(f"volume {volume_id}: device {number} is already mounted at "
-                              f"{', '.join(sorted(elsewhere))}; a given block device must not be in use elsewhere")
+        try:
+            use = device_use(device, number, mounter.mounts())
+        except OSError as err:
+            raise VolumeInUse(f"volume {volume_id}: cannot tell whether device {device} is in use: it does not "
+                              f"open ({err.strerror})") from None
+        problem = in_use_problem(use, ours)
+        if problem:
+            raise VolumeInUse(f"volume {volume_id}: {problem}")
 
     def _stage(self, volume_id: str, volume: dict, staging: str, plan: MountPlan,
                needs_format: bool = False) -> tuple[mounter.Verification, str]:
@@ -252,7 +259,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
                 raise VolumeAlreadyExists(f"{staging} already holds another mount ({existing.source})")
             if existing is None:
                 if given:
-                    self._refuse_device_in_use(volume_id, number, staging)
+                    self._refuse_device_in_use(volume_id, device, number, staging)
                     if needs_format:
                         log.warning("volume %s: formatting the blank device %s as %s (volume_context %s: true)",
                                     volume_id, device, plan.fs_type, validate.FORMAT_KEY)

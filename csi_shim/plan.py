@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from agent.errors import AgentError, InvalidInput, LabelConflict
 from agent.label import CONTEXT_OPTION_KEYS, Label, go_quote, parse_context_option
+from agent.numbers import ascii_decimal
 
 
 class TopologyUnsatisfiable(AgentError):
@@ -73,6 +74,9 @@ _REFUSED = {"bind", "rbind", "remount", "move", "loop", "shared", "rshared", "sl
 SUPPORTED_FS_TYPES = ("ext4", "xfs")
 DEFAULT_FS_TYPE = "ext4"
 
+# A gid is 32 bits; (gid_t)-1 means "no change" to chown(2), so it is not a group.
+MAX_GROUP_ID = 2**32 - 2
+
 POD_NAME_KEY = "csi.storage.k8s.io/pod.name"
 POD_NAMESPACE_KEY = "csi.storage.k8s.io/pod.namespace"
 
@@ -113,15 +117,52 @@ class MountPlan:
                 "mount_group": self.mount_group}
 
 
+def option_problem(flag: str) -> str | None:
+    """Why one CSI mount flag cannot go into mount(2)'s data string as one option; None when it can.
+
+    The flags are joined with ',' into one string, which the kernel splits again at every comma outside double
+    quotes, and a context value loses its double quotes (security/selinux/hooks.c, opt_len and
+    selinux_sb_eat_lsm_opts). A comma or a double quote inside a flag would therefore hand the kernel options
+    (a context= among them) that were never checked as options. The one form that needs either is kubelet's:
+    `context="<label>"` (pkg/volume/util AddSELinuxMountOption, Go %q), whose quotes keep the commas of a
+    category list inside the label. Single quotes mean nothing to the kernel: they would become part of the
+    label. An unquoted label without a comma is read by the kernel exactly as the quoted one.
+    """
+    key, sep, value = flag.partition("=")
+    if sep and key in CONTEXT_OPTION_KEYS:
+        kubelet_form = f'{key}="<label>"'
+        if value.startswith('"'):
+            if len(value) < 2 or not value.endswith('"') or '"' in value[1:-1]:
+                return f"does not close its double quotes at its end; kubelet writes {kubelet_form}"
+            return None
+        if value.startswith("'"):
+            return (f"quotes its label with single quotes, which the kernel would keep as part of the label; "
+                    f"kubelet writes {kubelet_form}")
+        if "," in value or '"' in value:
+            return (f"holds an unquoted label with ',' or '\"', which the kernel would split or strip; kubelet "
+                    f"writes {kubelet_form}")
+        return None
+    if "," in flag:
+        return ("holds ','; each mount flag is one option, so list them as separate flags (a comma belongs only "
+                'inside the double quotes of context="<label>")')
+    if '"' in flag:
+        return "holds a double quote, which would change where the kernel splits the mount options"
+    return None
+
+
 def kernel_options(options) -> tuple[int, str]:
     """Split mount(8)-style options into mount(2) flag bits and the filesystem's data string.
 
     Context options go to the data string untouched (quotes included): the SELinux LSM parses them there, and
-    anything that rewrote them could drop or change the label without a word.
+    anything that rewrote them could drop or change the label without a word. An option that would not stay
+    one option in that string is refused here too, whatever checked it before.
     """
     bits = 0
     data = []
     for option in options:
+        problem = option_problem(option)
+        if problem:
+            raise InvalidInput(f"mount flag {option!r} {problem}")
         if option in _FLAG_OPTIONS:
             set_bits, clear_bits = _FLAG_OPTIONS[option]
             bits = (bits | set_bits) & ~clear_bits
@@ -163,9 +204,10 @@ def mount_group(text: str) -> int | None:
     """VolumeCapability.MountVolume.volume_mount_group: kubelet passes the pod's fsGroup as a decimal id."""
     if not text:
         return None
-    if not text.isdigit() or int(text) >= 2**32 - 1:
-        raise InvalidInput(f"volume_mount_group {text!r} is not a group id (0 to 4294967294)")
-    return int(text)
+    gid = ascii_decimal(text, MAX_GROUP_ID)  # kubelet writes it with strconv.FormatInt: ASCII digits
+    if gid is None:
+        raise InvalidInput(f"volume_mount_group {text!r} is not a group id (0 to {MAX_GROUP_ID})")
+    return gid
 
 
 def plan_mount(capability, *, readonly: bool = False, default_fs_type: str = DEFAULT_FS_TYPE,

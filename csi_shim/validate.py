@@ -11,6 +11,7 @@ import posixpath
 import re
 
 from agent.errors import InvalidInput, PathOutsideRoot, VolumeNotFound
+from csi_shim.plan import option_problem
 
 # CSI spec, VolumeCapability.MountVolume.mount_flags: "The total size of this repeated field SHALL NOT
 # exceed 4 KiB."
@@ -115,9 +116,12 @@ def mount_flags(flags, field: str = "mount_flags") -> list[str]:
     total = sum(len(flag.encode("utf-8", "surrogatepass")) for flag in flags)
     if total > MAX_MOUNT_FLAGS_BYTES:
         raise InvalidInput(f"{field} total {total} bytes, above the CSI limit of {MAX_MOUNT_FLAGS_BYTES}")
-    for flag in flags:
+    for index, flag in enumerate(flags):
         if not flag or "\0" in flag or "\n" in flag:
             raise InvalidInput(f"{field} holds an empty flag or one with a NUL or newline")
+        problem = option_problem(flag)
+        if problem:
+            raise InvalidInput(f"{field}[{index}] {flag!r} {problem}")
     return list(flags)
 
 

@@ -19,6 +19,7 @@ import threading
 
 from agent.avc.attribution import Attributor, PodDirectory, pods_from_json
 from agent.avc.watcher import AttributedDenial, AvcWatcher, open_source
+from agent.cli.printable import printable
 from agent.errors import InvalidInput
 
 
@@ -70,20 +71,22 @@ def register(subparsers) -> None:
 
 
 def format_text(item: AttributedDenial) -> str:
-    denial, who = item.denial, item.attribution
+    """One line per denial. Every field that comes from the record or the attribution is shown through
+    `printable`: a process names its own comm and files, and a hostile log can hold anything."""
+    denial, who, p = item.denial, item.attribution, printable
     if who.attributed:
-        pod = f"{who.namespace}/{who.pod}" if who.pod else f"pod {who.pod_uid}"
+        pod = f"{p(who.namespace)}/{p(who.pod)}" if who.pod else f"pod {p(who.pod_uid)}"
         if who.container:
-            pod += f" [{who.container}]"
-        origin = f"{pod} (by {who.method})"
+            pod += f" [{p(who.container)}]"
+        origin = f"{pod} (by {p(who.method)})"
     else:
-        origin = f"unattributed ({who.reason})"
+        origin = f"unattributed ({p(who.reason)})"
     result = "denied" if denial.denied else "granted"
     mode = "" if denial.permissive is None else (" permissive" if denial.permissive else " enforcing")
     target = denial.path or denial.name or ""
-    return (f"{result}{mode} {{ {' '.join(denial.permissions)} }} {denial.source_type} -> "
-            f"{denial.target_type}:{denial.tclass} pid={denial.pid} comm={denial.comm} "
-            f"{target + ' ' if target else ''}{origin}")
+    return (f"{result}{mode} {{ {p(' '.join(denial.permissions))} }} {p(denial.source_type)} -> "
+            f"{p(denial.target_type)}:{p(denial.tclass)} pid={p(denial.pid)} comm={p(denial.comm)} "
+            f"{p(target) + ' ' if target else ''}{origin}")
 
 
 def run_watch(args) -> int:

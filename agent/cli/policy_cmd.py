@@ -3,11 +3,13 @@
 Contract (keep stable):
   policy generate (--from FILE | --live [--duration S]) --module NAME [--namespace NS] [--workload NAME]
                   [--format te|cil|both] [--build] [--output-dir DIR] [--allow-capabilities]
-                  [--pod-map FILE] [--proc-root DIR]
+                  [--pod-map FILE] [--proc-root DIR] [--force]
   policy install FILE [--priority N] [--template-dir DIR]
 
 `generate` writes NAME.te and/or NAME.cil (and NAME.pp with --build) into the output directory (default: the
 current one) and prints their paths, one per line, on stdout; what it refused or skipped goes to stderr.
+The files are never written through a symbolic link planted under their names, and a file there that
+`generate` did not write (it marks its own) is not overwritten without --force (agent.outfiles).
 Exit code 0: files written; 1: no denial left to turn into a rule (nothing written); 2: bad input or a
 failed build. `install` exits 0 once the module is listed by semodule at its priority and the store's copy
 is the file given, 2 otherwise (including on a host without SELinux, which it says).
@@ -28,9 +30,11 @@ from agent.avc.filesource import read_lines
 from agent.avc.netlink import AuditNetlinkSource
 from agent.avc.watcher import AvcWatcher
 from agent.cli.avc_cmd import add_attribution_arguments, build_attributor
+from agent.cli.printable import printable
 from agent.errors import InvalidInput
-from agent.policybuild import DEFAULT_PRIORITY, TEMPLATE_DIR, build_pp, install
-from agent.policygen import Denylist, generate, validate_module_name
+from agent.outfiles import Output, refuse_existing, write_outputs
+from agent.policybuild import DEFAULT_PRIORITY, TEMPLATE_DIR, compile_pp, install
+from agent.policygen import Denylist, generate, is_generated, validate_module_name
 
 FORMATS = {"te": ("te",), "cil": ("cil",), "both": ("te", "cil")}
 
@@ -62,6 +66,8 @@ def register(subparsers) -> None:
     gen.add_argument("--build", action="store_true",
                      help="also compile NAME.pp (checkmodule + semodule_package)")
     gen.add_argument("--output-dir", default=".", metavar="DIR", help="where to write (default: current dir)")
+    gen.add_argument("--force", action="store_true",
+                     help="overwrite output files this command did not write (a link is replaced, never followed)")
     gen.add_argument("--allow-capabilities", action="store_true",
                      help="allow rules on capability classes (refused by default)")
     add_attribution_arguments(gen)
@@ -126,6 +132,8 @@ def run_generate(args) -> int:
     out_dir = Path(args.output_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise InvalidInput(f"{out_dir} is not a directory")
+    # Refused before any input is read, so the refusal is the only line; checked again when writing.
+    refuse_existing(out_dir, _outputs(name, formats, args.build), is_generated, args.force)
     items, stats = _collect(args, build_attributor(args))
     err = sys.stderr
     denials = [item for item in items if item.denial.denied]
@@ -140,31 +148,32 @@ def run_generate(args) -> int:
     err.write(f"policy generate: {stats.lines} line(s), {len(denials)} denial(s), {len(selected)} selected, "
               f"{stats.bad_lines} unreadable line(s)\n")
     module = generate(name, selected, formats, Denylist(allow_capabilities=args.allow_capabilities))
+    # Record text, shown escaped: a log can hold terminal escapes in any field (agent.cli.printable).
     for refusal in module.ruleset.refused:
         rule = refusal.rule
-        err.write(f"refused: allow {rule.source} {rule.target}:{rule.tclass} {rule.permission} "
-                  f"({refusal.reason})\n")
+        err.write(printable(f"refused: allow {rule.source} {rule.target}:{rule.tclass} {rule.permission} "
+                            f"({refusal.reason})") + "\n")
     for skip in module.ruleset.skipped:
-        err.write(f"skipped ({skip.reason}): {skip.detail}\n")
+        err.write(printable(f"skipped ({skip.reason}): {skip.detail}") + "\n")
     if not module.ruleset.rules:
         err.write("policy generate: no rules to write; nothing written\n")
         return 1
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    if module.te is not None:
-        path = out_dir / f"{name}.te"
-        path.write_text(module.te, encoding="utf-8")
-        written.append(path)
-    if module.cil is not None:
-        path = out_dir / f"{name}.cil"
-        path.write_text(module.cil, encoding="utf-8")
-        written.append(path)
+    texts = {"te": module.te, "cil": module.cil}
+    data = {ext: texts[ext].encode("utf-8") for ext in formats}
     if args.build:
-        pp = build_pp(out_dir / f"{name}.te", out_dir)
-        written.append(out_dir / pp.name)  # printed like the other paths, relative when --output-dir is
-    for path in written:
-        print(path)
+        data["pp"] = compile_pp(module.te, name)  # built elsewhere: no NAME.mod in the output directory
+    out_dir.mkdir(parents=True, exist_ok=True)
+    outputs = [Output(o.name, data[o.name.rpartition(".")[2]], o.vouched_by)
+               for o in _outputs(name, formats, args.build)]
+    for path in write_outputs(out_dir, outputs, is_generated, args.force):
+        print(path)  # relative when --output-dir is
     return 0
+
+
+def _outputs(name: str, formats, build: bool) -> list[Output]:
+    """The files `generate` writes, without their bytes; a NAME.pp is ours when the NAME.te beside it is."""
+    names = [Output(f"{name}.{ext}") for ext in formats]
+    return names + [Output(f"{name}.pp", vouched_by=f"{name}.te")] if build else names
 
 
 def run_install(args) -> int:

@@ -13,16 +13,16 @@ from __future__ import annotations
 import json
 import sys
 
+from agent.numbers import ascii_decimal
 from agent.relabel import FS_GROUP_POLICIES, RelabelProgress, RelabelStats, relabel
 
 
 def _positive_int(text: str) -> int:
     import argparse
 
-    try:
-        value = int(text, 10)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    value = ascii_decimal(text, 2**31 - 1)
+    if value is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number (ASCII digits)")
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} must be 1 or more")
     return value
@@ -31,11 +31,10 @@ def _positive_int(text: str) -> int:
 def _gid(text: str) -> int:
     import argparse
 
-    try:
-        value = int(text, 10)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a numeric group id") from None
-    if not 0 <= value < 2**32 - 1:
+    if ascii_decimal(text, 2**64) is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a numeric group id (ASCII digits)")
+    value = ascii_decimal(text, 2**32 - 2)
+    if value is None:
         raise argparse.ArgumentTypeError(f"{text!r} is out of range for a group id")
     return value
 

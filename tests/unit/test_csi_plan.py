@@ -1,3 +1,5 @@
+import random
+
 import pytest
 
 from agent.errors import AgentError, InvalidInput, InvalidLabel, LabelConflict
@@ -60,6 +62,62 @@ def test_bare_context_and_other_context_options():
     label, flag = plan.context_of([f"context={A.replace(',', '.').replace('c1.c2', 'c1')}"])
     assert label == Label.parse("system_u:object_r:container_file_t:s0:c1")
     assert plan.context_of(['fscontext="system_u:object_r:x_t:s0"']) == (None, None)
+
+
+def kernel_split(data: str) -> list[str]:
+    """How the kernel cuts mount(2)'s data string (security/selinux/hooks.c opt_len): at commas outside double
+    quotes; the SELinux options then lose every double quote (selinux_sb_eat_lsm_opts)."""
+    options, current, quoted = [], "", False
+    for char in data:
+        if char == '"':
+            quoted = not quoted
+        if char == "," and not quoted:
+            options.append(current)
+            current = ""
+        else:
+            current += char
+    return options + [current] if data else options
+
+
+def test_the_kernel_sees_exactly_the_options_that_were_checked():
+    """Random flag lists made of the pieces an attacker would use: each is refused, or the kernel's split of the
+    data string gives back the flags one for one, and the only context it finds is the checked one."""
+    pieces = ["noatime", "rw", ",", '"', "'", "context=", "fscontext=", A, "c2", "s0", "x-a", "comment=", "user_xattr"]
+    rng = random.Random(1710)
+    accepted = 0
+    for _ in range(5000):
+        flags = ["".join(rng.choice(pieces) for _ in range(rng.randint(1, 4))) for _ in range(rng.randint(1, 3))]
+        try:
+            result = plan.plan_mount(cap(flags))
+            _, data = result.syscall()
+        except InvalidInput:
+            continue
+        accepted += 1
+        kept = [flag for flag in flags if plan.kernel_options([flag])[1]]
+        assert kernel_split(data) == kept, flags
+        seen = [option for option in kernel_split(data) if option.partition("=")[0] == "context"]
+        assert len(seen) == (result.context is not None), flags
+        for option in seen:
+            assert Label.parse(option.partition("=")[2].replace('"', "")) == result.context, flags
+    assert accepted > 100  # the generator does reach the accepting side
+
+
+@pytest.mark.parametrize("flag", [f'noatime,context="{A}"', 'a"', "context='x:y:z'"])
+def test_kernel_options_refuses_a_flag_that_would_not_stay_one_option(flag):
+    with pytest.raises(InvalidInput, match="mount flag"):
+        plan.kernel_options([flag])
+
+
+@pytest.mark.parametrize("group", ["\u00b2", "\u0663", "\uff11", "1\n", " 1", "+1", "1_000", "0x10",
+                                   "4294967295", "9" * 5000])
+def test_mount_group_is_ascii_digits_in_range(group):
+    with pytest.raises(InvalidInput, match="volume_mount_group"):
+        plan.mount_group(group)
+
+
+def test_mount_group_bounds():
+    assert plan.mount_group("0") == 0 and plan.mount_group("4294967294") == 4294967294
+    assert plan.mount_group("") is None
 
 
 def test_reader_only_mode_and_fs_type_and_group():

@@ -68,6 +68,35 @@ def test_mount_flags_size_limit():
         validate.mount_flags([""])
 
 
+A = "system_u:object_r:container_file_t:s0:c1,c2"
+
+
+@pytest.mark.parametrize("flag, text", [
+    (f'noatime,context="{A}"', "each mount flag is one option"),
+    ('rw,noatime', "each mount flag is one option"),
+    (f'context="{A}",rw', "does not close its double quotes at its end"),
+    (f'context="{A}', "does not close its double quotes at its end"),
+    ('context="a"b"', "does not close its double quotes at its end"),
+    (f"context='{A}'", "single quotes"),
+    (f"defcontext='x:y:z'", 'defcontext="<label>"'),
+    (f"context={A}", "unquoted label"),
+    ('user_xattr"', "double quote"),
+])
+def test_a_flag_that_would_not_stay_one_option_is_refused_naming_it(flag, text):
+    with pytest.raises(InvalidInput) as info:
+        validate.node_stage(pb.NodeStageVolumeRequest(
+            volume_id="v", staging_target_path=f"{ROOT}/plugins/x/globalmount",
+            volume_capability=cap(["noexec", flag])), ROOT)
+    assert text in str(info.value) and repr(flag) in str(info.value) and "mount_flags[1]" in str(info.value)
+    assert info.value.code == "INVALID_ARGUMENT"
+
+
+@pytest.mark.parametrize("flag", [f'context="{A}"', "context=system_u:object_r:container_file_t:s0", "noatime",
+                                  'fscontext="system_u:object_r:x_t:s0:c0.c9"', "comment=a'b", "uid=1000"])
+def test_flags_that_stay_one_option_pass(flag):
+    assert validate.mount_flags([flag]) == [flag]
+
+
 @pytest.mark.parametrize("name, ok", [("pvc-1", True), ("", False), ("a" * 129, False), ("a/b", False),
                                       ("a\x07", False)])
 def test_create_volume_name(name, ok):
