@@ -52,8 +52,9 @@ def openat2(dirfd: int, path: str, flags: int, resolve: int) -> int:
 
 
 def _walk(dirfd: int, relative: str, directory: bool) -> int:
-    """openat2's guarantees for a kernel without it (before 5.6): one component at a time, refusing each
-    symlink; '..' never reaches here (validate.path_below refuses it), so this stays beneath `dirfd`."""
+    """openat2's guarantees where it is missing (before Linux 5.6, or refused by seccomp): one component at a
+    time, refusing each symlink; '..' never reaches here (validate.path_below refuses it), so this stays
+    beneath `dirfd`."""
     current = os.dup(dirfd)
     names = relative.split("/")
     try:
@@ -81,7 +82,9 @@ def open_beneath(dirfd: int, relative: str, directory: bool = True) -> int:
         try:
             return openat2(dirfd, relative, _DIR_FLAGS if directory else _DIR_FLAGS & ~os.O_DIRECTORY, _RESOLVE)
         except OSError as err:
-            if err.errno != errno.ENOSYS:
+            # ENOSYS: before Linux 5.6. EPERM: a seccomp filter that refuses syscalls it does not know (an
+            # O_PATH open as root has no other EPERM); the walk below then answers for real.
+            if err.errno not in (errno.ENOSYS, errno.EPERM):
                 raise
             _have_openat2 = False
     return _walk(dirfd, relative, directory)
