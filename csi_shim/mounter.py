@@ -163,6 +163,18 @@ def top_mount(place: fdpath.Place) -> Mount | None:
     return entry
 
 
+def open_root_of(place: fdpath.Place, entry: Mount) -> int:
+    """A descriptor of the root of `entry`, a mount confirmed at `place`, checked to be that very mount:
+    what remounts and the relabel and fsGroup walkers act on, whatever happens to the path's names meanwhile.
+    The caller closes it."""
+    child, now = open_top(place)
+    if now is None or now.mount_id != entry.mount_id:
+        if child is not None:
+            os.close(child)
+        raise MountFailed(f"{place.field} {place.given}: the mount there changed during the call")
+    return child
+
+
 def mounted_here(place: fdpath.Place, entry: Mount | None) -> bool:
     """True when `entry` is listed at the path the CO named: a directory renamed away while it was worked on
     carries its mount to another name, which mountinfo shows."""

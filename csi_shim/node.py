@@ -91,9 +91,10 @@ def apply_fs_group(path, gid: int, read_only: bool):
     return stats
 
 
-def finish_publish(path: str, verification: mounter.Verification, plan: MountPlan, config: ShimConfig,
+def finish_publish(path: str | int, verification: mounter.Verification, plan: MountPlan, config: ShimConfig,
                    volume_id: str, metrics=None) -> str:
-    """Act on the verifier's result for a published path; returns what was done (for state and logs).
+    """Act on the verifier's result for a published path; returns what was done (for state and logs). `path`
+    is the path or, better, an open descriptor of the mount's root (the walkers then never walk names).
 
     Runs before the publish is made read-only, so a `readonly` publish of a writable volume still gets its
     relabel and its ownership (with kubelet's read-only mask). A filesystem that is itself mounted read-only
@@ -121,14 +122,14 @@ def finish_publish(path: str, verification: mounter.Verification, plan: MountPla
         if metrics is not None:
             metrics.relabelled(stats, time.monotonic() - started, plan.mount_group is not None)
         log.warning("volume %s: %s; relabelled %s recursively instead (%s)", volume_id, verification.describe(),
-                    path, getattr(stats, "changed", stats))
+                    verification.path, getattr(stats, "changed", stats))
     elif action == FS_GROUP:
         apply_fs_group(path, plan.mount_group, plan.readonly)
         if metrics is not None:
             metrics.fs_group_pass()
     elif plan.mount_group is not None and not writable:
         log.info("volume %s: %s is mounted read-only; fsGroup %d not applied (kubelet skips it for read-only "
-                 "volumes)", volume_id, path, plan.mount_group)
+                 "volumes)", volume_id, verification.path, plan.mount_group)
     return action
 
 
@@ -494,10 +495,15 @@ class NodeService(csi_pb2_grpc.NodeServicer):
             mounted = True
             entry = confirm_mount(target_place, {source.major_minor})
             verification = mounter.classify(entry, plan.context, target)
-            action = finish_publish(target, verification, plan, self.config, volume_id, self.metrics)
-            flags = plan.bind_flags()
-            if flags:
-                self._remount(target_place, entry, flags)
+            # The relabel or fsGroup pass and the remount start from the confirmed mount's root, not its name.
+            root = mounter.open_root_of(target_place, entry)
+            try:
+                action = finish_publish(root, verification, plan, self.config, volume_id, self.metrics)
+                flags = plan.bind_flags()
+                if flags:
+                    mounter.mount("none", proc_path(root), None, mounter.MS_BIND | mounter.MS_REMOUNT | flags, None)
+            finally:
+                os.close(root)  # before any undo below: an open descriptor keeps the mount busy
             return verification, action
         except BaseException:
             if made:
@@ -509,19 +515,6 @@ class NodeService(csi_pb2_grpc.NodeServicer):
                 with contextlib.suppress(OSError):
                     os.rmdir(target_place.name, dir_fd=target_place.parent)
             raise
-
-    @staticmethod
-    def _remount(place: Place, entry: mounter.Mount, flags: int) -> None:
-        """Per-mount flags (read-only and the like) on the bind just confirmed, through its root's descriptor:
-        the kernel ignores them on the bind itself."""
-        child, now = mounter.open_top(place)
-        try:
-            if now is None or now.mount_id != entry.mount_id:
-                raise MountFailed(f"{place.field} {place.given}: the mount changed during the call")
-            mounter.mount("none", proc_path(child), None, mounter.MS_BIND | mounter.MS_REMOUNT | flags, None)
-        finally:
-            if child is not None:
-                os.close(child)
 
     def NodeUnpublishVolume(self, request, context):
         """Unmounts only this volume's own mounts at the target (its device in mountinfo). A target where the

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 
 import grpc
 
@@ -204,17 +205,29 @@ class Proxy(grpc.GenericRpcHandler):
             raise ContextNotApplied(f"volume {request.volume_id}: the backend reported NodePublishVolume done but "
                                     f"nothing is mounted at {target}, so context= cannot have been applied")
         # A read-only target cannot be relabelled; its staging mount (same filesystem) can, when writable.
-        relabel_path = target
+        relabel = (target, "target_path", entry)
         if entry is not None and entry.read_only and staging:
             staged = self._verify(staging, "staging_target_path", plan)[1]
             if staged is not None and staged.major_minor == entry.major_minor and not staged.read_only:
-                relabel_path = staging
+                relabel = (staging, "staging_target_path", staged)
         try:
-            action = finish_publish(relabel_path, verification, plan, self.config, request.volume_id, self.metrics)
+            with self._opened_root(*relabel) as root:
+                action = finish_publish(root, verification, plan, self.config, request.volume_id, self.metrics)
         except BaseException:
             self._undo("NodeUnpublishVolume", undo, "publish")
             raise
         return verification, action
+
+    @contextlib.contextmanager
+    def _opened_root(self, path: str, field: str, entry: mounter.Mount):
+        """A descriptor of the root of the mount `entry` found at `path`: the relabel and fsGroup walkers start
+        from it, not from the path's names, which the backend's pod may rename meanwhile."""
+        with self.root.place(path, field) as place:
+            root = mounter.open_root_of(place, entry)
+        try:
+            yield root
+        finally:
+            os.close(root)
 
     def unpublish(self, request, context) -> bytes:
         target = self._resolve(validate.node_unpublish(request, self.config.kubelet_root), "target_path")
