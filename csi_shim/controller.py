@@ -14,10 +14,11 @@ import uuid
 
 from agent.errors import CapacityOutOfRange, InvalidInput, VolumeAlreadyExists, VolumeInUse, VolumeNotFound
 from csi_shim import mounter, validate
+from csi_shim.locks import VolumeLocks, name_key, volume_key
 from csi_shim.plan import DEFAULT_FS_TYPE, SUPPORTED_FS_TYPES, TopologyUnsatisfiable, topology_satisfied
 from csi_shim.proto import csi_pb2, csi_pb2_grpc
 from csi_shim.records import DONE, PENDING, ImageVolume
-from csi_shim.state import State, VolumeLocks
+from csi_shim.state import State
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         requirement = request.accessibility_requirements if request.HasField("accessibility_requirements") else None
         fits_here = topology_satisfied(requirement, self.topology)
 
-        with self.locks.hold(f"name:{request.name}"):
+        with self.locks.hold(name_key(request.name)):
             found = self.state.volume_by_name(request.name)
             if found:
                 volume_id, record = found
@@ -148,7 +149,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
 
     def DeleteVolume(self, request, context):
         validate.delete_volume(request)
-        with self.locks.hold(request.volume_id):
+        with self.locks.hold(volume_key(request.volume_id)):
             record = self.state.volumes.get(request.volume_id)
             if record is None:
                 return csi_pb2.DeleteVolumeResponse()  # CSI: deleting a volume that is gone succeeds

@@ -9,6 +9,7 @@ back from /proc/self/mountinfo and classified by `verify`.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -22,7 +23,8 @@ from dataclasses import dataclass
 from agent import host
 from agent.errors import LabelConflict, MountFailed
 from agent.label import Label, context_mount_option
-from agent.mountinfo import Mount, find_mount, read_mount_at, read_mountinfo, split_options
+from agent.mountinfo import Mount, find_mount, parse_line, read_mount_at, read_mountinfo, split_options
+from csi_shim import fdpath
 from csi_shim.plan import MS_BIND, MS_REMOUNT
 
 log = logging.getLogger(__name__)
@@ -52,12 +54,20 @@ def _errno_text(code: int) -> str:
     return f"{os.strerror(code)} (errno {errno.errorcode.get(code, code)})"
 
 
+def _shown(path: str) -> str:
+    """A /proc/self/fd/N path as the directory it stands for, for messages."""
+    if path.startswith("/proc/self/fd/"):
+        with contextlib.suppress(OSError):
+            return os.readlink(path)
+    return path
+
+
 def mount(source: str, target: str, fs_type: str | None, flags: int, data: str | None) -> None:
     result = _libc.mount(_fs(source), _fs(target), _fs(fs_type) if fs_type else None, flags,
                          _fs(data) if data else None)
     if result != 0:
         code = ctypes.get_errno()
-        raise MountFailed(f"mount {source} on {target} (type {fs_type or '-'}, flags {flags:#x}, "
+        raise MountFailed(f"mount {_shown(source)} on {_shown(target)} (type {fs_type or '-'}, flags {flags:#x}, "
                           f"options {data!r}): {_errno_text(code)}", errno=code)
 
 
@@ -78,13 +88,18 @@ def mount_filesystem(source: str, target: str, fs_type: str, flags: int, data: s
             raise
     rest = ",".join(option for option in split_options(data) if option != context_flag)
     mount(source, target, fs_type, flags, rest or None)
-    log.warning("the kernel refused %s on %s (no SELinux on this node); mounted without it", context_flag, target)
+    log.warning("the kernel refused %s on %s (no SELinux on this node); mounted without it", context_flag,
+                _shown(target))
     return False
 
 
 def unmount(target: str) -> bool:
     """Unmount the topmost mount at `target`; False when nothing was mounted there."""
-    result = _libc.umount2(_fs(target), UMOUNT_NOFOLLOW)
+    return unmount_flags(target, UMOUNT_NOFOLLOW)
+
+
+def unmount_flags(target: str, flags: int) -> bool:
+    result = _libc.umount2(_fs(target), flags)
     if result == 0:
         return True
     code = ctypes.get_errno()
@@ -111,6 +126,74 @@ def mounts() -> list[Mount]:
 
 def mounted_at(path: str, table: list[Mount] | None = None) -> Mount | None:
     return read_mount_at(path, MOUNTINFO) if table is None else find_mount(table, path)
+
+
+# ---- mounts found and removed through descriptors (csi_shim.fdpath) ------------------------------------------
+
+def mount_by_id(mount_id: int) -> Mount | None:
+    """The mountinfo line of one mount id, parsing only that line."""
+    with open(MOUNTINFO, "rb") as handle:
+        data = b"\n" + handle.read()
+    start = data.find(f"\n{mount_id} ".encode())
+    if start < 0:
+        return None
+    end = data.find(b"\n", start + 1)
+    return parse_line(data[start + 1:end if end >= 0 else None].decode("utf-8", "surrogateescape"))
+
+
+def open_top(place: fdpath.Place) -> tuple[int | None, Mount | None]:
+    """A descriptor of the directory at `place` now (None when there is none) and the mount whose root it is
+    (the topmost when stacked), found by the directory's mount id, not by its name; None when nothing is
+    mounted on it. The caller closes the descriptor."""
+    child = place.open()
+    if child is None:
+        return None, None
+    try:
+        found = fdpath.mount_id(child)
+        return child, None if found == fdpath.mount_id(place.parent) else mount_by_id(found)
+    except BaseException:
+        os.close(child)
+        raise
+
+
+def top_mount(place: fdpath.Place) -> Mount | None:
+    child, entry = open_top(place)
+    if child is not None:
+        os.close(child)
+    return entry
+
+
+def open_root_of(place: fdpath.Place, entry: Mount) -> int:
+    """A descriptor of the root of `entry`, a mount confirmed at `place`, checked to be that very mount:
+    what remounts and the relabel and fsGroup walkers act on, whatever happens to the path's names meanwhile.
+    The caller closes it."""
+    child, now = open_top(place)
+    if now is None or now.mount_id != entry.mount_id:
+        if child is not None:
+            os.close(child)
+        raise MountFailed(f"{place.field} {place.given}: the mount there changed during the call")
+    return child
+
+
+def mounted_here(place: fdpath.Place, entry: Mount | None) -> bool:
+    """True when `entry` is listed at the path the CO named: a directory renamed away while it was worked on
+    carries its mount to another name, which mountinfo shows."""
+    return entry is not None and entry.mount_point == place.path
+
+
+def unmount_place(place: fdpath.Place) -> bool:
+    """umount2 of the topmost mount at `place`, reached through its open parent directory: a swapped
+    ancestor cannot redirect it, and the last component, a mount point, can be neither renamed nor replaced;
+    UMOUNT_NOFOLLOW refuses a symlink there."""
+    return unmount(fdpath.proc_path(place.parent, place.name))
+
+
+def undo_mount(directory_fd: int) -> None:
+    """Remove the mount just made on the directory `directory_fd`, wherever a rename has moved it."""
+    try:
+        unmount_flags(fdpath.proc_path(directory_fd), 0)
+    except MountFailed as err:
+        log.error("could not undo a mount: %s", err)
 
 
 def mounts_of_device(major_minor: str, table: list[Mount] | None = None) -> list[Mount]:

@@ -16,15 +16,18 @@ import logging
 import os
 import time
 
-from agent.errors import ContextNotApplied, InvalidInput, VolumeAlreadyExists, VolumeInUse, VolumeNotFound
+from agent.errors import (ContextNotApplied, InvalidInput, MountFailed, VolumeAlreadyExists, VolumeInUse,
+                          VolumeNotFound)
 from agent.label import Label
-from csi_shim import mounter, paths, validate
+from csi_shim import mounter, validate
 from csi_shim.config import ShimConfig
+from csi_shim.fdpath import KubeletRoot, Place, proc_path
+from csi_shim.locks import VolumeLocks, path_key, volume_key
 from csi_shim.plan import (FAIL, FS_GROUP, RELABEL, SUPPORTED_FS_TYPES, MountPlan, after_mount, device_filesystem,
                            dropped_hint, label_conflict, node_topology, plan_mount, pod_of)
 from csi_shim.proto import csi_pb2, csi_pb2_grpc
 from csi_shim.records import Published, Staged
-from csi_shim.state import DONE, PENDING, State, VolumeLocks
+from csi_shim.state import DONE, PENDING, State
 
 log = logging.getLogger(__name__)
 
@@ -88,9 +91,10 @@ def apply_fs_group(path, gid: int, read_only: bool):
     return stats
 
 
-def finish_publish(path: str, verification: mounter.Verification, plan: MountPlan, config: ShimConfig,
+def finish_publish(path: str | int, verification: mounter.Verification, plan: MountPlan, config: ShimConfig,
                    volume_id: str, metrics=None) -> str:
-    """Act on the verifier's result for a published path; returns what was done (for state and logs).
+    """Act on the verifier's result for a published path; returns what was done (for state and logs). `path`
+    is the path or, better, an open descriptor of the mount's root (the walkers then never walk names).
 
     Runs before the publish is made read-only, so a `readonly` publish of a writable volume still gets its
     relabel and its ownership (with kubelet's read-only mask). A filesystem that is itself mounted read-only
@@ -118,23 +122,51 @@ def finish_publish(path: str, verification: mounter.Verification, plan: MountPla
         if metrics is not None:
             metrics.relabelled(stats, time.monotonic() - started, plan.mount_group is not None)
         log.warning("volume %s: %s; relabelled %s recursively instead (%s)", volume_id, verification.describe(),
-                    path, getattr(stats, "changed", stats))
+                    verification.path, getattr(stats, "changed", stats))
     elif action == FS_GROUP:
         apply_fs_group(path, plan.mount_group, plan.readonly)
         if metrics is not None:
             metrics.fs_group_pass()
     elif plan.mount_group is not None and not writable:
         log.info("volume %s: %s is mounted read-only; fsGroup %d not applied (kubelet skips it for read-only "
-                 "volumes)", volume_id, path, plan.mount_group)
+                 "volumes)", volume_id, verification.path, plan.mount_group)
     return action
 
 
+def confirm_mount(place: Place, numbers: set[str]) -> mounter.Mount:
+    """The mount just made on the directory opened at `place`, checked to be where the CO named it: the
+    directory there now is the root of a mount of one of `numbers`, listed in mountinfo at that path. A
+    rename during the call moves the directory, and its mount, to another name; that is refused (the caller
+    undoes the mount through the directory's descriptor)."""
+    entry = mounter.top_mount(place)
+    if entry is None or entry.major_minor not in numbers or not mounter.mounted_here(place, entry):
+        where = f"it is at {entry.mount_point}" if entry is not None else "nothing is mounted there"
+        raise MountFailed(f"{place.field} {place.given}: a component of the path was renamed or replaced during "
+                          f"the call and the mount did not stay at that path ({where}); the mount was undone")
+    return entry
+
+
+def unmount_ours(place: Place, numbers: set[str]) -> mounter.Mount | None:
+    """Unmount this volume's mounts at `place` (its devices `numbers`, possibly stacked after a crash), each
+    through the open parent directory; returns what is mounted there afterwards (None: nothing). A mount of
+    ours that mountinfo lists under another path means a component was renamed since it was made: nothing is
+    unmounted through a swapped path, and kubelet retries."""
+    while (top := mounter.top_mount(place)) is not None and top.major_minor in numbers:
+        if not mounter.mounted_here(place, top):
+            raise VolumeInUse(f"{place.field} {place.given} is not where this volume was mounted: a component of "
+                              f"the path was renamed (the mount is at {top.mount_point}); nothing was unmounted")
+        mounter.unmount_place(place)
+    return top
+
+
 class NodeService(csi_pb2_grpc.NodeServicer):
-    def __init__(self, state: State, config: ShimConfig, locks: VolumeLocks, metrics=None):
+    def __init__(self, state: State, config: ShimConfig, locks: VolumeLocks, metrics=None,
+                 root: KubeletRoot | None = None):
         self.metrics = metrics
         self.state = state
         self.config = config
         self.locks = locks
+        self.root = root or KubeletRoot(config.kubelet_root)
 
     # ---- information ---------------------------------------------------------------------------------------
 
@@ -165,11 +197,36 @@ class NodeService(csi_pb2_grpc.NodeServicer):
 
     # ---- stage -----------------------------------------------------------------------------------------------
 
+    def _place(self, path: str, field: str, missing: str | None) -> Place | None:
+        """`path` opened beneath the kubelet root; with a missing parent directory: InvalidInput(`missing`),
+        or None when `missing` is None (nothing can be mounted there)."""
+        try:
+            return self.root.place(path, field)
+        except FileNotFoundError:
+            if missing is None:
+                return None
+            raise InvalidInput(missing) from None
+
+    @contextlib.contextmanager
+    def _held_place(self, given_path: str, field: str, volume_id: str):
+        """For unstage and unpublish: (the path as mountinfo lists it, the path opened beneath the root or
+        None when its parent is gone, so nothing can be mounted there), with the volume's and the path's
+        locks held."""
+        resolved = self.root.resolved(given_path)
+        with contextlib.ExitStack() as held:
+            place = self._place(given_path, field, None)
+            if place is not None:
+                held.enter_context(place)
+            held.enter_context(self.locks.hold(volume_key(volume_id), path_key(resolved)))
+            yield resolved, place
+
     def NodeStageVolume(self, request, context):
-        staging = validate.node_stage(request, self.config.kubelet_root)
+        given_path = validate.node_stage(request, self.config.kubelet_root)
         given = validate.static_device(request.volume_context)
-        staging = paths.resolve_inside_root(staging, self.config.kubelet_root, "staging_target_path")
-        with self.locks.hold(request.volume_id):
+        not_a_directory = f"staging_target_path {given_path} is not a directory (the CO creates it)"
+        with self._place(given_path, "staging_target_path", not_a_directory) as place, \
+                self.locks.hold(volume_key(request.volume_id), path_key(place.path)):
+            staging = place.path
             needs_format = False
             if given is None:
                 volume = self._volume(request.volume_id)
@@ -190,16 +247,16 @@ class NodeService(csi_pb2_grpc.NodeServicer):
                                                         if f.partition("=")[0] != "context"]:
                     raise VolumeAlreadyExists(f"volume {request.volume_id} is already staged at {staging} with "
                                               f"other mount flags")
-                if mounter.mounted_at(staging) is not None:
+                if mounter.top_mount(place) is not None:
                     return csi_pb2.NodeStageVolumeResponse()  # a repeat: already done
-            if not os.path.isdir(staging):
-                raise InvalidInput(f"staging_target_path {staging} is not a directory (the CO creates it)")
+            if not place.is_directory():
+                raise InvalidInput(not_a_directory)
 
             pending = Staged(staging_path=staging, label=plan.context.text if plan.context else None,
                              mount_flags=tuple(plan.mount_flags), fs_type=plan.fs_type, device=None,
                              status=PENDING, verification=None)
             with self.state.intent("staged", request.volume_id, pending) as done:
-                verification, device = self._stage(request.volume_id, volume, staging, plan, needs_format)
+                verification, device = self._stage(request.volume_id, volume, place, plan, needs_format)
                 done.update(device=device, verification=verification.status)
             log.info("staged volume %s at %s: %s", request.volume_id, staging, verification.describe())
             return csi_pb2.NodeStageVolumeResponse()
@@ -243,18 +300,22 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         if problem:
             raise VolumeInUse(f"volume {volume_id}: {problem}")
 
-    def _stage(self, volume_id: str, volume: dict, staging: str, plan: MountPlan,
+    def _stage(self, volume_id: str, volume: dict, place: Place, plan: MountPlan,
                needs_format: bool = False) -> tuple[mounter.Verification, str]:
+        """Mount the volume on the staging directory opened beneath the kubelet root, never on a path name;
+        then confirm it is at the path the CO named."""
+        staging = place.path
         given = bool(volume.get("device"))
         if given:
             attached, device = False, volume["device"]
         else:
             attached = not mounter.find_loop(volume["image"])
             device = mounter.attach_loop(volume["image"])
-        mounted = False  # by this call, or adopted from one that was killed before it finished
+        mounted = made = False  # mounted by this call, or adopted from one that was killed before it finished
+        directory = None  # the staging directory, opened beneath the root, that this call mounts on
         try:
             number = mounter.device_number(device)
-            existing = mounter.mounted_at(staging)
+            existing = mounter.top_mount(place)
             if existing is not None and existing.major_minor != number:
                 raise VolumeAlreadyExists(f"{staging} already holds another mount ({existing.source})")
             if existing is None:
@@ -266,12 +327,17 @@ class NodeService(csi_pb2_grpc.NodeServicer):
                         mounter.make_filesystem(device, plan.fs_type)
                 mounter.refuse_shared_superblock(device, plan.context, staging)
                 bits, data = plan.syscall()
-                mounter.mount_filesystem(device, staging, plan.fs_type, bits, data, plan.context_flag)
+                directory = place.open()
+                if directory is None:
+                    raise InvalidInput(f"staging_target_path {place.given} is gone (the CO creates it)")
+                mounter.mount_filesystem(device, proc_path(directory), plan.fs_type, bits, data, plan.context_flag)
+                made = True
             mounted = True
-            verification = mounter.verify(staging, plan.context)
+            entry = confirm_mount(place, {number})
+            verification = mounter.classify(entry, plan.context, staging)
             # At stage time only a failure counts; a dropped context is relabelled after publish, which a
             # read-only filesystem (reader-only access mode) cannot take, so that fails here already.
-            writable = mounter.writable(staging) if verification.status == mounter.DROPPED else True
+            writable = self._writable(place) if verification.status == mounter.DROPPED else True
             if after_mount(verification.status, self.config.on_context_dropped, plan.context, None,
                            writable) == FAIL:
                 hint = "" if writable else dropped_hint(self.config.on_context_dropped, writable)
@@ -280,18 +346,32 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         except BaseException:
             # A failed stage leaves nothing mounted, adopted mounts included: the record is dropped below, and a
             # mount nobody records would outlive the volume's use.
-            if mounted:
+            if made:
+                mounter.undo_mount(directory)
+            elif mounted:
                 with contextlib.suppress(Exception):
-                    mounter.unmount(staging)
+                    unmount_ours(place, {number})
             if (attached or mounted) and not given:
                 with contextlib.suppress(Exception):
                     mounter.detach_loop(device)
             raise
+        finally:
+            if directory is not None:
+                os.close(directory)
+
+    @staticmethod
+    def _writable(place: Place) -> bool:
+        child, _ = mounter.open_top(place)
+        if child is None:
+            return True
+        try:
+            return mounter.writable(proc_path(child))
+        finally:
+            os.close(child)
 
     def NodeUnstageVolume(self, request, context):
-        staging = paths.resolve_inside_root(validate.node_unstage(request, self.config.kubelet_root),
-                                            self.config.kubelet_root, "staging_target_path")
-        with self.locks.hold(request.volume_id):
+        given_path = validate.node_unstage(request, self.config.kubelet_root)
+        with self._held_place(given_path, "staging_target_path", request.volume_id) as (staging, place):
             volume = self._volume(request.volume_id)
             published = [target for target, rec in self.state.publishers(request.volume_id)
                          if mounter.mounted_at(target) is not None]
@@ -303,9 +383,12 @@ class NodeService(csi_pb2_grpc.NodeServicer):
                                      f"not {staging}")
             # Unmount only what is ours: the volume's device, possibly stacked after a crash.
             numbers = self._numbers(volume)
-            while (top := mounter.mounted_at(staging)) is not None and top.major_minor in numbers:
-                mounter.unmount(staging)
+            if place is not None:
+                unmount_ours(place, numbers)
             if volume.get("image"):
+                # The loop device is this volume's alone: mounted anywhere below the kubelet root, it is still
+                # in use, and OK would leave that mount (and the loop under it) behind.
+                self._refuse_loop_still_mounted(request.volume_id, numbers)
                 mounter.detach_image(volume["image"])  # a given block device stays as it was found
             if record is not None:
                 with self.state.change():
@@ -313,15 +396,22 @@ class NodeService(csi_pb2_grpc.NodeServicer):
             log.info("unstaged volume %s from %s", request.volume_id, staging)
             return csi_pb2.NodeUnstageVolumeResponse()
 
+    def _refuse_loop_still_mounted(self, volume_id: str, numbers: set[str]) -> None:
+        below = self.root.real.rstrip("/") + "/"
+        left = sorted(m.mount_point for m in mounter.mounts() if m.major_minor in numbers
+                      and m.mount_point.startswith(below))
+        if left:
+            raise VolumeInUse(f"volume {volume_id} is still mounted at {', '.join(left)}; unpublish it there first")
+
     # ---- publish ---------------------------------------------------------------------------------------------
 
     def NodePublishVolume(self, request, context):
-        target, staging = validate.node_publish(request, self.config.kubelet_root)
-        staging = paths.resolve_inside_root(staging, self.config.kubelet_root, "staging_target_path")
-        target = paths.resolve_inside_root(target, self.config.kubelet_root, "target_path")
-        validate.no_overlap(target, staging)
+        given_target, given_staging = validate.node_publish(request, self.config.kubelet_root)
+        staging_place, target_place = self._publish_places(given_staging, given_target)
+        staging, target = staging_place.path, target_place.path
         requester = pod_of(request.volume_context)
-        with self.locks.hold(request.volume_id):
+        with staging_place, target_place, \
+                self.locks.hold(volume_key(request.volume_id), path_key(staging), path_key(target)):
             volume = self._volume(request.volume_id)
             plan = plan_mount(request.volume_capability, readonly=request.readonly,
                               default_fs_type=volume["fs_type"], fs_types=SUPPORTED_FS_TYPES)
@@ -334,7 +424,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
             check_publish_label(self.state, request.volume_id, plan.context, requester)
 
             record = self.state.published.get(target)
-            if record is not None and record.get("status") == DONE and mounter.mounted_at(target) is not None:
+            if record is not None and record.get("status") == DONE and mounter.top_mount(target_place) is not None:
                 if (record["volume_id"], record["readonly"], record["mount_flags"]) != (
                         request.volume_id, plan.readonly, list(plan.mount_flags)):
                     raise VolumeAlreadyExists(f"{target} is already published with other arguments "
@@ -346,46 +436,84 @@ class NodeService(csi_pb2_grpc.NodeServicer):
                                 mount_flags=tuple(plan.mount_flags), pod=tuple(requester) if requester else None,
                                 status=PENDING, verification=None, action=None)
             with self.state.intent("published", target, pending) as done:
-                verification, action = self._publish(staging, target, plan, request.volume_id)
+                verification, action = self._publish(staging_place, target_place, plan, request.volume_id)
                 done.update(verification=verification.status, action=action)
             log.info("published volume %s at %s (readonly=%s): %s%s", request.volume_id, target, plan.readonly,
                      verification.describe(), f"; {action}" if action != "nothing" else "")
             return csi_pb2.NodePublishVolumeResponse()
 
-    def _publish(self, staging: str, target: str, plan: MountPlan, volume_id: str):
+    def _publish_places(self, given_staging: str, given_target: str) -> tuple[Place, Place]:
+        """Both paths opened beneath the kubelet root, and checked not to overlap."""
+        with contextlib.ExitStack() as opened:
+            staging = opened.enter_context(self._place(
+                given_staging, "staging_target_path",
+                f"staging_target_path {given_staging}: its parent directory does not exist"))
+            target = opened.enter_context(self._place(
+                given_target, "target_path", f"the parent directory of target_path {given_target} does not exist"))
+            validate.no_overlap(target.path, staging.path)
+            opened.pop_all()
+            return staging, target
+
+    def _publish(self, staging_place: Place, target_place: Place, plan: MountPlan, volume_id: str):
+        """Bind the staging mount (opened beneath the kubelet root) onto the target directory, created here
+        with mkdirat in its opened parent and then opened itself: no path name is followed in between."""
+        target = target_place.path
         created = False
         try:
-            os.mkdir(target, 0o750)
+            os.mkdir(target_place.name, 0o750, dir_fd=target_place.parent)
             created = True
         except FileExistsError:
-            if not os.path.isdir(target):
-                raise InvalidInput(f"target_path {target} exists and is not a directory") from None
+            pass
         except FileNotFoundError:
-            raise InvalidInput(f"the parent directory of target_path {target} does not exist") from None
-        source = mounter.mounted_at(staging)
-        if source is None:
-            raise VolumeInUse(f"volume {volume_id} is not mounted at {staging}; stage it again")
-        existing = mounter.mounted_at(target)
-        mounted = False
+            raise InvalidInput(f"the parent directory of target_path {target_place.given} does not exist") from None
+        with contextlib.ExitStack() as opened:
+            try:
+                directory = target_place.open()
+            except InvalidInput:
+                raise InvalidInput(f"target_path {target_place.given} exists and is not a directory") from None
+            if directory is None:
+                raise InvalidInput(f"the parent directory of target_path {target_place.given} does not exist")
+            opened.callback(os.close, directory)
+            source_fd, source = mounter.open_top(staging_place)
+            if source_fd is not None:
+                opened.callback(os.close, source_fd)
+            if source is None or not mounter.mounted_here(staging_place, source):
+                raise VolumeInUse(f"volume {volume_id} is not mounted at {staging_place.path}; stage it again")
+            return self._bind(source_fd, source, directory, target_place, plan, volume_id, created)
+
+    def _bind(self, source_fd: int, source: mounter.Mount, directory: int, target_place: Place, plan: MountPlan,
+              volume_id: str, created: bool):
+        target = target_place.path
+        existing = mounter.top_mount(target_place)
+        mounted = made = False
         try:
             if existing is not None and existing.major_minor != source.major_minor:
                 raise VolumeAlreadyExists(f"{target} already holds another mount ({existing.source})")
             if existing is None:
-                mounter.mount(staging, target, None, mounter.MS_BIND, None)
-                mounted = True
-            verification = mounter.verify(target, plan.context)
-            action = finish_publish(target, verification, plan, self.config, volume_id, self.metrics)
-            flags = plan.bind_flags()
-            if flags:
-                mounter.mount("none", target, None, mounter.MS_BIND | mounter.MS_REMOUNT | flags, None)
+                mounter.mount(proc_path(source_fd), proc_path(directory), None, mounter.MS_BIND, None)
+                made = True
+            mounted = True
+            entry = confirm_mount(target_place, {source.major_minor})
+            verification = mounter.classify(entry, plan.context, target)
+            # The relabel or fsGroup pass and the remount start from the confirmed mount's root, not its name.
+            root = mounter.open_root_of(target_place, entry)
+            try:
+                action = finish_publish(root, verification, plan, self.config, volume_id, self.metrics)
+                flags = plan.bind_flags()
+                if flags:
+                    mounter.mount("none", proc_path(root), None, mounter.MS_BIND | mounter.MS_REMOUNT | flags, None)
+            finally:
+                os.close(root)  # before any undo below: an open descriptor keeps the mount busy
             return verification, action
         except BaseException:
-            if mounted:
+            if made:
+                mounter.undo_mount(directory)
+            elif mounted:
                 with contextlib.suppress(Exception):
-                    mounter.unmount(target)
+                    unmount_ours(target_place, {source.major_minor})
             if created:
                 with contextlib.suppress(OSError):
-                    os.rmdir(target)
+                    os.rmdir(target_place.name, dir_fd=target_place.parent)
             raise
 
     def NodeUnpublishVolume(self, request, context):
@@ -393,28 +521,28 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         volume is not mounted is already unpublished (CSI: "MUST reply 0 OK"), so a mount someone else made
         there is left alone and the call succeeds; only when that foreign mount covers one of ours, which
         cannot be unmounted without removing it, the call fails and kubelet keeps retrying."""
-        target = paths.resolve_inside_root(validate.node_unpublish(request, self.config.kubelet_root),
-                                           self.config.kubelet_root, "target_path")
-        with self.locks.hold(request.volume_id):
+        given_path = validate.node_unpublish(request, self.config.kubelet_root)
+        with self._held_place(given_path, "target_path", request.volume_id) as (target, place):
             volume = self._volume(request.volume_id)
             record = self.state.published.get(target)
             if record is not None and record["volume_id"] != request.volume_id:
                 raise VolumeNotFound(f"{target} holds volume {record['volume_id']}, not {request.volume_id}")
             numbers = self._numbers(volume)
-            while (top := mounter.mounted_at(target)) is not None and top.major_minor in numbers:
-                mounter.unmount(target)
+            top = unmount_ours(place, numbers) if place is not None else None
             if top is not None:
                 if any(m.mount_point == target and m.major_minor in numbers for m in mounter.mounts()):
                     raise VolumeInUse(f"volume {request.volume_id} is mounted at {target} under a mount this "
                                       f"driver did not make ({top.source}, {top.fstype}); unmount that first")
                 log.warning("%s holds a mount this driver did not make (%s, %s, device %s); left in place",
                             target, top.source, top.fstype, top.major_minor)
-            else:
+            elif place is not None:
                 try:
-                    os.rmdir(target)
+                    os.rmdir(place.name, dir_fd=place.parent)
                 except FileNotFoundError:
                     pass
                 except OSError as err:
+                    if err.errno == errno.ENOTDIR:
+                        raise InvalidInput(f"target_path {given_path} is not a directory") from None
                     if err.errno != errno.ENOTEMPTY:
                         raise
                     log.warning("%s is not empty after unmount; left in place", target)
@@ -429,14 +557,25 @@ class NodeService(csi_pb2_grpc.NodeServicer):
     def NodeGetVolumeStats(self, request, context):
         path = validate.node_get_volume_stats(request, self.config.kubelet_root)[0]
         self._volume(request.volume_id)
-        path = paths.resolve_volume_path(path, self.config.kubelet_root, "volume_path")
-        record = self.state.published.get(path)
-        staged = self.state.staged.get(request.volume_id)
-        ours = (record is not None and record["volume_id"] == request.volume_id) or (
-            staged is not None and staged["staging_path"] == path)
-        if not ours or mounter.mounted_at(path) is None:
+        self.root.check_volume_path(path, "volume_path")
+        place = self.root.volume_place(path, "volume_path")
+        if place is None:
             raise VolumeNotFound(f"volume {request.volume_id} is not mounted at {request.volume_path}")
-        available, total, used, inodes_free, inodes, inodes_used = mounter.statvfs_usage(path)
+        with place:
+            path = place.path
+            record = self.state.published.get(path)
+            staged = self.state.staged.get(request.volume_id)
+            ours = (record is not None and record["volume_id"] == request.volume_id) or (
+                staged is not None and staged["staging_path"] == path)
+            child, entry = mounter.open_top(place) if ours else (None, None)
+            try:
+                if entry is None or not mounter.mounted_here(place, entry):
+                    raise VolumeNotFound(f"volume {request.volume_id} is not mounted at {request.volume_path}")
+                usage = mounter.statvfs_usage(proc_path(child))
+            finally:
+                if child is not None:
+                    os.close(child)
+        available, total, used, inodes_free, inodes, inodes_used = usage
         unit = csi_pb2.VolumeUsage
         return csi_pb2.NodeGetVolumeStatsResponse(usage=[
             unit(available=available, total=total, used=used, unit=unit.BYTES),

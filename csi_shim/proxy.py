@@ -3,34 +3,41 @@
 Every call is forwarded to `--backend-endpoint` as raw bytes (fields this file does not know survive). The
 four calls that mount or unmount get the shim's own checks around the forward:
 
-  before: paths below --kubelet-root (symlinks followed: mount(2) follows them too), the `context=` label
+  before: paths below --kubelet-root, opened beneath it with no symlink followed (csi_shim.fdpath: the
+          backend's mount(2) would follow one out of the root), the `context=` label
           parses, and the label agrees with the one the volume is already staged with on this node
           (kubelet's conflict text); with --strip-context the flag is removed before forwarding, for
           backends that refuse it;
-  after:  the mount at the staging path / target is read back from /proc/self/mountinfo and the context
+  after:  the mount at the staging path / target (found through the opened directory, and confirmed to be
+          listed at the path the CO named) is read back from /proc/self/mountinfo and the context
           compared canonically. A dropped context (mount(8) in the plugin's container, a FUSE or network
           filesystem without context support, --strip-context) falls back to the relabel walker on the
           published path, or fails with FAILED_PRECONDITION (--on-context-dropped=fail); a different context
           always fails, and the backend's mount is rolled back so kubelet retries from a clean state.
 
 NodeExpandVolume and NodeGetVolumeStats carry paths as well (volume_path, staging_target_path); they get the
-same path checks and are otherwise forwarded untouched. A path outside the kubelet root answers NOT_FOUND
-(no volume of this node can be there), so nothing outside the root reaches the backend.
+same path checks and are otherwise forwarded untouched. A path outside the kubelet root, or through a symlink
+below it, answers NOT_FOUND (no volume of this node can be there), so nothing outside the root reaches the
+backend. Each call holds the locks of its volume and of its paths (csi_shim.locks).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 
 import grpc
 
 from agent.errors import BackendError, ContextNotApplied
-from csi_shim import mounter, paths, validate
+from csi_shim import mounter, validate
 from csi_shim.config import ShimConfig, socket_path
+from csi_shim.fdpath import KubeletRoot
+from csi_shim.locks import VolumeLocks, path_key, volume_key
 from csi_shim.node import check_publish_label, check_stage_label, finish_publish
 from csi_shim.plan import FAIL, after_mount, plan_mount, pod_of, without_context
 from csi_shim.proto import csi_pb2
-from csi_shim.state import DONE, State, VolumeLocks
+from csi_shim.state import DONE, State
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +47,13 @@ _NO_DEADLINE = 24 * 3600.0
 
 
 class Proxy(grpc.GenericRpcHandler):
-    def __init__(self, config: ShimConfig, state: State, locks: VolumeLocks, metrics=None):
+    def __init__(self, config: ShimConfig, state: State, locks: VolumeLocks, metrics=None,
+                 root: KubeletRoot | None = None):
         self.metrics = metrics
         self.config = config
         self.state = state
         self.locks = locks
+        self.root = root or KubeletRoot(config.kubelet_root)
         self.channel = grpc.insecure_channel(f"unix://{socket_path(config.backend_endpoint, '--backend-endpoint')}")
         self._calls: dict[str, grpc.UnaryUnaryMultiCallable] = {}
         self._hooks = {
@@ -101,8 +110,23 @@ class Proxy(grpc.GenericRpcHandler):
     # ---- hooked node calls -----------------------------------------------------------------------------------
 
     def _resolve(self, path: str | None, field: str) -> str | None:
-        """The real path (checked below the root): what the backend's mount(2) acts on and mountinfo lists."""
-        return None if path is None else paths.resolve_inside_root(path, self.config.kubelet_root, field)
+        """The path as mountinfo lists it, after its existing part was opened beneath the root with no
+        symlink followed (refused: INVALID_ARGUMENT); a missing parent is the backend's to answer."""
+        if path is None:
+            return None
+        with contextlib.suppress(FileNotFoundError), self.root.place(path, field) as place:
+            place.check()
+        return self.root.resolved(path)
+
+    def _verify(self, path: str, field: str, plan) -> tuple[mounter.Verification, mounter.Mount | None]:
+        """The backend's mount at `path`, found through the directory opened there again (the backend has
+        worked on the path since it was checked) and listed in mountinfo at that very path, and what its
+        context says."""
+        entry = None
+        with contextlib.suppress(FileNotFoundError), self.root.place(path, field) as place:
+            found = mounter.top_mount(place)
+            entry = found if mounter.mounted_here(place, found) else None
+        return mounter.classify(entry, plan.context, path), entry
 
     def stage(self, request, context) -> bytes:
         staging = validate.node_stage(request, self.config.kubelet_root, allow_block=True)
@@ -110,12 +134,13 @@ class Proxy(grpc.GenericRpcHandler):
         if request.volume_capability.WhichOneof("access_type") != "mount":
             return self.forward(NODE + "NodeStageVolume", request.SerializeToString(), context)
         plan = plan_mount(request.volume_capability, check_options=False)
-        with self.locks.hold(request.volume_id):
+        with self.locks.hold(volume_key(request.volume_id), path_key(staging)):
             check_stage_label(self.state, request.volume_id, plan.context)
             # One state write, after the backend succeeded: the backend owns the mount, and a crash before the
             # write leaves nothing to recover here (kubelet saw no success and repeats the call).
             response = self.forward(NODE + "NodeStageVolume", self._outgoing(request), context)
-            verification = (mounter.verify(staging, plan.context) if plan.context is not None else
+            verification = (self._verify(staging, "staging_target_path", plan)[0]
+                            if plan.context is not None else
                             mounter.Verification(mounter.NO_CONTEXT, None, None, staging))
             # At stage time only a failure counts; a dropped context is relabelled after publish.
             if after_mount(verification.status, self.config.on_context_dropped, plan.context, None) == FAIL:
@@ -135,8 +160,8 @@ class Proxy(grpc.GenericRpcHandler):
             return response
 
     def unstage(self, request, context) -> bytes:
-        self._resolve(validate.node_unstage(request, self.config.kubelet_root), "staging_target_path")
-        with self.locks.hold(request.volume_id):
+        staging = self._resolve(validate.node_unstage(request, self.config.kubelet_root), "staging_target_path")
+        with self.locks.hold(volume_key(request.volume_id), path_key(staging)):
             response = self.forward(NODE + "NodeUnstageVolume", request.SerializeToString(), context)
             if request.volume_id in self.state.staged:
                 with self.state.change():
@@ -155,7 +180,7 @@ class Proxy(grpc.GenericRpcHandler):
         # The backend applies volume_mount_group itself when it advertises VOLUME_MOUNT_GROUP.
         plan = type(plan)(plan.fs_type, plan.mount_flags, plan.context, plan.context_flag, plan.readonly, None)
         requester = pod_of(request.volume_context)
-        with self.locks.hold(request.volume_id):
+        with self.locks.hold(volume_key(request.volume_id), path_key(staging), path_key(target)):
             check_publish_label(self.state, request.volume_id, plan.context, requester)
             response = self.forward(NODE + "NodePublishVolume", self._outgoing(request), context)
             verification, action = self._check_publish(request, target, staging, plan)
@@ -173,29 +198,40 @@ class Proxy(grpc.GenericRpcHandler):
     def _check_publish(self, request, target, staging, plan):
         if plan.context is None:
             return mounter.Verification(mounter.NO_CONTEXT, None, None, target), "nothing"
-        entry = mounter.mounted_at(target)
-        verification = mounter.classify(entry, plan.context, target)
+        verification, entry = self._verify(target, "target_path", plan)
         undo = csi_pb2.NodeUnpublishVolumeRequest(volume_id=request.volume_id, target_path=request.target_path)
         if verification.status == mounter.NOT_MOUNTED:
             self._undo("NodeUnpublishVolume", undo, "publish")
             raise ContextNotApplied(f"volume {request.volume_id}: the backend reported NodePublishVolume done but "
                                     f"nothing is mounted at {target}, so context= cannot have been applied")
         # A read-only target cannot be relabelled; its staging mount (same filesystem) can, when writable.
-        relabel_path = target
+        relabel = (target, "target_path", entry)
         if entry is not None and entry.read_only and staging:
-            staged = mounter.mounted_at(staging)
+            staged = self._verify(staging, "staging_target_path", plan)[1]
             if staged is not None and staged.major_minor == entry.major_minor and not staged.read_only:
-                relabel_path = staging
+                relabel = (staging, "staging_target_path", staged)
         try:
-            action = finish_publish(relabel_path, verification, plan, self.config, request.volume_id, self.metrics)
+            with self._opened_root(*relabel) as root:
+                action = finish_publish(root, verification, plan, self.config, request.volume_id, self.metrics)
         except BaseException:
             self._undo("NodeUnpublishVolume", undo, "publish")
             raise
         return verification, action
 
+    @contextlib.contextmanager
+    def _opened_root(self, path: str, field: str, entry: mounter.Mount):
+        """A descriptor of the root of the mount `entry` found at `path`: the relabel and fsGroup walkers start
+        from it, not from the path's names, which the backend's pod may rename meanwhile."""
+        with self.root.place(path, field) as place:
+            root = mounter.open_root_of(place, entry)
+        try:
+            yield root
+        finally:
+            os.close(root)
+
     def unpublish(self, request, context) -> bytes:
         target = self._resolve(validate.node_unpublish(request, self.config.kubelet_root), "target_path")
-        with self.locks.hold(request.volume_id):
+        with self.locks.hold(volume_key(request.volume_id), path_key(target)):
             response = self.forward(NODE + "NodeUnpublishVolume", request.SerializeToString(), context)
             if target in self.state.published:
                 with self.state.change():
@@ -206,7 +242,7 @@ class Proxy(grpc.GenericRpcHandler):
 
     def _volume_paths(self, checked: list[str]) -> None:
         for field, path in zip(("volume_path", "staging_target_path"), checked):
-            paths.resolve_volume_path(path, self.config.kubelet_root, field)
+            self.root.check_volume_path(path, field)
 
     def expand(self, request, context) -> bytes:
         self._volume_paths(validate.node_expand_volume(request, self.config.kubelet_root))

@@ -26,6 +26,7 @@ from agent.errors import AgentError, MountFailed, StateInvalid
 from agent.label import context_mount_option
 from agent.mountinfo import Mount
 from csi_shim import mounter
+from csi_shim.fdpath import KubeletRoot
 from csi_shim.journal import SNAPSHOT, JOURNAL_NAME, State, empty
 from csi_shim.plan import SUPPORTED_FS_TYPES
 from csi_shim.records import DONE, ImageVolume, Published, Staged
@@ -117,8 +118,15 @@ def refuse_forgetting(state: State, image_dir: str) -> None:
                                        f"({os.path.basename(images[0])}...); the state was deleted")
 
 
-def recover(state: State, config) -> list[str]:
-    """Reconcile the records with mountinfo and loop devices after a (re)start; returns what changed."""
+def recover(state: State, config, root: KubeletRoot | None = None) -> list[str]:
+    """Reconcile the records with mountinfo and loop devices after a (re)start; returns what changed. `root`:
+    the kubelet root held open (one is opened for the call when None)."""
+    if root is None:
+        root = KubeletRoot(config.kubelet_root)
+        try:
+            return recover(state, config, root)
+        finally:
+            root.close()
     refuse_forgetting(state, config.image_dir)
     mount_points = {m.mount_point: m.major_minor for m in mounter.mounts()}
     with state.lock:
@@ -134,11 +142,15 @@ def recover(state: State, config) -> list[str]:
                 os.unlink(path)
         for path in rmdirs:
             try:
-                os.rmdir(path)
+                # Through the parent opened beneath the root: a renamed component cannot point it elsewhere.
+                with root.place(path, "target_path") as place:
+                    os.rmdir(place.name, dir_fd=place.parent)
             except FileNotFoundError:
                 pass
             except OSError as err:
                 notes.append(f"{path}: left in place: {err.strerror}")
+            except AgentError as err:
+                notes.append(f"{path}: left in place: {err}")
         state.replace(data)
         recorded = {rec.get("image") for rec in data["volumes"].values()}
         for image in image_files(config.image_dir):

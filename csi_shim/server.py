@@ -21,11 +21,13 @@ import grpc
 from agent.errors import AgentError, InvalidInput, LabelConflict
 from csi_shim import validate
 from csi_shim.config import ShimConfig
+from csi_shim.fdpath import KubeletRoot
 from csi_shim.instance_lock import InstanceLock
+from csi_shim.locks import VolumeLocks
 from csi_shim.plan import node_topology
 from csi_shim.proto import csi_pb2_grpc
 from csi_shim.recovery import recover
-from csi_shim.state import State, VolumeLocks
+from csi_shim.state import State
 
 log = logging.getLogger(__name__)
 
@@ -170,14 +172,15 @@ class ShimServer:
         self.instance_lock = instance_lock or InstanceLock.acquire(config.state_dir)
         self.state = State(config.state_file)
         self.locks = VolumeLocks()
-        self.recovery_notes = recover(self.state, config)
+        self.root = KubeletRoot(config.kubelet_root)
+        self.recovery_notes = recover(self.state, config, self.root)
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.max_workers,
                                                              thread_name_prefix="csi"),
                                   interceptors=[ErrorMapping(metrics, config.driver_name, on_publish)])
         self.proxy = None
         if config.proxy:
             from csi_shim.proxy import Proxy
-            self.proxy = Proxy(config, self.state, self.locks, metrics)
+            self.proxy = Proxy(config, self.state, self.locks, metrics, self.root)
             self.server.add_generic_rpc_handlers([self.proxy])
         else:
             from csi_shim.controller import ControllerService
@@ -187,7 +190,8 @@ class ShimServer:
             csi_pb2_grpc.add_ControllerServicer_to_server(
                 ControllerService(self.state, config.image_dir, self.locks,
                                   node_topology(config.driver_name, config.node_id)), self.server)
-            csi_pb2_grpc.add_NodeServicer_to_server(NodeService(self.state, self.config, self.locks, metrics),
+            csi_pb2_grpc.add_NodeServicer_to_server(NodeService(self.state, self.config, self.locks, metrics,
+                                                                self.root),
                                                     self.server)
         self.socket_identity = _bind_socket(self.server, config.socket)
         self._stopped = threading.Event()
@@ -203,6 +207,7 @@ class ShimServer:
         if self.proxy is not None:
             self.proxy.close()
         self.state.close()
+        self.root.close()
         _remove_own_socket(self.config.socket, self.socket_identity)
         if self._owns_lock:
             self.instance_lock.release()

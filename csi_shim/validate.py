@@ -74,16 +74,6 @@ def _strictly_below(normal: str, root: str) -> bool:
     return normal != root and normal.startswith(root.rstrip("/") + "/")
 
 
-def resolved_below(path: str, resolved: str, real_root: str, field: str) -> str:
-    """Refuse a path whose symlinks lead outside the kubelet root: mount(2) follows them, so a link under the
-    root could otherwise put a mount anywhere on the host. `resolved` is the path with every symlink of its
-    existing part followed, `real_root` the root's own real path (the caller resolves both)."""
-    if not _strictly_below(posixpath.normpath(resolved), posixpath.normpath(real_root)):
-        raise PathOutsideRoot(f"{field} {path!r} resolves through a symbolic link to {resolved!r}, which is not "
-                              f"below the kubelet root directory {real_root}")
-    return path
-
-
 def volume_path(path: str, root: str, field: str) -> str:
     """A path that must hold a mounted volume (NodeGetVolumeStats, NodeExpandVolume): outside the kubelet root
     no volume of this node can be there, which the CSI spec answers with NOT_FOUND ("does not exist on the

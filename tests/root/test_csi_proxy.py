@@ -153,6 +153,26 @@ def test_proxy_checks_before_forwarding(proxied):
     assert plugin.received == []  # nothing refused reached the backend
 
 
+def test_symlinks_below_the_root_never_reach_the_backend(proxied):
+    """The backend follows symlinks when it mounts, and what a link below the root points at can change
+    after any check: a link anywhere in a path, pointing inside the root or not, is refused before forwarding."""
+    plugin, server, client = proxied
+    real_staging = client.staging_path("vol-real")
+    linked_staging = os.path.join(client.root, "plugins", "linked-globalmount")
+    os.symlink(real_staging, linked_staging)
+    code, message = status_of(client.stage, "vol-1", linked_staging, [context_flag(LABEL_A)])
+    assert code == C.INVALID_ARGUMENT and "symbolic link" in message
+    pod = os.path.join(client.root, "pods", "pod-real")
+    os.makedirs(os.path.join(pod, "volumes"))
+    os.symlink(pod, os.path.join(client.root, "pods", "pod-link"))
+    target = os.path.join(client.root, "pods", "pod-link", "volumes", "mount")
+    for call, args in ((client.publish, ("vol-1", real_staging, target)), (client.unpublish, ("vol-1", target)),
+                       (client.unstage, ("vol-1", linked_staging))):
+        code, message = status_of(call, *args)
+        assert code == C.INVALID_ARGUMENT and "symbolic link" in message
+    assert plugin.received == [] and not mounts_under(client.root)
+
+
 def test_without_label_is_plain_forwarding(proxied):
     plugin, server, client = proxied
     staging = client.staging_path("vol-1")

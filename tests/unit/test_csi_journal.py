@@ -9,8 +9,8 @@ import pytest
 from agent.errors import StateInvalid
 from csi_shim import journal as journal_module
 from csi_shim.journal import State, empty, write_atomically
+from csi_shim.locks import VolumeLocks
 from csi_shim.records import DONE, PENDING, ImageVolume, RecordInvalid
-from csi_shim.state import VolumeLocks
 
 
 def volume(name="pvc", status=DONE, volume_id="v"):
