@@ -278,8 +278,10 @@ def node(tmp_path):
         client.publish(volume_id, staging, second, readonly=True, pod=("shop", "web-1"))
         client.close()
         shim.stop()
-        yield {"shim": shim, "volume_id": volume_id, "staging": staging, "targets": [first, second],
-               "state": f"{tmp_path}/state"}
+        node = {"shim": shim, "volume_id": volume_id, "staging": staging, "targets": [first, second],
+                "state": f"{tmp_path}/state"}
+        yield node
+        shim = node["shim"]  # the shim a test started last (unpublish_unstage_delete starts one)
     finally:
         client.close()
         shim.stop()
