@@ -125,7 +125,8 @@ class FakeMounter:
         self._add(source_entry.major_minor, source_entry.source, _real(target), source_entry.fstype,
                   source_entry.mount_options, source_entry.super_options)
 
-    def _remove_top(self, path: str) -> bool:
+    def remove_top(self, path: str) -> bool:
+        """umount(2) of the topmost mount at `path`; also what a fake backend plugin unmounts with."""
         entry = self.mounted_at(path)
         if entry is None:
             return False
@@ -134,11 +135,11 @@ class FakeMounter:
 
     def unmount_place(self, place) -> bool:
         self.calls.append(("umount", place.path))
-        return self._remove_top(os.path.join(_real(place.parent), place.name))
+        return self.remove_top(os.path.join(_real(place.parent), place.name))
 
     def undo_mount(self, directory_fd: int) -> None:
         self.calls.append(("undo", _real(directory_fd)))
-        self._remove_top(_real(directory_fd))
+        self.remove_top(_real(directory_fd))
 
     def refuse_shared_superblock(self, device: str, label, target: str) -> None:
         why = shared_superblock_conflict(self.table, self.device_number(device), label, target, self.selinux)
