@@ -6,6 +6,11 @@ readonly with a remount. Each mount with a context is read back from /proc/self/
 did not take (a kernel without SELinux shows none), `--on-context-dropped` decides between the relabel walker
 on the published path and FAILED_PRECONDITION. Conflicts between labels on one node are refused the way
 kubelet words them.
+
+Each handler runs: check the request (csi_shim/validate.py), open its paths and take the locks, plan
+(csi_shim/plan.py), the label guard and the after-mount fallback shared with the proxy (csi_shim/publish.py),
+and the kernel's part through the mounter it was given (csi_shim/mounter.py; tests without root give it a
+stand-in with an in-memory mount table).
 """
 
 from __future__ import annotations
