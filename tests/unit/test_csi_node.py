@@ -223,6 +223,16 @@ def test_an_applied_context_needs_no_relabel(node):
     assert node.decisions("mount") == 1 and _label_of(target) is None
 
 
+def test_a_mount_group_without_a_label_gets_the_ownership_pass(node):
+    target = node.client.target_path("pod-1")
+    node.client.stage(VOLUME, node.staging)
+    node.client.publish(VOLUME, node.staging, target, group="4711")
+    assert node.saved()["published"][target]["action"] == "fs-group"
+    assert node.registry.get_sample_value("selinux_mount_agent_fs_group_passes_total", {"combined": "false"}) == 1
+    if os.geteuid() == 0:  # chown to another group needs CAP_CHOWN; failed entries are only logged (kubelet)
+        assert os.stat(target).st_gid == 4711
+
+
 def test_a_dropped_context_on_a_read_only_filesystem_fails_at_stage(node):
     node.fake.read_only_filesystems.add("ext4")
     code, message = status_of(node.client.stage, VOLUME, node.staging, [context_flag(LABEL_A)])
