@@ -13,11 +13,18 @@ import dataclasses
 import errno
 import os
 import time
+from concurrent import futures
+
+import grpc
 
 from agent.errors import LabelConflict, MountFailed
 from agent.mountinfo import Mount, split_options
+from csi_shim.fdpath import KubeletRoot
 from csi_shim.mounter import shared_superblock_conflict
 from csi_shim.plan import MS_BIND, MS_RDONLY, MS_REMOUNT
+from csi_shim.server import ErrorMapping
+from csi_shim.state import State
+from tests.root.csi_helpers import Client, shim_config
 
 LOOP_MAJOR = 7
 
@@ -179,3 +186,40 @@ class FakeMounter:
 
     def make_filesystem(self, device_or_image: str, fs_type: str) -> None:
         self.calls.append(("mkfs", device_or_image, fs_type))
+
+
+class FakeNode:
+    """A node service over a FakeMounter, served on a unix socket with the shim's own error mapping, and a
+    kubelet-like client for it. `serve(server)` (in subclasses) adds the service under test to the server."""
+
+    VOLUME = "vol-1"
+
+    def __init__(self, tmp_path, **config):
+        self.config = shim_config(tmp_path, **config)
+        self.fake = FakeMounter()
+        self.state = State(self.config.state_file)
+        self.root = KubeletRoot(self.config.kubelet_root)
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), interceptors=[ErrorMapping()])
+        self.serve(self.server)
+        self.server.add_insecure_port(f"unix://{self.config.socket}")
+        self.server.start()
+        self.client = Client(self.config.socket, self.config.kubelet_root)
+        self.staging = self.client.staging_path(self.VOLUME)
+
+    def serve(self, server) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.client.close()
+        self.server.stop(0)
+        self.root.close()
+
+    def __enter__(self) -> "FakeNode":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def saved(self) -> dict:
+        """The state as a restart would load it (snapshot plus journal)."""
+        return State(self.config.state_file).plain()

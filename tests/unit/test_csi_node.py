@@ -18,54 +18,36 @@ from prometheus_client import CollectorRegistry
 
 from agent.errors import MountFailed
 from agent.metrics import NodeMetrics
-from csi_fake_mounter import FakeMounter
-from csi_shim.fdpath import KubeletRoot
+from csi_fake_mounter import FakeMounter, FakeNode
 from csi_shim.locks import VolumeLocks
 from csi_shim.node import NodeService
 from csi_shim.plan import MS_BIND, MS_RDONLY, MS_REMOUNT
 from csi_shim.proto import csi_pb2_grpc
 from csi_shim.records import DONE
-from csi_shim.server import ErrorMapping
-from csi_shim.state import State
-from tests.root.csi_helpers import (LABEL_A, LABEL_A_OTHER_SPELLING, LABEL_B, Client, context_flag, shim_config,
-                                    status_of)
+from tests.root.csi_helpers import LABEL_A, LABEL_A_OTHER_SPELLING, LABEL_B, context_flag, status_of
 
 C = grpc.StatusCode
-VOLUME = "vol-1"
+VOLUME = FakeNode.VOLUME
 EMPTY = {"version": 1, "volumes": {}, "staged": {}, "published": {}}
 
 
-class Node:
-    """A NodeService over a fake mounter, served on a unix socket, and a kubelet-like client for it."""
+class Node(FakeNode):
+    """The built-in driver's NodeService over the fake mounter, with one volume created."""
 
-    def __init__(self, tmp_path, **config):
-        self.config = shim_config(tmp_path, **config)
-        self.fake = FakeMounter()
-        self.state = State(self.config.state_file)
+    def serve(self, server):
         self.registry = CollectorRegistry()
         self.metrics = NodeMetrics(self.registry)
         self.image = os.path.join(self.config.state_dir, "volumes", f"{VOLUME}.img")
         with self.state.change():
             self.state.volumes[VOLUME] = {"name": "pvc-1", "capacity_bytes": 1 << 24, "fs_type": "ext4",
                                           "image": self.image, "status": DONE}
-        self.root = KubeletRoot(self.config.kubelet_root)
         self.service = NodeService(self.state, self.config, VolumeLocks(), self.metrics, self.root,
                                    mounter=self.fake)
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), interceptors=[ErrorMapping()])
-        csi_pb2_grpc.add_NodeServicer_to_server(self.service, self.server)
-        self.server.add_insecure_port(f"unix://{self.config.socket}")
-        self.server.start()
-        self.client = Client(self.config.socket, self.config.kubelet_root)
-        self.staging = self.client.staging_path(VOLUME)
-
-    def close(self):
-        self.client.close()
-        self.server.stop(0)
-        self.root.close()
+        csi_pb2_grpc.add_NodeServicer_to_server(self.service, server)
 
     def saved(self) -> dict:
-        """The state as a restart would load it (snapshot plus journal), without the volume table."""
-        plain = State(self.config.state_file).plain()
+        """The state as a restart would load it, without the volume table."""
+        plain = super().saved()
         plain.pop("volumes")
         return plain
 
@@ -78,11 +60,8 @@ class Node:
 
 @pytest.fixture
 def node(tmp_path, request):
-    subject = Node(tmp_path, **getattr(request, "param", {}))
-    try:
+    with Node(tmp_path, **getattr(request, "param", {})) as subject:
         yield subject
-    finally:
-        subject.close()
 
 
 def _label_of(path: str) -> str | None:

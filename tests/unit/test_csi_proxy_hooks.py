@@ -15,19 +15,16 @@ from concurrent import futures
 import grpc
 import pytest
 
-from csi_fake_mounter import FakeMounter
-from csi_shim.fdpath import KubeletRoot
+from csi_fake_mounter import FakeMounter, FakeNode
 from csi_shim.locks import VolumeLocks
 from csi_shim.plan import MS_BIND, MS_RDONLY, MS_REMOUNT
 from csi_shim.proto import csi_pb2 as pb
 from csi_shim.proto import csi_pb2_grpc
 from csi_shim.proxy import Proxy
-from csi_shim.server import ErrorMapping
-from csi_shim.state import State
-from tests.root.csi_helpers import LABEL_A, LABEL_B, Client, context_flag, shim_config, status_of
+from tests.root.csi_helpers import LABEL_A, LABEL_B, context_flag, status_of
 
 C = grpc.StatusCode
-VOLUME = "vol-1"
+VOLUME = FakeNode.VOLUME
 
 
 class Backend(csi_pb2_grpc.NodeServicer):
@@ -68,43 +65,31 @@ class Backend(csi_pb2_grpc.NodeServicer):
         return pb.NodeUnpublishVolumeResponse()
 
 
-class ProxiedNode:
+class ProxiedNode(FakeNode):
+    """The proxy over the fake mounter, in front of a Backend on its own socket."""
+
     def __init__(self, tmp_path, **config):
-        self.config = shim_config(tmp_path, backend_endpoint=f"unix://{tmp_path}/backend.sock", **config)
-        self.fake = FakeMounter()
+        super().__init__(tmp_path, backend_endpoint=f"unix://{tmp_path}/backend.sock", **config)
+
+    def serve(self, server):
         self.backend = Backend(self.fake)
         self.backend_server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
         csi_pb2_grpc.add_NodeServicer_to_server(self.backend, self.backend_server)
         self.backend_server.add_insecure_port(self.config.backend_endpoint)
         self.backend_server.start()
-        self.state = State(self.config.state_file)
-        self.root = KubeletRoot(self.config.kubelet_root)
         self.proxy = Proxy(self.config, self.state, VolumeLocks(), None, self.root, mounter=self.fake)
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), interceptors=[ErrorMapping()])
-        self.server.add_generic_rpc_handlers([self.proxy])
-        self.server.add_insecure_port(f"unix://{self.config.socket}")
-        self.server.start()
-        self.client = Client(self.config.socket, self.config.kubelet_root)
-        self.staging = self.client.staging_path(VOLUME)
+        server.add_generic_rpc_handlers([self.proxy])
 
     def close(self):
-        self.client.close()
-        self.server.stop(0)
+        super().close()
         self.proxy.close()
         self.backend_server.stop(0)
-        self.root.close()
-
-    def saved(self) -> dict:
-        return State(self.config.state_file).plain()
 
 
 @pytest.fixture
 def proxied(tmp_path, request):
-    subject = ProxiedNode(tmp_path, **getattr(request, "param", {}))
-    try:
+    with ProxiedNode(tmp_path, **getattr(request, "param", {})) as subject:
         yield subject
-    finally:
-        subject.close()
 
 
 def test_a_checked_sequence_passes_through_and_leaves_nothing(proxied):
