@@ -6,6 +6,11 @@ readonly with a remount. Each mount with a context is read back from /proc/self/
 did not take (a kernel without SELinux shows none), `--on-context-dropped` decides between the relabel walker
 on the published path and FAILED_PRECONDITION. Conflicts between labels on one node are refused the way
 kubelet words them.
+
+Each handler runs: check the request (csi_shim/validate.py), open its paths and take the locks, plan
+(csi_shim/plan.py), the label guard and the after-mount fallback shared with the proxy (csi_shim/publish.py),
+and the kernel's part through the mounter it was given (csi_shim/mounter.py; tests without root give it a
+stand-in with an in-memory mount table).
 """
 
 from __future__ import annotations
@@ -14,154 +19,32 @@ import contextlib
 import errno
 import logging
 import os
-import time
 
 from agent.errors import (ContextNotApplied, InvalidInput, MountFailed, VolumeAlreadyExists, VolumeInUse,
                           VolumeNotFound)
-from agent.label import Label
-from csi_shim import mounter, validate
+from agent.mountinfo import Mount
+from csi_shim import mounter as host_mounter
+from csi_shim import validate
 from csi_shim.config import ShimConfig
 from csi_shim.fdpath import KubeletRoot, Place, proc_path
 from csi_shim.locks import VolumeLocks, path_key, volume_key
-from csi_shim.plan import (FAIL, FS_GROUP, RELABEL, SUPPORTED_FS_TYPES, MountPlan, after_mount, device_filesystem,
-                           dropped_hint, label_conflict, node_topology, plan_mount, pod_of)
+from csi_shim.mounter import DROPPED, Verification, classify, mounted_here
+from csi_shim.plan import (FAIL, MS_BIND, MS_REMOUNT, SUPPORTED_FS_TYPES, MountPlan, after_mount,
+                           device_filesystem, dropped_hint, node_topology, plan_mount, pod_of)
 from csi_shim.proto import csi_pb2, csi_pb2_grpc
+from csi_shim.publish import check_publish_label, check_stage_label, finish_publish
 from csi_shim.records import Published, Staged
 from csi_shim.state import DONE, PENDING, State
 
 log = logging.getLogger(__name__)
 
 
-def _label(text: str | None) -> Label | None:
-    return Label.parse(text) if text else None
-
-
-def holders(state: State, volume_id: str) -> list[tuple[str, str]]:
-    """(namespace, name) of the pods a volume is published for, as far as volume_context told us."""
-    return [tuple(rec["pod"]) for _, rec in state.publishers(volume_id) if rec.get("pod")]
-
-
-def check_stage_label(state: State, volume_id: str, label: Label | None) -> None:
-    """A volume staged with one label cannot be staged or published with another (KEP-1710: a superblock has
-    one context; kubelet unstages before it mounts with a new label)."""
-    record = state.staged.get(volume_id)
-    if record is None or record.get("status") != DONE:
-        return
-    held = _label(record.get("label"))
-    if held != label:
-        raise label_conflict(volume_id, held, label, holders(state, volume_id))
-
-
-def check_publish_label(state: State, volume_id: str, label: Label | None, requester) -> None:
-    record = state.staged.get(volume_id)
-    if record is not None and record.get("status") == DONE:
-        held = _label(record.get("label"))
-        if held != label:
-            raise label_conflict(volume_id, held, label, holders(state, volume_id),
-                                 requester[0] if requester else None)
-
-
-# ---- after the mount: relabel walker or fsGroup ------------------------------------------------------------
-
-def relabel_walker():
-    """agent.relabel.relabel, imported when first needed."""
-    try:
-        from agent.relabel import relabel
-    except ImportError as err:
-        raise ContextNotApplied(f"the recursive relabel walker (agent.relabel) is not available: {err}") from None
-    return relabel
-
-
-def apply_fs_group(path, gid: int, read_only: bool):
-    """kubelet's fsGroup ownership (pkg/volume/volume_linux.go) for a volume the relabel walker does not visit:
-    a context mount needs no relabel, and one without a label has none to apply. The walker's ownership-only
-    pass (`agent.relabel.apply_fs_group`): dirfd-relative, never following a symlink the pod swaps in, never
-    entering a mount, one filesystem only. `path` is a path or an open directory fd. Entries that failed are
-    logged, as kubelet logs them; the volume is still published."""
-    try:
-        from agent.relabel import apply_fs_group as ownership_walk
-    except ImportError as err:
-        raise ContextNotApplied(f"the fsGroup walker (agent.relabel) is not available: {err}") from None
-    stats = ownership_walk(path, gid, read_only=read_only, policy="Always")
-    if stats.errors:
-        log.warning("fsGroup %d on %s: %d entries failed (%s); first: %s", gid, stats.path.decode(errors="replace"),
-                    stats.errors, ", ".join(f"{k} {v}" for k, v in stats.errors_by_errno.items()),
-                    "; ".join(f"{s.op} {s.path.decode(errors='replace')}: {os.strerror(s.errno)}"
-                              for s in stats.error_samples[:3]))
-    return stats
-
-
-def finish_publish(path: str | int, verification: mounter.Verification, plan: MountPlan, config: ShimConfig,
-                   volume_id: str, metrics=None) -> str:
-    """Act on the verifier's result for a published path; returns what was done (for state and logs). `path`
-    is the path or, better, an open descriptor of the mount's root (the walkers then never walk names).
-
-    Runs before the publish is made read-only, so a `readonly` publish of a writable volume still gets its
-    relabel and its ownership (with kubelet's read-only mask). A filesystem that is itself mounted read-only
-    (reader-only access modes) takes no writes: a dropped context then fails, fsGroup is skipped."""
-    writable = True
-    if verification.status == mounter.DROPPED or plan.mount_group is not None:
-        writable = mounter.writable(path)
-    action = after_mount(verification.status, config.on_context_dropped, plan.context, plan.mount_group, writable)
-    if metrics is not None:
-        metrics.verified(verification.status)
-        if action != FAIL:
-            # What labelled this volume: its context mount, our relabel fallback, or nothing asked for one.
-            metrics.decided("mount" if verification.status == mounter.APPLIED else
-                            "recursive" if action == RELABEL else "skip")
-    if action == FAIL:
-        hint = ("" if verification.status == mounter.MISMATCH else
-                dropped_hint(config.on_context_dropped, writable))
-        raise ContextNotApplied(f"volume {volume_id}: {verification.describe()}{hint}")
-    if action == RELABEL:
-        relabel = relabel_walker()
-        started = time.monotonic()
-        stats = relabel(path, plan.context, threads=config.relabel_threads, one_file_system=True,
-                        dry_run=False, fs_group=plan.mount_group, fs_group_policy="Always",
-                        read_only=plan.readonly)
-        if metrics is not None:
-            metrics.relabelled(stats, time.monotonic() - started, plan.mount_group is not None)
-        log.warning("volume %s: %s; relabelled %s recursively instead (%s)", volume_id, verification.describe(),
-                    verification.path, getattr(stats, "changed", stats))
-    elif action == FS_GROUP:
-        apply_fs_group(path, plan.mount_group, plan.readonly)
-        if metrics is not None:
-            metrics.fs_group_pass()
-    elif plan.mount_group is not None and not writable:
-        log.info("volume %s: %s is mounted read-only; fsGroup %d not applied (kubelet skips it for read-only "
-                 "volumes)", volume_id, verification.path, plan.mount_group)
-    return action
-
-
-def confirm_mount(place: Place, numbers: set[str]) -> mounter.Mount:
-    """The mount just made on the directory opened at `place`, checked to be where the CO named it: the
-    directory there now is the root of a mount of one of `numbers`, listed in mountinfo at that path. A
-    rename during the call moves the directory, and its mount, to another name; that is refused (the caller
-    undoes the mount through the directory's descriptor)."""
-    entry = mounter.top_mount(place)
-    if entry is None or entry.major_minor not in numbers or not mounter.mounted_here(place, entry):
-        where = f"it is at {entry.mount_point}" if entry is not None else "nothing is mounted there"
-        raise MountFailed(f"{place.field} {place.given}: a component of the path was renamed or replaced during "
-                          f"the call and the mount did not stay at that path ({where}); the mount was undone")
-    return entry
-
-
-def unmount_ours(place: Place, numbers: set[str]) -> mounter.Mount | None:
-    """Unmount this volume's mounts at `place` (its devices `numbers`, possibly stacked after a crash), each
-    through the open parent directory; returns what is mounted there afterwards (None: nothing). A mount of
-    ours that mountinfo lists under another path means a component was renamed since it was made: nothing is
-    unmounted through a swapped path, and kubelet retries."""
-    while (top := mounter.top_mount(place)) is not None and top.major_minor in numbers:
-        if not mounter.mounted_here(place, top):
-            raise VolumeInUse(f"{place.field} {place.given} is not where this volume was mounted: a component of "
-                              f"the path was renamed (the mount is at {top.mount_point}); nothing was unmounted")
-        mounter.unmount_place(place)
-    return top
-
-
 class NodeService(csi_pb2_grpc.NodeServicer):
     def __init__(self, state: State, config: ShimConfig, locks: VolumeLocks, metrics=None,
-                 root: KubeletRoot | None = None):
+                 root: KubeletRoot | None = None, mounter=host_mounter):
+        """`mounter` does the kernel's part (mount(2), umount(2), loop devices, mountinfo): csi_shim.mounter,
+        or a stand-in with the same functions that lets the handler sequences run without root."""
+        self.mounter = mounter
         self.metrics = metrics
         self.state = state
         self.config = config
@@ -187,13 +70,37 @@ class NodeService(csi_pb2_grpc.NodeServicer):
             raise VolumeNotFound(f"volume {volume_id} does not exist")
         return record
 
-    @staticmethod
-    def _numbers(volume: dict) -> set[str]:
+    def _numbers(self, volume: dict) -> set[str]:
         """Device numbers ("major:minor") a mount of this volume shows in mountinfo: its loop devices, or the
         given block device (as recorded, and as its path resolves now)."""
         if volume.get("device"):
-            return {n for n in (mounter.block_device_number(volume["device"]), volume.get("device_number")) if n}
-        return {mounter.device_number(dev) for dev in mounter.find_loop(volume["image"])}
+            return {n for n in (self.mounter.block_device_number(volume["device"]), volume.get("device_number"))
+                    if n}
+        return {self.mounter.device_number(dev) for dev in self.mounter.find_loop(volume["image"])}
+
+    def _confirm_mount(self, place: Place, numbers: set[str]) -> Mount:
+        """The mount just made on the directory opened at `place`, checked to be where the CO named it: the
+        directory there now is the root of a mount of one of `numbers`, listed in mountinfo at that path. A
+        rename during the call moves the directory, and its mount, to another name; that is refused (the caller
+        undoes the mount through the directory's descriptor)."""
+        entry = self.mounter.top_mount(place)
+        if entry is None or entry.major_minor not in numbers or not mounted_here(place, entry):
+            where = f"it is at {entry.mount_point}" if entry is not None else "nothing is mounted there"
+            raise MountFailed(f"{place.field} {place.given}: a component of the path was renamed or replaced during "
+                              f"the call and the mount did not stay at that path ({where}); the mount was undone")
+        return entry
+
+    def _unmount_ours(self, place: Place, numbers: set[str]) -> Mount | None:
+        """Unmount this volume's mounts at `place` (its devices `numbers`, possibly stacked after a crash), each
+        through the open parent directory; returns what is mounted there afterwards (None: nothing). A mount of
+        ours that mountinfo lists under another path means a component was renamed since it was made: nothing is
+        unmounted through a swapped path, and kubelet retries."""
+        while (top := self.mounter.top_mount(place)) is not None and top.major_minor in numbers:
+            if not mounted_here(place, top):
+                raise VolumeInUse(f"{place.field} {place.given} is not where this volume was mounted: a component of "
+                                  f"the path was renamed (the mount is at {top.mount_point}); nothing was unmounted")
+            self.mounter.unmount_place(place)
+        return top
 
     # ---- stage -----------------------------------------------------------------------------------------------
 
@@ -247,7 +154,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
                                                         if f.partition("=")[0] != "context"]:
                     raise VolumeAlreadyExists(f"volume {request.volume_id} is already staged at {staging} with "
                                               f"other mount flags")
-                if mounter.top_mount(place) is not None:
+                if self.mounter.top_mount(place) is not None:
                     return csi_pb2.NodeStageVolumeResponse()  # a repeat: already done
             if not place.is_directory():
                 raise InvalidInput(not_a_directory)
@@ -274,10 +181,10 @@ class NodeService(csi_pb2_grpc.NodeServicer):
                 and record["device"] != device:
             raise VolumeAlreadyExists(f"volume {volume_id} is already staged from device {record['device']}, "
                                       f"not {device}")
-        number = mounter.block_device_number(device)
+        number = self.mounter.block_device_number(device)
         if number is None:
             raise InvalidInput(f"volume_context {validate.DEVICE_KEY} {device!r} is not a block device")
-        fs_type, needs_format = device_filesystem(mounter.probe_device(device), device,
+        fs_type, needs_format = device_filesystem(self.mounter.probe_device(device), device,
                                                   capability.mount.fs_type, allow_format)
         wanted = {"device": device, "device_number": number, "fs_type": fs_type, "status": DONE}
         with self.state.change():
@@ -292,7 +199,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
 
         ours = {staging} | {target for target, _ in self.state.publishers(volume_id)}
         try:
-            use = device_use(device, number, mounter.mounts())
+            use = device_use(device, number, self.mounter.mounts())
         except OSError as err:
             raise VolumeInUse(f"volume {volume_id}: cannot tell whether device {device} is in use: it does not "
                               f"open ({err.strerror})") from None
@@ -301,7 +208,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
             raise VolumeInUse(f"volume {volume_id}: {problem}")
 
     def _stage(self, volume_id: str, volume: dict, place: Place, plan: MountPlan,
-               needs_format: bool = False) -> tuple[mounter.Verification, str]:
+               needs_format: bool = False) -> tuple[Verification, str]:
         """Mount the volume on the staging directory opened beneath the kubelet root, never on a path name;
         then confirm it is at the path the CO named."""
         staging = place.path
@@ -309,13 +216,13 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         if given:
             attached, device = False, volume["device"]
         else:
-            attached = not mounter.find_loop(volume["image"])
-            device = mounter.attach_loop(volume["image"])
+            attached = not self.mounter.find_loop(volume["image"])
+            device = self.mounter.attach_loop(volume["image"])
         mounted = made = False  # mounted by this call, or adopted from one that was killed before it finished
         directory = None  # the staging directory, opened beneath the root, that this call mounts on
         try:
-            number = mounter.device_number(device)
-            existing = mounter.top_mount(place)
+            number = self.mounter.device_number(device)
+            existing = self.mounter.top_mount(place)
             if existing is not None and existing.major_minor != number:
                 raise VolumeAlreadyExists(f"{staging} already holds another mount ({existing.source})")
             if existing is None:
@@ -324,20 +231,21 @@ class NodeService(csi_pb2_grpc.NodeServicer):
                     if needs_format:
                         log.warning("volume %s: formatting the blank device %s as %s (volume_context %s: true)",
                                     volume_id, device, plan.fs_type, validate.FORMAT_KEY)
-                        mounter.make_filesystem(device, plan.fs_type)
-                mounter.refuse_shared_superblock(device, plan.context, staging)
+                        self.mounter.make_filesystem(device, plan.fs_type)
+                self.mounter.refuse_shared_superblock(device, plan.context, staging)
                 bits, data = plan.syscall()
                 directory = place.open()
                 if directory is None:
                     raise InvalidInput(f"staging_target_path {place.given} is gone (the CO creates it)")
-                mounter.mount_filesystem(device, proc_path(directory), plan.fs_type, bits, data, plan.context_flag)
+                self.mounter.mount_filesystem(device, proc_path(directory), plan.fs_type, bits, data,
+                                              plan.context_flag)
                 made = True
             mounted = True
-            entry = confirm_mount(place, {number})
-            verification = mounter.classify(entry, plan.context, staging)
+            entry = self._confirm_mount(place, {number})
+            verification = classify(entry, plan.context, staging)
             # At stage time only a failure counts; a dropped context is relabelled after publish, which a
             # read-only filesystem (reader-only access mode) cannot take, so that fails here already.
-            writable = self._writable(place) if verification.status == mounter.DROPPED else True
+            writable = self._writable(place) if verification.status == DROPPED else True
             if after_mount(verification.status, self.config.on_context_dropped, plan.context, None,
                            writable) == FAIL:
                 hint = "" if writable else dropped_hint(self.config.on_context_dropped, writable)
@@ -347,25 +255,24 @@ class NodeService(csi_pb2_grpc.NodeServicer):
             # A failed stage leaves nothing mounted, adopted mounts included: the record is dropped below, and a
             # mount nobody records would outlive the volume's use.
             if made:
-                mounter.undo_mount(directory)
+                self.mounter.undo_mount(directory)
             elif mounted:
                 with contextlib.suppress(Exception):
-                    unmount_ours(place, {number})
+                    self._unmount_ours(place, {number})
             if (attached or mounted) and not given:
                 with contextlib.suppress(Exception):
-                    mounter.detach_loop(device)
+                    self.mounter.detach_loop(device)
             raise
         finally:
             if directory is not None:
                 os.close(directory)
 
-    @staticmethod
-    def _writable(place: Place) -> bool:
-        child, _ = mounter.open_top(place)
+    def _writable(self, place: Place) -> bool:
+        child, _ = self.mounter.open_top(place)
         if child is None:
             return True
         try:
-            return mounter.writable(proc_path(child))
+            return self.mounter.writable(proc_path(child))
         finally:
             os.close(child)
 
@@ -374,7 +281,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         with self._held_place(given_path, "staging_target_path", request.volume_id) as (staging, place):
             volume = self._volume(request.volume_id)
             published = [target for target, rec in self.state.publishers(request.volume_id)
-                         if mounter.mounted_at(target) is not None]
+                         if self.mounter.mounted_at(target) is not None]
             if published:
                 raise VolumeInUse(f"volume {request.volume_id} is still published at {', '.join(published)}")
             record = self.state.staged.get(request.volume_id)
@@ -384,12 +291,12 @@ class NodeService(csi_pb2_grpc.NodeServicer):
             # Unmount only what is ours: the volume's device, possibly stacked after a crash.
             numbers = self._numbers(volume)
             if place is not None:
-                unmount_ours(place, numbers)
+                self._unmount_ours(place, numbers)
             if volume.get("image"):
                 # The loop device is this volume's alone: mounted anywhere below the kubelet root, it is still
                 # in use, and OK would leave that mount (and the loop under it) behind.
                 self._refuse_loop_still_mounted(request.volume_id, numbers)
-                mounter.detach_image(volume["image"])  # a given block device stays as it was found
+                self.mounter.detach_image(volume["image"])  # a given block device stays as it was found
             if record is not None:
                 with self.state.change():
                     self.state.staged.pop(request.volume_id, None)
@@ -398,7 +305,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
 
     def _refuse_loop_still_mounted(self, volume_id: str, numbers: set[str]) -> None:
         below = self.root.real.rstrip("/") + "/"
-        left = sorted(m.mount_point for m in mounter.mounts() if m.major_minor in numbers
+        left = sorted(m.mount_point for m in self.mounter.mounts() if m.major_minor in numbers
                       and m.mount_point.startswith(below))
         if left:
             raise VolumeInUse(f"volume {volume_id} is still mounted at {', '.join(left)}; unpublish it there first")
@@ -424,7 +331,8 @@ class NodeService(csi_pb2_grpc.NodeServicer):
             check_publish_label(self.state, request.volume_id, plan.context, requester)
 
             record = self.state.published.get(target)
-            if record is not None and record.get("status") == DONE and mounter.top_mount(target_place) is not None:
+            if record is not None and record.get("status") == DONE \
+                    and self.mounter.top_mount(target_place) is not None:
                 if (record["volume_id"], record["readonly"], record["mount_flags"]) != (
                         request.volume_id, plan.readonly, list(plan.mount_flags)):
                     raise VolumeAlreadyExists(f"{target} is already published with other arguments "
@@ -474,43 +382,44 @@ class NodeService(csi_pb2_grpc.NodeServicer):
             if directory is None:
                 raise InvalidInput(f"the parent directory of target_path {target_place.given} does not exist")
             opened.callback(os.close, directory)
-            source_fd, source = mounter.open_top(staging_place)
+            source_fd, source = self.mounter.open_top(staging_place)
             if source_fd is not None:
                 opened.callback(os.close, source_fd)
-            if source is None or not mounter.mounted_here(staging_place, source):
+            if source is None or not mounted_here(staging_place, source):
                 raise VolumeInUse(f"volume {volume_id} is not mounted at {staging_place.path}; stage it again")
             return self._bind(source_fd, source, directory, target_place, plan, volume_id, created)
 
-    def _bind(self, source_fd: int, source: mounter.Mount, directory: int, target_place: Place, plan: MountPlan,
+    def _bind(self, source_fd: int, source: Mount, directory: int, target_place: Place, plan: MountPlan,
               volume_id: str, created: bool):
         target = target_place.path
-        existing = mounter.top_mount(target_place)
+        existing = self.mounter.top_mount(target_place)
         mounted = made = False
         try:
             if existing is not None and existing.major_minor != source.major_minor:
                 raise VolumeAlreadyExists(f"{target} already holds another mount ({existing.source})")
             if existing is None:
-                mounter.mount(proc_path(source_fd), proc_path(directory), None, mounter.MS_BIND, None)
+                self.mounter.mount(proc_path(source_fd), proc_path(directory), None, MS_BIND, None)
                 made = True
             mounted = True
-            entry = confirm_mount(target_place, {source.major_minor})
-            verification = mounter.classify(entry, plan.context, target)
+            entry = self._confirm_mount(target_place, {source.major_minor})
+            verification = classify(entry, plan.context, target)
             # The relabel or fsGroup pass and the remount start from the confirmed mount's root, not its name.
-            root = mounter.open_root_of(target_place, entry)
+            root = self.mounter.open_root_of(target_place, entry)
             try:
-                action = finish_publish(root, verification, plan, self.config, volume_id, self.metrics)
+                action = finish_publish(root, verification, plan, self.config, volume_id, self.metrics,
+                                        self.mounter)
                 flags = plan.bind_flags()
                 if flags:
-                    mounter.mount("none", proc_path(root), None, mounter.MS_BIND | mounter.MS_REMOUNT | flags, None)
+                    self.mounter.mount("none", proc_path(root), None, MS_BIND | MS_REMOUNT | flags, None)
             finally:
                 os.close(root)  # before any undo below: an open descriptor keeps the mount busy
             return verification, action
         except BaseException:
             if made:
-                mounter.undo_mount(directory)
+                self.mounter.undo_mount(directory)
             elif mounted:
                 with contextlib.suppress(Exception):
-                    unmount_ours(target_place, {source.major_minor})
+                    self._unmount_ours(target_place, {source.major_minor})
             if created:
                 with contextlib.suppress(OSError):
                     os.rmdir(target_place.name, dir_fd=target_place.parent)
@@ -528,9 +437,9 @@ class NodeService(csi_pb2_grpc.NodeServicer):
             if record is not None and record["volume_id"] != request.volume_id:
                 raise VolumeNotFound(f"{target} holds volume {record['volume_id']}, not {request.volume_id}")
             numbers = self._numbers(volume)
-            top = unmount_ours(place, numbers) if place is not None else None
+            top = self._unmount_ours(place, numbers) if place is not None else None
             if top is not None:
-                if any(m.mount_point == target and m.major_minor in numbers for m in mounter.mounts()):
+                if any(m.mount_point == target and m.major_minor in numbers for m in self.mounter.mounts()):
                     raise VolumeInUse(f"volume {request.volume_id} is mounted at {target} under a mount this "
                                       f"driver did not make ({top.source}, {top.fstype}); unmount that first")
                 log.warning("%s holds a mount this driver did not make (%s, %s, device %s); left in place",
@@ -567,11 +476,11 @@ class NodeService(csi_pb2_grpc.NodeServicer):
             staged = self.state.staged.get(request.volume_id)
             ours = (record is not None and record["volume_id"] == request.volume_id) or (
                 staged is not None and staged["staging_path"] == path)
-            child, entry = mounter.open_top(place) if ours else (None, None)
+            child, entry = self.mounter.open_top(place) if ours else (None, None)
             try:
-                if entry is None or not mounter.mounted_here(place, entry):
+                if entry is None or not mounted_here(place, entry):
                     raise VolumeNotFound(f"volume {request.volume_id} is not mounted at {request.volume_path}")
-                usage = mounter.statvfs_usage(proc_path(child))
+                usage = self.mounter.statvfs_usage(proc_path(child))
             finally:
                 if child is not None:
                     os.close(child)

@@ -30,13 +30,16 @@ import os
 import grpc
 
 from agent.errors import BackendError, ContextNotApplied
-from csi_shim import mounter, validate
+from agent.mountinfo import Mount
+from csi_shim import mounter as host_mounter
+from csi_shim import validate
 from csi_shim.config import ShimConfig, socket_path
 from csi_shim.fdpath import KubeletRoot
 from csi_shim.locks import VolumeLocks, path_key, volume_key
-from csi_shim.node import check_publish_label, check_stage_label, finish_publish
+from csi_shim.mounter import NO_CONTEXT, NOT_MOUNTED, Verification, classify, mounted_here
 from csi_shim.plan import FAIL, after_mount, plan_mount, pod_of, without_context
 from csi_shim.proto import csi_pb2
+from csi_shim.publish import check_publish_label, check_stage_label, finish_publish
 from csi_shim.state import DONE, State
 
 log = logging.getLogger(__name__)
@@ -48,7 +51,8 @@ _NO_DEADLINE = 24 * 3600.0
 
 class Proxy(grpc.GenericRpcHandler):
     def __init__(self, config: ShimConfig, state: State, locks: VolumeLocks, metrics=None,
-                 root: KubeletRoot | None = None):
+                 root: KubeletRoot | None = None, mounter=host_mounter):
+        self.mounter = mounter  # mountinfo read through descriptors: csi_shim.mounter, or a stand-in in tests
         self.metrics = metrics
         self.config = config
         self.state = state
@@ -118,15 +122,15 @@ class Proxy(grpc.GenericRpcHandler):
             place.check()
         return self.root.resolved(path)
 
-    def _verify(self, path: str, field: str, plan) -> tuple[mounter.Verification, mounter.Mount | None]:
+    def _verify(self, path: str, field: str, plan) -> tuple[Verification, Mount | None]:
         """The backend's mount at `path`, found through the directory opened there again (the backend has
         worked on the path since it was checked) and listed in mountinfo at that very path, and what its
         context says."""
         entry = None
         with contextlib.suppress(FileNotFoundError), self.root.place(path, field) as place:
-            found = mounter.top_mount(place)
-            entry = found if mounter.mounted_here(place, found) else None
-        return mounter.classify(entry, plan.context, path), entry
+            found = self.mounter.top_mount(place)
+            entry = found if mounted_here(place, found) else None
+        return classify(entry, plan.context, path), entry
 
     def stage(self, request, context) -> bytes:
         staging = validate.node_stage(request, self.config.kubelet_root, allow_block=True)
@@ -141,7 +145,7 @@ class Proxy(grpc.GenericRpcHandler):
             response = self.forward(NODE + "NodeStageVolume", self._outgoing(request), context)
             verification = (self._verify(staging, "staging_target_path", plan)[0]
                             if plan.context is not None else
-                            mounter.Verification(mounter.NO_CONTEXT, None, None, staging))
+                            Verification(NO_CONTEXT, None, None, staging))
             # At stage time only a failure counts; a dropped context is relabelled after publish.
             if after_mount(verification.status, self.config.on_context_dropped, plan.context, None) == FAIL:
                 self._undo("NodeUnstageVolume", csi_pb2.NodeUnstageVolumeRequest(
@@ -197,10 +201,10 @@ class Proxy(grpc.GenericRpcHandler):
 
     def _check_publish(self, request, target, staging, plan):
         if plan.context is None:
-            return mounter.Verification(mounter.NO_CONTEXT, None, None, target), "nothing"
+            return Verification(NO_CONTEXT, None, None, target), "nothing"
         verification, entry = self._verify(target, "target_path", plan)
         undo = csi_pb2.NodeUnpublishVolumeRequest(volume_id=request.volume_id, target_path=request.target_path)
-        if verification.status == mounter.NOT_MOUNTED:
+        if verification.status == NOT_MOUNTED:
             self._undo("NodeUnpublishVolume", undo, "publish")
             raise ContextNotApplied(f"volume {request.volume_id}: the backend reported NodePublishVolume done but "
                                     f"nothing is mounted at {target}, so context= cannot have been applied")
@@ -212,18 +216,19 @@ class Proxy(grpc.GenericRpcHandler):
                 relabel = (staging, "staging_target_path", staged)
         try:
             with self._opened_root(*relabel) as root:
-                action = finish_publish(root, verification, plan, self.config, request.volume_id, self.metrics)
+                action = finish_publish(root, verification, plan, self.config, request.volume_id, self.metrics,
+                                        self.mounter)
         except BaseException:
             self._undo("NodeUnpublishVolume", undo, "publish")
             raise
         return verification, action
 
     @contextlib.contextmanager
-    def _opened_root(self, path: str, field: str, entry: mounter.Mount):
+    def _opened_root(self, path: str, field: str, entry: Mount):
         """A descriptor of the root of the mount `entry` found at `path`: the relabel and fsGroup walkers start
         from it, not from the path's names, which the backend's pod may rename meanwhile."""
         with self.root.place(path, field) as place:
-            root = mounter.open_root_of(place, entry)
+            root = self.mounter.open_root_of(place, entry)
         try:
             yield root
         finally:

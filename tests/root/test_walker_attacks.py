@@ -18,7 +18,7 @@ import pytest
 
 from agent.errors import PathOutsideRoot
 from agent.relabel import apply_fs_group, relabel
-from csi_shim import node
+from csi_shim import publish
 from test_relabel_fs import label_of, mounts  # noqa: F401 (mounts: a fixture)
 
 pytestmark = pytest.mark.root
@@ -97,7 +97,7 @@ def _swap_attack(tmp_path, one_pass) -> int:
 # ---- (a), (b): a symlink swapped in during the pass --------------------------------------------------------
 
 def test_fs_group_pass_of_the_csi_shim_never_follows_a_swapped_symlink(tmp_path):
-    changed = _swap_attack(tmp_path, lambda vol: node.apply_fs_group(vol, GID, False))
+    changed = _swap_attack(tmp_path, lambda vol: publish.apply_fs_group(vol, GID, False))
     assert changed == 0, f"{changed} of {HOST_FILES} host files re-grouped or re-moded"
 
 
@@ -159,7 +159,7 @@ def test_ownership_walk_does_not_enter_a_same_filesystem_bind_mount(tmp_path, mo
 
 def test_fs_group_pass_of_the_csi_shim_does_not_enter_a_same_filesystem_bind_mount(tmp_path, mounts):
     fs, vol, outside, names = _same_fs_binds(tmp_path, mounts)
-    node.apply_fs_group(os.fspath(vol), GID, False)
+    publish.apply_fs_group(os.fspath(vol), GID, False)
     _outside_untouched(fs, outside, names)
 
 
@@ -181,7 +181,7 @@ def test_bind_mount_of_etc_is_refused(tmp_path, mounts):
     subprocess.run(["mount", "-o", "remount,bind,ro", str(target)], check=True, capture_output=True)
     before = _snapshot("/etc")
     for attempt in (lambda: relabel(target, LABEL), lambda: apply_fs_group(target, GID),
-                    lambda: node.apply_fs_group(os.fspath(target), GID, False)):
+                    lambda: publish.apply_fs_group(os.fspath(target), GID, False)):
         with pytest.raises(PathOutsideRoot, match="is not allowed"):
             attempt()
     assert _snapshot("/etc") == before

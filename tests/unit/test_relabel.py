@@ -348,12 +348,12 @@ def _bottom_of_deep(root: str) -> os.stat_result:
 def test_fs_group_passes_complete_a_deep_tree(tmp_path):
     """1,500 levels: the CSI shim's fsGroup pass (once an os.walk that died with RecursionError here) and the
     ownership-only walk both reach the bottom."""
-    from csi_shim import node
+    from csi_shim import publish
 
     root = str(tmp_path / "deep")
     _make_deep(root, 1500, side=False)
     try:
-        node.apply_fs_group(root, 4711, False)
+        publish.apply_fs_group(root, 4711, False)
         st = _bottom_of_deep(root)
         assert st.st_gid == 4711 and stat.S_IMODE(st.st_mode) == 0o664
         stats = apply_fs_group(root, 4712, threads=2)
