@@ -1,5 +1,6 @@
 """Waiting in tests for something another thread or process does, without fixed sleeps."""
 
+import subprocess
 import time
 
 
@@ -11,3 +12,15 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05) -> bool:
             return True
         time.sleep(interval)
     return bool(predicate())
+
+
+def terminate(proc: subprocess.Popen, grace: float = 30.0) -> int | None:
+    """Stop a child the way kubelet or systemd would: SIGTERM, then SIGKILL once `grace` seconds pass."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+    return proc.returncode

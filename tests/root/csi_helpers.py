@@ -16,6 +16,7 @@ from csi_shim import mounter
 from csi_shim.config import ShimConfig
 from csi_shim.proto import csi_pb2 as pb
 from csi_shim.proto import csi_pb2_grpc as rpc
+from tests.polling import terminate
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LABEL_A = "system_u:object_r:container_file_t:s0:c1,c2"
@@ -181,13 +182,8 @@ class ShimProcess:
             self.proc.wait(10)
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        if self.proc:
+            terminate(self.proc, grace=10)
         self.log.close()
 
 

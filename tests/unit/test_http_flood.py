@@ -6,7 +6,6 @@ import contextlib
 import os
 import resource
 import selectors
-import signal
 import socket
 import struct
 import subprocess
@@ -18,7 +17,7 @@ import grpc
 import pytest
 
 from csi_shim.proto import csi_pb2, csi_pb2_grpc
-from tests.polling import wait_for
+from tests.polling import terminate, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 FLOOD = 1020  # the measured case: just under the agent's own limit once its other files are counted
@@ -79,15 +78,9 @@ class Agent:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        code = terminate(self.proc)
         self.log.close()
-        return self.proc.returncode
+        return code
 
 
 @pytest.fixture
