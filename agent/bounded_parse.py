@@ -138,10 +138,13 @@ def _bounded_loader_class():
     if _loader_class is not None:
         return _loader_class
     import yaml
-    from yaml.composer import Composer
+    from yaml.composer import Composer, ComposerError
     from yaml.constructor import SafeConstructor
-    from yaml.events import AliasEvent, CollectionStartEvent
+    from yaml.events import AliasEvent, ScalarEvent, SequenceStartEvent
+    from yaml.nodes import ScalarNode
     from yaml.resolver import Resolver
+
+    assert not Resolver.yaml_path_resolvers, "the composer below leaves path resolvers out"
 
     if yaml.__with_libyaml__:
         from yaml._yaml import CParser
@@ -168,8 +171,29 @@ def _bounded_loader_class():
             return super().compose_document()
 
         def compose_node(self, parent, index):
+            # Composer.compose_node with the counting added and, for speed, scalars composed in place and the
+            # path-resolver steps left out (the safe loader has no path resolvers). Plain scalars resolve once
+            # per spelling: a dump repeats the same few values (phases, access modes, kinds) many times.
             event = self.peek_event()
-            if isinstance(event, AliasEvent):
+            kind = event.__class__
+            if kind is ScalarEvent:
+                self.get_event()
+                self.decoded += 1
+                tag = event.tag
+                if tag is None or tag == "!":
+                    implicit = event.implicit
+                    if implicit[0]:
+                        tag = self.plain_tags.get(event.value)
+                        if tag is None:
+                            tag = self.plain_tags[event.value] = self.resolve(ScalarNode, event.value, implicit)
+                    else:
+                        tag = self.resolve(ScalarNode, event.value, implicit)
+                node = ScalarNode(tag, event.value, event.start_mark, event.end_mark, style=event.style)
+                if event.anchor is not None:
+                    self._anchor(event, node)
+                    self.sizes[event.anchor] = 1
+                return node
+            if kind is AliasEvent:
                 node = super().compose_node(parent, index)  # refuses an undefined anchor
                 size = self.sizes.get(event.anchor)
                 if size is None:
@@ -184,18 +208,28 @@ def _bounded_loader_class():
                 return node
             start = self.decoded
             self.decoded += 1
-            if isinstance(event, CollectionStartEvent):
-                self.depth += 1
-                if self.depth > MAX_DEPTH:
-                    raise _Refused(f"objects and lists nested more than {MAX_DEPTH:,} levels deep",
-                                   event.start_mark)
-                node = super().compose_node(parent, index)
-                self.depth -= 1
+            self.depth += 1
+            if self.depth > MAX_DEPTH:
+                raise _Refused(f"objects and lists nested more than {MAX_DEPTH:,} levels deep", event.start_mark)
+            if event.anchor is not None:
+                self._anchor(event, None)
+            if kind is SequenceStartEvent:
+                node = self.compose_sequence_node(event.anchor)
             else:
-                node = super().compose_node(parent, index)
+                node = self.compose_mapping_node(event.anchor)
+            self.depth -= 1
             if event.anchor is not None:
                 self.sizes[event.anchor] = self.decoded - start
             return node
+
+        def _anchor(self, event, node):
+            """Composer's duplicate-anchor check; a scalar's node is recorded here, a collection's by its
+            compose method."""
+            if event.anchor in self.anchors:
+                raise ComposerError(f"found duplicate anchor {event.anchor!r}; first occurrence",
+                                    self.anchors[event.anchor].start_mark, "second occurrence", event.start_mark)
+            if node is not None:
+                self.anchors[event.anchor] = node
 
     class BoundedLoader(*parser_bases, BoundedComposer, SafeConstructor, Resolver):
         def __init__(self, stream):
@@ -206,6 +240,7 @@ def _bounded_loader_class():
                 parser_bases[1].__init__(self)
                 parser_bases[2].__init__(self)
             BoundedComposer.__init__(self)
+            self.plain_tags = {}  # the tag of each plain scalar spelling, as Resolver.resolve gives it
             SafeConstructor.__init__(self)
             Resolver.__init__(self)
 
