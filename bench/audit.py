@@ -122,25 +122,50 @@ def _pvc(namespace, name, volume, modes):
             "spec": {"accessModes": modes, "volumeName": volume}}
 
 
+# Runs `python -m agent ARGS` and, at exit, writes its peak RSS (VmHWM, KiB) to stderr. The kernel's ru_maxrss
+# of a child cannot be used: exec carries the peak of the forked copy of this process (which holds the generated
+# dump) into the child's figure.
+PEAK_OF_AGENT = """
+import atexit, runpy, sys
+def peak():
+    with open("/proc/self/status") as status:
+        sys.stderr.write("".join(line for line in status if line.startswith("VmHWM:")))
+atexit.register(peak)
+sys.argv[0] = "agent"
+runpy.run_module("agent", run_name="__main__", alter_sys=True)
+"""
+
+
 def run_child(command: list[str]) -> tuple[float, int, int, str]:
-    """Run a command in a child process: wall seconds, the child's own peak RSS in KiB, exit code, stdout."""
+    """Run `python -m agent ARGS` (command: ARGS) in a child process: wall seconds, its peak RSS in KiB, exit
+    code, stdout."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        start = time.perf_counter()
-        child = subprocess.Popen(command, stdout=out, stderr=err, env=env, cwd=ROOT)
-        _, status, usage = os.wait4(child.pid, 0)
-        elapsed = time.perf_counter() - start
-        child.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        if child.returncode not in (0, 1):
-            raise SystemExit(f"{' '.join(command)} failed ({child.returncode}): {err.read().decode().strip()}")
-        return elapsed, usage.ru_maxrss, child.returncode, out.read().decode()
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, "-c", PEAK_OF_AGENT, *command], capture_output=True, text=True,
+                            env=env, cwd=ROOT)
+    elapsed = time.perf_counter() - start
+    if result.returncode not in (0, 1):
+        raise SystemExit(f"agent {' '.join(command)} failed ({result.returncode}): {result.stderr.strip()}")
+    peak = [line for line in result.stderr.splitlines() if line.startswith("VmHWM:")]
+    return elapsed, int(peak[-1].split()[1]), result.returncode, result.stdout
+
+
+def parse_floor(path: str) -> float:
+    """Wall time of a fresh process that only parses the dump (collector paused): for JSON `json.load`, for YAML
+    PyYAML's own libyaml loader (`yaml.CSafeLoader`) without the bounds the audit checks: the floor under any
+    Python tool that reads the same file."""
+    if path.endswith(".json"):
+        code = "import gc, json, sys; gc.disable(); json.load(open(sys.argv[1]))"
+    else:
+        code = "import gc, sys, yaml; gc.disable(); list(yaml.load_all(open(sys.argv[1]), Loader=yaml.CSafeLoader))"
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code, path], check=True)
+    return time.perf_counter() - start
 
 
 def run_audit(path: str) -> tuple[float, int, int, dict]:
     """Run the CLI in a child process; wall seconds, peak RSS in KiB, exit code, summary."""
-    elapsed, peak, code, out = run_child([sys.executable, "-m", "agent", "audit", "-f", path, "-o", "json"])
+    elapsed, peak, code, out = run_child(["audit", "-f", path, "-o", "json"])
     return elapsed, peak, code, json.loads(out)["summary"]
 
 
@@ -178,17 +203,6 @@ def phases(path: str) -> dict[str, float]:
     result = subprocess.run([sys.executable, "-c", PHASES, path], capture_output=True, text=True, env=env,
                             cwd=ROOT, check=True)
     return json.loads(result.stdout)
-
-
-def parse_floor(path: str) -> float:
-    """Wall time of a fresh process that only parses the dump (collector paused): for JSON `json.load`, for YAML
-    PyYAML's own libyaml loader (`yaml.CSafeLoader`) without the bounds the audit checks: the floor under any
-    Python tool that reads the same file."""
-    if path.endswith(".json"):
-        code = "import gc, json, sys; gc.disable(); json.load(open(sys.argv[1]))"
-    else:
-        code = "import gc, sys, yaml; gc.disable(); list(yaml.load_all(open(sys.argv[1]), Loader=yaml.CSafeLoader))"
-    return run_child([sys.executable, "-c", code, path])[0]
 
 
 def write_dump(document: dict, path: str) -> None:
