@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Hashable
 import threading
 
 from agent.errors import InvalidManifest
@@ -139,11 +140,13 @@ def _bounded_loader_class():
         return _loader_class
     import yaml
     from yaml.composer import Composer, ComposerError
-    from yaml.constructor import SafeConstructor
+    from yaml.constructor import ConstructorError, SafeConstructor
     from yaml.events import AliasEvent, ScalarEvent, SequenceStartEvent
-    from yaml.nodes import ScalarNode
+    from yaml.nodes import MappingNode, ScalarNode, SequenceNode
     from yaml.resolver import Resolver
 
+    STR, MAP, SEQ = Resolver.DEFAULT_SCALAR_TAG, Resolver.DEFAULT_MAPPING_TAG, Resolver.DEFAULT_SEQUENCE_TAG
+    MERGE, VALUE = "tag:yaml.org,2002:merge", "tag:yaml.org,2002:value"
     assert not Resolver.yaml_path_resolvers, "the composer below leaves path resolvers out"
 
     if yaml.__with_libyaml__:
@@ -192,6 +195,7 @@ def _bounded_loader_class():
                 if event.anchor is not None:
                     self._anchor(event, node)
                     self.sizes[event.anchor] = 1
+                    self.anchored.add(id(node))
                 return node
             if kind is AliasEvent:
                 node = super().compose_node(parent, index)  # refuses an undefined anchor
@@ -220,6 +224,7 @@ def _bounded_loader_class():
             self.depth -= 1
             if event.anchor is not None:
                 self.sizes[event.anchor] = self.decoded - start
+                self.anchored.add(id(node))
             return node
 
         def _anchor(self, event, node):
@@ -240,6 +245,8 @@ def _bounded_loader_class():
                 parser_bases[1].__init__(self)
                 parser_bases[2].__init__(self)
             BoundedComposer.__init__(self)
+            self.built = {}  # id of an anchored node -> what it was built into
+            self.anchored = set()  # ids of the nodes of this document that have an anchor
             self.plain_tags = {}  # the tag of each plain scalar spelling, as Resolver.resolve gives it
             SafeConstructor.__init__(self)
             Resolver.__init__(self)
@@ -253,6 +260,51 @@ def _bounded_loader_class():
         compose_scalar_node = Composer.compose_scalar_node
         compose_sequence_node = Composer.compose_sequence_node
         compose_mapping_node = Composer.compose_mapping_node
+
+        def construct_document(self, node):
+            """SafeConstructor.construct_document, with plain strings, maps and lists built directly: most of a
+            dump, and 2-3x faster than the generic construction that every other node still goes through."""
+            data = self.build(node)
+            while self.state_generators:  # left by the generic construction, as SafeConstructor runs them
+                generators, self.state_generators = self.state_generators, []
+                for generator in generators:
+                    for _ in generator:
+                        pass
+            self.constructed_objects = {}
+            self.recursive_objects = {}
+            self.deep_construct = False
+            self.built = {}
+            self.anchored = set()
+            return data
+
+        def build(self, node):
+            cls, tag = node.__class__, node.tag
+            if cls is ScalarNode:
+                return node.value if tag == STR else self.construct_object(node, deep=True)
+            if id(node) in self.anchored:  # an alias gives the same object, as SafeConstructor does
+                found = self.built.get(id(node))
+                if found is not None:
+                    return found
+            if cls is MappingNode and tag == MAP:
+                if any(key.tag == MERGE or key.tag == VALUE for key, _ in node.value):
+                    self.flatten_mapping(node)  # `<<` merge keys and `=` keys, as SafeConstructor reads them
+                data = {}
+                for key_node, value_node in node.value:
+                    if key_node.__class__ is ScalarNode and key_node.tag == STR:
+                        key = key_node.value
+                    else:
+                        key = self.build(key_node)
+                        if not isinstance(key, Hashable):
+                            raise ConstructorError("while constructing a mapping", node.start_mark,
+                                                   "found unhashable key", key_node.start_mark)
+                    data[key] = self.build(value_node)
+            elif cls is SequenceNode and tag == SEQ:
+                data = [self.build(child) for child in node.value]
+            else:
+                data = self.construct_object(node, deep=True)
+            if id(node) in self.anchored:
+                self.built[id(node)] = data
+            return data
 
     _loader_class = BoundedLoader
     return _loader_class

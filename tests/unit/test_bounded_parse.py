@@ -13,10 +13,34 @@ ORDINARY = """\
 defaults: &defaults {image: app:1, env: [{name: A, value: "1"}], ports: [80, 443]}
 web: {<<: *defaults, replicas: 3, on: yes, ratio: 0.5, when: 2024-01-02, empty: ~, tags: !!set {a, b}}
 again: *defaults
+name: &name web-0
+names: [*name, *name]
+1: int key
+true: bool key
+~: null key
+2024-01-02 10:00:00: time key
+dup: first
+dup: last
+text: |
+  two
+  lines
+folded: >-
+  one
+  line
+explicit: !!str 123
+binary: !!binary aGVsbG8=
+ordered: !!omap [{a: 1}, {b: 2}]
+pairs: !!pairs [{a: 1}, {a: 2}]
+value: {=: default, other: 1}
+floats: [.inf, -.Inf, 1e3, 6.8523015e+5, 190:20:30.15]
+ints: [0o14, 0b1010, 1_000, -0x1F, 190:20:30]
+merged: {<<: [*defaults, {image: other}], replicas: 1}
 ---
 - plain
 - 'quoted'
 - 0x1f
+- null
+- !!float 1
 """
 
 
@@ -32,6 +56,19 @@ def test_ordinary_yaml_reads_as_the_safe_loader_reads_it(monkeypatch, capsys, li
         assert warning == ""
     else:  # said once, on one line
         assert len(warning.splitlines()) == 1 and "without libyaml" in warning
+
+
+def test_an_alias_is_the_same_object_as_its_anchor():
+    document = load_yaml_documents("a: &x {b: [1]}\nc: *x\nd: &y [*x]\ne: *y\n", "f")[0]
+    assert document["a"] is document["c"] and document["d"] is document["e"] and document["d"][0] is document["a"]
+
+
+def test_an_unhashable_key_is_refused_as_pyyaml_refuses_it():
+    text = "? {a: 1}\n: v\n"
+    with pytest.raises(yaml.YAMLError):
+        yaml.safe_load(text)
+    with pytest.raises(InvalidManifest, match="f: invalid YAML at line 1 column 3: found unhashable key"):
+        load_yaml_documents(text, "f")
 
 
 def test_libyaml_parses_when_present():
