@@ -34,7 +34,8 @@ HOSTILE = {
     "deep.json": "[" * 20_000 + "]" * 20_000,
     "deep-flow.yaml": "items: " + "[" * 20_000 + "]" * 20_000 + "\n",
     "deeper-flow.yaml": "items: " + "[" * 200_000 + "]" * 200_000 + "\n",
-    "deep-block.yaml": "".join("  " * level + "a:\n" for level in range(12_000)),
+    # Block nesting needs indentation that grows with depth: 1,200 levels are already 1.4 MB of text.
+    "deep-block.yaml": "".join("  " * level + "a:\n" for level in range(1_200)),
     "long-integer.json": '{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p","namespace":"d"},"spec":{'
                          '"containers":[{"name":"c"}],"securityContext":{"runAsUser":' + "9" * 5000 + "}}}",
     "long-integer.yaml": POD_HEAD + "  securityContext:\n    runAsUser: " + "9" * 5000 + "\n",

@@ -3,7 +3,9 @@
 Contract (relied on elsewhere, keep stable):
   explain -f FILE [-f FILE ...] [--k8s-version 1.37] [--feature-gates Gate=bool,...]
           [--selinux-enabled|--selinux-disabled] [--defaults-file PATH] [-o table|json] [--indent N]
-`-o json` prints (one line; `--indent N` indents) {"pods":[{"namespace","name","volumes":[{"name","decision","label","reasons",...}]}], ...}.
+`-o json` prints {"pods":[{"namespace","name","volumes":[{"name","decision","label","reasons",...}]}], ...} on one
+line, as `audit -o json` does; `--indent N` indents it.
+An empty file (no document at all) is bad input, as for `audit`; an empty List lists no pods.
 """
 
 from __future__ import annotations
