@@ -48,6 +48,27 @@ HOSTILE = {
                                       "{accessModes: [ReadWriteOnce], csi: {driver: d, volumeHandle: v}}\n",
 }
 
+# What the one line on stderr says for each.
+REFUSED = {
+    "alias-bomb.yaml": "expands its aliases",
+    "alias-cycle.yaml": "refers to a node that contains it",
+    "deep.json": "nested more than 1,000 levels",
+    "deep-flow.yaml": "nested more than 1,000 levels",
+    "deeper-flow.yaml": "nested more than 1,000 levels",
+    "deep-block.yaml": "nested more than 1,000 levels",
+    "long-integer.json": "more than 4,300 digits",
+    "long-integer.yaml": "more than 4,300 digits",
+    "volume-without-name.yaml": "Pod d/p: spec.volumes[0].name is missing",
+    "claim-volume-without-name.yaml": "Pod d/p: spec.volumes[0].name is missing",
+}
+
+
+def assert_refused(result: subprocess.CompletedProcess, words: str) -> None:
+    """Exit 2, nothing on stdout, one line on stderr that says `words`, no traceback."""
+    assert (result.returncode, result.stdout) == (2, ""), result.stderr[-500:]
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.splitlines()) == 1 and words in result.stderr, result.stderr[:500]
+
 
 def _limit_memory():
     resource.setrlimit(resource.RLIMIT_AS, (MEMORY, MEMORY))

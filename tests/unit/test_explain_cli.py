@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from agent.cli.main import main
-from hostile_inputs import run_cli
+from hostile_inputs import REFUSED, assert_refused, run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = str(ROOT / "examples" / "cluster.yaml")
@@ -140,23 +140,10 @@ def test_console_script_and_help():
     assert result.returncode == 2 and "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("name, words", [
-    ("alias-bomb.yaml", "expands its aliases"),
-    ("alias-cycle.yaml", "refers to a node that contains it"),
-    ("deep.json", "nested more than 1,000 levels"),
-    ("deep-flow.yaml", "nested more than 1,000 levels"),
-    ("deeper-flow.yaml", "nested more than 1,000 levels"),
-    ("deep-block.yaml", "nested more than 1,000 levels"),
-    ("long-integer.json", "more than 4,300 digits"),
-    ("long-integer.yaml", "more than 4,300 digits"),
-    ("volume-without-name.yaml", "Pod d/p: spec.volumes[0].name is missing"),
-])
+@pytest.mark.parametrize("name", sorted(REFUSED))
 @pytest.mark.parametrize("output", ["table", "json"])
-def test_costly_input_is_refused_with_one_line(tmp_path, name, words, output):
-    result = run_cli(tmp_path, name, "explain", "-o", output)
-    assert (result.returncode, result.stdout) == (2, ""), result.stderr[-500:]
-    assert "Traceback" not in result.stderr
-    assert len(result.stderr.splitlines()) == 1 and words in result.stderr, result.stderr[:500]
+def test_costly_input_is_refused_with_one_line(tmp_path, name, output):
+    assert_refused(run_cli(tmp_path, name, "explain", "-o", output), REFUSED[name])
 
 
 @pytest.mark.parametrize("command", ["explain", "audit"])
