@@ -1,6 +1,7 @@
 """agent/bounded_parse.py: the same objects PyYAML's safe loader and json give, within the bounds."""
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -146,3 +147,13 @@ def test_bad_yaml_is_one_line(text, words):
 def test_a_long_integer_in_json_is_one_line():
     with pytest.raises(InvalidManifest, match="^f: a number has more than 4,300 digits$"):
         load_json('{"n": ' + "7" * 5000 + "}", "f")
+
+
+REPO = Path(__file__).resolve().parents[2]
+REPO_YAML = sorted(p for folder in ("examples", "deploy", "tests/fixtures") for p in (REPO / folder).rglob("*.y*ml"))
+
+
+@pytest.mark.parametrize("path", REPO_YAML, ids=lambda p: str(p.relative_to(REPO)))
+def test_the_projects_own_yaml_reads_as_the_safe_loader_reads_it(path):
+    text = path.read_text()
+    assert load_yaml_documents(text, str(path)) == list(yaml.safe_load_all(text))
