@@ -43,9 +43,13 @@ def _on_a_fresh_stack(frames: int, parse, *args):
             outcome["error"] = err
 
     old = sys.getrecursionlimit()
-    sys.setrecursionlimit(frames)
     try:
-        thread = threading.Thread(target=run, name="parse")
+        sys.setrecursionlimit(frames)
+    except RecursionError:  # this thread is deeper than that already: the parse thread gets the old limit
+        pass
+    try:
+        # A daemon: an interrupted command ends without waiting for the parse.
+        thread = threading.Thread(target=run, name="parse", daemon=True)
         thread.start()
         thread.join()
     finally:
