@@ -172,7 +172,9 @@ def object_key(obj, kind: str | None = None) -> tuple[str, str | None, str]:
         raise shape_error(kind or "object", "metadata", "an object", meta)
     name = meta.get("name") if meta else None
     if not kind or not name:
-        raise InvalidManifest(f"object without kind or metadata.name: {str(obj)[:120]}")
+        # Named by the keys it has, never by formatting the object: that costs what the object expands to.
+        raise InvalidManifest(f"object without kind or metadata.name (an object with keys "
+                              f"{', '.join(sorted(map(str, obj))[:8])[:120]})")
     namespace = meta.get("namespace")
     if not isinstance(name, str):
         raise shape_error(kind, "metadata.name", "a string", name)
@@ -621,6 +623,9 @@ class Cluster:
         for volume in volumes:
             if type(volume) is not dict:
                 _objects(volumes, _pod_where(pod), "spec.volumes")
+            vname = volume.get("name")
+            if type(vname) is not str or not vname:
+                _volume_name(_pod_where(pod), volumes, volume)
             if "persistentVolumeClaim" in volume:
                 reference = volume["persistentVolumeClaim"]
                 claim = reference.get("claimName") if type(reference) is dict else None
@@ -635,10 +640,6 @@ class Cluster:
             else:
                 continue
             if key:
-                vname = volume.get("name")
-                if type(vname) is not str and vname is not None:
-                    raise shape_error(_pod_where(pod), f"spec.volumes[{_position(volumes, volume)}].name", "a string",
-                                      vname)
                 out.append((vname, key))
         return out, count
 
@@ -801,9 +802,8 @@ class Cluster:
                       only: set | None) -> VolumeFacts | None:
         """One pod volume resolved against the index; None (after the same checks) when `only` leaves it out."""
         vname = volume.get("name")
-        if type(vname) is not str and vname is not None:
-            raise shape_error(f"Pod {namespace}/{pod_name}", f"spec.volumes[{_position(entries, volume)}].name",
-                              "a string", vname)
+        if type(vname) is not str or not vname:
+            _volume_name(f"Pod {namespace}/{pod_name}", entries, volume)
         wanted = only is None or vname in only
         source = "unknown"
         for key in volume:
@@ -845,6 +845,15 @@ class Cluster:
         if not wanted:
             return None
         return VolumeFacts(vname, source, tuple(uses.get(vname, ())), pv, claim, csi, in_tree)
+
+
+def _volume_name(where: str, entries: list, volume: dict) -> str:
+    """The name of a pod volume; the API server requires one (ValidateVolumes: `name: Required value`)."""
+    name = volume.get("name")
+    path = f"spec.volumes[{_position(entries, volume)}].name"
+    if name is None or name == "":
+        raise InvalidManifest(f"{where}: {path} is missing (every pod volume has a name)")
+    return _string(name, where, path)
 
 
 _NO_FIELDS: dict = {}  # an absent object field, read only

@@ -8,9 +8,9 @@ when nothing matches, is a valid file with no objects."""
 from __future__ import annotations
 
 import gc
-import json
 from contextlib import contextmanager
 
+from agent.bounded_parse import load_json, load_yaml_documents
 from agent.cluster import json_type
 from agent.errors import InvalidManifest
 
@@ -52,23 +52,9 @@ def parse_text(text: str, source: str, allow_empty: bool = True) -> list[dict]:
 def _documents(text: str, source: str) -> list:
     stripped = text.lstrip()
     if stripped.startswith("{") or stripped.startswith("["):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise InvalidManifest(f"{source}: invalid JSON at line {err.lineno} column {err.colno}: {err.msg}") \
-                from None
-        documents = data if isinstance(data, list) else [data]
-    else:
-        import yaml  # only for YAML input: a JSON dump (the large case) does not pay for the import
-
-        try:
-            documents = list(yaml.safe_load_all(text))
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
-            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-            raise InvalidManifest(f"{source}: invalid YAML{where}: {problem}") from None
-    return documents
+        data = load_json(text, source)
+        return data if isinstance(data, list) else [data]
+    return load_yaml_documents(text, source)
 
 
 @contextmanager

@@ -29,6 +29,12 @@ def targets(report: AuditReport) -> list[WorkloadReport]:
             if w.volumes & troubled and not w.already_recursive and w.workload.kind in _API_VERSIONS]
 
 
+def bare_pods(report: AuditReport) -> list[WorkloadReport]:
+    """Targets that are bare Pods: a Pod's spec is immutable (apiserver ValidatePodUpdate allows only images,
+    tolerations and a few more), so no patch can fix them; they are recreated with the field set."""
+    return [w for w in targets(report) if w.workload.kind == "Pod"]
+
+
 def patch_for(workload: WorkloadReport) -> dict:
     """A strategic-merge patch (`kubectl patch KIND NAME -n NS --type strategic --patch-file F`)."""
     kind = workload.workload.kind
@@ -107,7 +113,7 @@ def kyverno_policy(report: AuditReport) -> list[dict]:
 
 def documents(report: AuditReport, form: str) -> list[dict]:
     if form == "patches":
-        return [patch_for(w) for w in targets(report)]
+        return [patch_for(w) for w in targets(report) if w.workload.kind != "Pod"]
     if form == "mutating-admission-policy":
         return mutating_admission_policy(report) if targets(report) else []
     if form == "kyverno":

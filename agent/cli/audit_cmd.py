@@ -3,7 +3,9 @@ SELinuxMount is on), with remediation.
 
 Contract (relied on elsewhere, keep stable):
   audit -f DUMP [-f ...] [--k8s-version 1.37] [--feature-gates ...] [--defaults-file PATH]
-        [-o table|json|prometheus] [--remediate patches|mutating-admission-policy|kyverno] [--censor]
+        [-o table|json|prometheus] [--indent N] [--remediate patches|mutating-admission-policy|kyverno] [--censor]
+`-o json` is one line unless --indent is given (as in `explain`); the table counts the conflicting pairs it lists
+and says how many conflicts the controller reports for them (one per pod of each pair).
 Exit code: 0 nothing breaks on the target version, 1 something breaks, 2 bad input: unreadable or malformed
 objects (one line on stderr naming the object and field, nothing on stdout), or a file with no document at all.
 An empty List is a valid dump: exit 0 with an empty report.
@@ -11,13 +13,14 @@ An empty List is a valid dump: exit 0 with an empty report.
 
 from __future__ import annotations
 
+import json
 import sys
 
 from agent.audit import AuditReport, audit
-from agent.cli.model_options import add_model_arguments, build_node
+from agent.cli.model_options import add_indent_argument, add_model_arguments, build_node
 from agent.cluster import Cluster
 from agent.manifests import batch_run, load_files
-from agent.remediation import FORMATS, documents
+from agent.remediation import FORMATS, bare_pods, documents
 
 # yaml and prometheus_client are imported by the output modes that use them: together they are most of the
 # command's import time, which a JSON report of a large dump would otherwise pay for nothing.
@@ -33,8 +36,9 @@ def register(subparsers) -> None:
                     "or a file with no document at all, such as the empty file a failed `kubectl get ... > FILE` "
                     "leaves; an empty List is a valid dump with nothing to report). Objects that appear more than "
                     "once (the same file given twice, overlapping dumps) count once: the last copy read wins.")
-    add_model_arguments(parser, default_version="1.37")
+    add_model_arguments(parser)
     parser.add_argument("-o", "--output", choices=("table", "json", "prometheus"), default="table")
+    add_indent_argument(parser)
     parser.add_argument("--remediate", choices=FORMATS,
                         help="print YAML that fixes the conflicts instead of the report: strategic-merge patches "
                              "per workload, a MutatingAdmissionPolicy with its binding, or a Kyverno ClusterPolicy")
@@ -56,6 +60,9 @@ def _run(args) -> int:
     if args.remediate:
         docs = documents(report, args.remediate)
         out.write(remediation_yaml(docs, args.remediate, report))
+    elif args.output == "json" and args.indent is not None:
+        out.write(json.dumps(report.to_json(censor=args.censor), indent=args.indent))
+        out.write("\n")
     elif args.output == "json":
         # Compact and written at once: reports can hold 100k pods.
         out.write(report.json_text(censor=args.censor))
@@ -68,18 +75,21 @@ def _run(args) -> int:
 
 
 def remediation_yaml(docs: list[dict], form: str, report: AuditReport) -> str:
+    recreate = "".join(f"# Pod {w.workload.namespace}/{w.workload.name} is a bare Pod: its spec cannot be patched; "
+                       "recreate it with spec.securityContext.seLinuxChangePolicy: Recursive\n"
+                       for w in bare_pods(report)) if form == "patches" else ""
     if not docs:
-        return f"# nothing to remediate for Kubernetes {report.gates.version}\n"
+        return recreate or f"# nothing to remediate for Kubernetes {report.gates.version}\n"
     header = {
         "patches": "# Apply each document with: kubectl patch KIND NAME -n NAMESPACE --type strategic --patch-file F\n"
-                   "# Pod templates of Jobs and bare Pods are immutable: recreate those with the field set.\n",
+                   "# Pod templates of Jobs are immutable: recreate those Jobs with the field set.\n",
         "mutating-admission-policy": "# kubectl apply -f F  (admissionregistration.k8s.io/v1, Kubernetes 1.36+).\n"
                                      "# It changes pods created from now on; restart existing workloads.\n",
         "kyverno": "# kubectl apply -f F  (needs Kyverno). It changes pods created from now on.\n",
     }[form]
     import yaml
 
-    return header + yaml.safe_dump_all(docs, sort_keys=False, explicit_start=True)
+    return header + recreate + yaml.safe_dump_all(docs, sort_keys=False, explicit_start=True)
 
 
 def prometheus_text(report: AuditReport, censor: bool = False) -> str:
@@ -95,18 +105,21 @@ def prometheus_text(report: AuditReport, censor: bool = False) -> str:
 def print_table(report: AuditReport, censor: bool) -> None:
     out = sys.stdout
     out.write(f"Target Kubernetes {report.gates.version}: {report.gates.describe()}\n")
+    lines = []  # one per pair: the controller reports each pair once for each of its pods
+    for conflict in report.conflicts:
+        data = conflict.to_json(censor)
+        first, second = data["pod1"], data["pod2"]
+        if (first["namespace"], first["name"]) > (second["namespace"], second["name"]) and second["name"]:
+            continue
+        other = f"{second['namespace']}/{second['name']}" if second["name"] else "(another namespace)"
+        lines.append(f"  {conflict.volume}  {conflict.property}  {first['namespace']}/{first['name']} "
+                     f"{first['value']!r}  vs  {other} {second['value']!r}\n")
     out.write(f"Checked {report.pods_checked} pods ({report.pods_finished} finished pods ignored), "
-              f"{report.shared_volumes} shared volumes, {len(report.conflicts)} conflicts.\n")
-    if report.conflicts:
+              f"{report.shared_volumes} shared volumes, {len(lines)} conflicting pairs ({len(report.conflicts)} "
+              "conflicts as the controller reports them, one per pod of each pair).\n")
+    if lines:
         out.write("\nConflicts, as the upstream selinux-warning-controller reports them (one line per pair):\n")
-        for conflict in report.conflicts:
-            data = conflict.to_json(censor)
-            first, second = data["pod1"], data["pod2"]
-            if (first["namespace"], first["name"]) > (second["namespace"], second["name"]) and second["name"]:
-                continue
-            other = f"{second['namespace']}/{second['name']}" if second["name"] else "(another namespace)"
-            out.write(f"  {conflict.volume}  {conflict.property}  {first['namespace']}/{first['name']} "
-                      f"{first['value']!r}  vs  {other} {second['value']!r}\n")
+        out.writelines(lines)
     if report.workloads:
         out.write("\nWorkloads sharing volumes:\n")
         for workload in report.workloads:

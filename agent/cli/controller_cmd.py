@@ -32,7 +32,7 @@ def register(subparsers) -> None:
     parser.add_argument("--kubeconfig", metavar="PATH",
                         help="kubeconfig file; without it the pod's service account is used (in-cluster)")
     parser.add_argument("--context", help="kubeconfig context (default: its current-context)")
-    parser.add_argument("--k8s-version", default="1.37", metavar="1.MINOR",
+    parser.add_argument("--k8s-version", default=gates_mod.DEFAULT_VERSION, metavar="1.MINOR",
                         help="Kubernetes version whose gates decide eligibility (default %(default)s)")
     parser.add_argument("--feature-gates", default="", metavar="Gate=bool,...")
     parser.add_argument("--defaults-file", metavar="PATH", help="contexts file with the nodes' container labels")

@@ -1,9 +1,11 @@
 """`selinux-mount-agent explain`: what kubelet would do with each volume of each pod, and why.
 
 Contract (relied on elsewhere, keep stable):
-  explain -f FILE [-f FILE ...] [--k8s-version 1.36] [--feature-gates Gate=bool,...]
-          [--selinux-enabled|--selinux-disabled] [--defaults-file PATH] [-o table|json]
-`-o json` prints {"pods":[{"namespace","name","volumes":[{"name","decision","label","reasons",...}]}], ...}.
+  explain -f FILE [-f FILE ...] [--k8s-version 1.37] [--feature-gates Gate=bool,...]
+          [--selinux-enabled|--selinux-disabled] [--defaults-file PATH] [-o table|json] [--indent N]
+`-o json` prints {"pods":[{"namespace","name","volumes":[{"name","decision","label","reasons",...}]}], ...} on one
+line, as `audit -o json` does; `--indent N` indents it.
+An empty file (no document at all) is bad input, as for `audit`; an empty List lists no pods.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import json
 import sys
 
 from agent import host
-from agent.cli.model_options import add_model_arguments, build_node
+from agent.cli.model_options import add_indent_argument, add_model_arguments, build_node
 from agent.cluster import Cluster
 from agent.manifests import batch_run, load_files
 from agent.policy import NodeFacts, decide_pod
@@ -32,6 +34,7 @@ def register(subparsers) -> None:
     enabled.add_argument("--selinux-disabled", dest="selinux", action="store_false",
                          help="model a node without SELinux: nothing is labelled")
     parser.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    add_indent_argument(parser)
     parser.set_defaults(func=run)
 
 
@@ -43,7 +46,7 @@ def run(args) -> int:
 def _run(args) -> int:
     selinux_enabled = True if args.selinux is None else args.selinux
     node = build_node(args, selinux_enabled)
-    cluster = Cluster(load_files(args.files))
+    cluster = Cluster(load_files(args.files, allow_empty=False))
     pods = [check_with_local_policy(decide_pod(cluster.resolve_pod(pod), node)) for pod in cluster.pods]
     if args.output == "json":
         document = {
@@ -52,7 +55,10 @@ def _run(args) -> int:
             "selinuxEnabled": selinux_enabled,
             "defaults": node.defaults.to_json(),
         }
-        json.dump(document, sys.stdout, indent=2)
+        if args.indent is None:
+            json.dump(document, sys.stdout, separators=(",", ":"))
+        else:
+            json.dump(document, sys.stdout, indent=args.indent)
         sys.stdout.write("\n")
         return 0
     print_table(pods, node, assumed=args.selinux is None)

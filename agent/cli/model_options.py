@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 from agent import gates as gates_mod
 from agent.defaults import load_node_defaults
 from agent.policy import NodeFacts
@@ -19,6 +21,17 @@ def add_model_arguments(parser, default_version: str = gates_mod.DEFAULT_VERSION
     parser.add_argument("--defaults-file", metavar="PATH",
                         help="contexts file (lxc_contexts format: process = \"...\", file = \"...\") to use instead "
                              "of this node's")
+
+
+def add_indent_argument(parser) -> None:
+    parser.add_argument("--indent", type=_indent, metavar="N",
+                        help="with -o json: indent by N spaces (default: one line, the compact form)")
+
+
+def _indent(text: str) -> int:
+    if not text.isdigit() or int(text) > 16:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of spaces from 0 to 16")
+    return int(text)
 
 
 def build_node(args, selinux_enabled: bool = True) -> NodeFacts:

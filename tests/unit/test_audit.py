@@ -10,7 +10,7 @@ from agent import gates as gates_mod
 from agent.audit import audit, workload_of
 from agent.cluster import Cluster
 from agent.defaults import BUILTIN_DEFAULTS
-from agent.remediation import documents, targets
+from agent.remediation import bare_pods, documents, targets
 from k8s_builders import DRIVER, csidriver, owned, pod, pv, pvc
 
 RWX = ("ReadWriteMany",)
@@ -375,8 +375,10 @@ def _merge(base, patch):
 @pytest.mark.parametrize("version", ["1.36.0", "1.37.0"])
 def test_patches_validate_against_the_schemas(version):
     kubernetes_validate = pytest.importorskip("kubernetes_validate")
-    docs = documents(_conflicted_report(), "patches")
-    assert len(docs) == 3
+    report = _conflicted_report()
+    docs = documents(report, "patches")
+    assert len(docs) == 2 and "Pod" not in {doc["kind"] for doc in docs}
+    assert [w.workload.kind for w in bare_pods(report)] == ["Pod"]  # recreated, not patched
     for doc in docs:
         merged = _merge(_skeleton(doc["kind"]), copy.deepcopy(doc))
         kubernetes_validate.validate(merged, version, strict=True)

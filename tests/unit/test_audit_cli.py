@@ -13,6 +13,7 @@ from agent.cli.main import main
 from agent.cluster import Cluster
 from agent.defaults import load_node_defaults
 from agent.manifests import load_files
+from hostile_inputs import REFUSED, assert_refused, run_cli
 from k8s_builders import csidriver, owned, pod, pv, pvc
 
 EXAMPLE = str(Path(__file__).resolve().parents[2] / "examples" / "cluster.yaml")
@@ -64,6 +65,12 @@ def test_exit_0_when_nothing_breaks_on_the_target(capsys, tmp_path):
 def test_table_output(capsys, tmp_path):
     code, out, _ = run(capsys, "-f", conflicting(tmp_path))
     assert code == 1
+    # The count is of the lines listed; the controller's count (each pair once per pod) is said as such.
+    listed = out.split("one line per pair):\n")[1].split("\n\n")[0].splitlines()
+    conflicts = json.loads(run(capsys, "-f", conflicting(tmp_path), "-o", "json")[1])["conflicts"]
+    assert len(conflicts) == 2 * len(listed)
+    assert f"{len(listed)} conflicting pairs ({len(conflicts)} conflicts as the controller reports them, one " \
+           "per pod of each pair)" in out
     assert out.startswith("Target Kubernetes 1.37")
     assert "breaks    Deployment shop/web (inferred from pod names)" in out
     assert "Result: something breaks on Kubernetes 1.37." in out
@@ -93,7 +100,7 @@ def test_censor_hides_other_namespaces(capsys, tmp_path):
 
 
 @pytest.mark.parametrize("form, kinds", [
-    ("patches", ["Deployment", "Pod"]),
+    ("patches", ["Deployment"]),
     ("mutating-admission-policy", ["MutatingAdmissionPolicy", "MutatingAdmissionPolicyBinding"]),
     ("kyverno", ["ClusterPolicy"]),
 ])
@@ -102,6 +109,15 @@ def test_remediate_prints_applicable_yaml(capsys, tmp_path, form, kinds):
     assert code == 1
     docs = [d for d in yaml.safe_load_all(out) if d]
     assert sorted({d["kind"] for d in docs}) == sorted(kinds)
+
+
+def test_patches_leave_bare_pods_out_and_say_how_to_fix_them(capsys, tmp_path):
+    # A Pod's spec is immutable (but for images and a few fields): a patch would be refused by the API server.
+    code, out, _ = run(capsys, "-f", conflicting(tmp_path), "--remediate", "patches")
+    assert code == 1
+    assert [d["kind"] for d in yaml.safe_load_all(out) if d] == ["Deployment"]
+    assert "# Pod team/reader is a bare Pod: its spec cannot be patched; recreate it with " \
+           "spec.securityContext.seLinuxChangePolicy: Recursive\n" in out
 
 
 def test_bundled_example(capsys):
@@ -284,3 +300,10 @@ def test_feature_gates_change_the_verdict(capsys):
                            extra=("--k8s-version", "1.36", "--feature-gates", "SELinuxMount=true"))
     assert code == 1 and {w["verdict"] for w in report["workloads"]} == {"breaks"}
     assert report["summary"]["featureGates"]["SELinuxMount"] is True
+
+
+# --- input that costs more than it is worth: refused early, through the real command ------------------------
+
+@pytest.mark.parametrize("name", sorted(REFUSED))
+def test_costly_input_is_refused_with_one_line(tmp_path, name):
+    assert_refused(run_cli(tmp_path, name, "audit"), REFUSED[name])

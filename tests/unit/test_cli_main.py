@@ -84,3 +84,12 @@ def test_bad_input_as_a_process_is_one_line_and_exit_2(tmp_path):
     done = _as_process("audit", "-f", str(bad))
     assert done.returncode == 2
     assert done.stderr.decode().count("\n") == 1 and "audit: error:" in done.stderr.decode()
+
+
+def test_explain_audit_and_controller_default_to_the_same_kubernetes_version():
+    from agent.cli.main import build_parser
+
+    versions = {}
+    for argv in (["explain", "-f", "x"], ["audit", "-f", "x"], ["controller"]):
+        versions[argv[0]] = build_parser(argv).parse_args(argv).k8s_version
+    assert set(versions.values()) == {"1.37"}, versions

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from agent.cli.main import main
+from hostile_inputs import REFUSED, assert_refused, run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = str(ROOT / "examples" / "cluster.yaml")
@@ -30,7 +31,7 @@ def test_json_shape_on_the_bundled_example(capsys):
     assert set(volume) >= {"name", "decision", "label", "reasons"}
     assert (volume["name"], volume["decision"], volume["label"]) == (
         "data", "mount", "system_u:object_r:container_file_t:s0:c10,c20")
-    assert document["kubernetes"]["version"] == "1.36"
+    assert document["kubernetes"]["version"] == "1.37"  # the default of explain, audit and controller
     assert document["defaults"]["file"] and document["selinuxEnabled"] is True
 
 
@@ -60,7 +61,7 @@ def test_selinux_disabled(capsys):
 def test_table_states_the_defaults_and_reasons(capsys):
     code, out, _ = run(capsys, "explain", "-f", EXAMPLE)
     assert code == 0
-    assert out.startswith("Kubernetes 1.36: SELinuxMountReadWriteOncePod=true")
+    assert out.startswith("Kubernetes 1.37: SELinuxMountReadWriteOncePod=true")
     assert "Container defaults (" in out and "container_file_t" in out
     assert "shop/db-0" in out and "mount" in out
     assert "pod blocked" not in out
@@ -137,3 +138,30 @@ def test_console_script_and_help():
     result = subprocess.run([sys.executable, "-m", "agent", "explain", "-f", "/nonexistent.yaml"],
                             capture_output=True, text=True, env=env, cwd=ROOT)
     assert result.returncode == 2 and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED))
+@pytest.mark.parametrize("output", ["table", "json"])
+def test_costly_input_is_refused_with_one_line(tmp_path, name, output):
+    assert_refused(run_cli(tmp_path, name, "explain", "-o", output), REFUSED[name])
+
+
+@pytest.mark.parametrize("command", ["explain", "audit"])
+@pytest.mark.parametrize("content", ["", "# nothing here\n", "null\n"])
+def test_a_file_with_no_document_is_bad_input_for_both_commands(capsys, tmp_path, command, content):
+    path = tmp_path / "empty.yaml"
+    path.write_text(content)
+    code, out, err = run(capsys, command, "-f", str(path))
+    assert (code, out) == (2, "")
+    assert err == f"selinux-mount-agent {command}: error: {path}: no objects in the file: it is empty (a dump of " \
+                  "a cluster with nothing to list is a List with no items)\n"
+
+
+@pytest.mark.parametrize("command", ["explain", "audit"])
+def test_json_is_one_line_unless_indent_is_asked_for(capsys, command):
+    _, compact, _ = run(capsys, command, "-f", EXAMPLE, "-o", "json")
+    assert compact.count("\n") == 1
+    _, indented, _ = run(capsys, command, "-f", EXAMPLE, "-o", "json", "--indent", "2")
+    document = json.loads(compact)
+    assert json.loads(indented) == document
+    assert indented == json.dumps(document, indent=2) + "\n"

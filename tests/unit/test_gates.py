@@ -63,3 +63,16 @@ def test_parse_overrides():
     for bad in ("SELinuxMount", "SELinuxMount=yes"):
         with pytest.raises(InvalidFeatureGates):
             parse_overrides(bad)
+
+
+@pytest.mark.parametrize("name, close", [
+    ("SELinuxMounts", "SELinuxMount"),
+    ("SeLinuxMount", "SELinuxMount"),
+    ("SELinuxChangePolicies", "SELinuxChangePolicy"),
+    ("SELinuxMountReadWriteOncePods", "SELinuxMountReadWriteOncePod"),
+])
+def test_a_misspelt_selinux_gate_is_refused_with_the_close_match(name, close):
+    # kubelet refuses a gate it does not know (component-base featuregate Set: "unrecognized feature gate").
+    with pytest.raises(InvalidFeatureGates) as info:
+        resolve("1.36", {name: True})
+    assert str(info.value) == f"unrecognized feature gate: {name} (did you mean {close}?)"
