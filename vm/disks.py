@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -66,7 +67,6 @@ def _build_extensions(tree: Path) -> None:
 GUEST_SITE_PACKAGES = {"grpc": "grpc", "google.protobuf": "google/protobuf", "pyroute2": "pyroute2"}
 OPTIONAL_SITE_DIRS = ("google/_upb",)  # protobuf's C core, present in binary wheels
 UDICA_TEMPLATES = "usr/share/udica/templates"  # below site-packages: udica's absolute data_files land there
-VENV_PYTHON = PROJECT / ".venv/bin/python"
 # What the venv must hold, checked in one interpreter run: each module's import, pyroute2's version (the guest
 # would otherwise fall back to bookworm's 0.7, whose API the audit reader does not speak) and the templates.
 _PROBE = """
@@ -93,13 +93,19 @@ class VenvIncomplete(RuntimeError):
     """The venv lacks what the guest needs; the message names it and how to get it."""
 
 
-def venv_site(venv_python: Path = VENV_PYTHON) -> Path:
+def venv_python() -> Path:
+    """The project's venv interpreter (`make deps` makes it), or $SMA_VM_VENV_PYTHON."""
+    return Path(os.environ.get("SMA_VM_VENV_PYTHON") or PROJECT / ".venv/bin/python")
+
+
+def venv_site(python: Path | None = None) -> Path:
     """The venv's site-packages, after checking it holds every package and the templates the guest needs."""
-    if not venv_python.exists():
-        raise VenvIncomplete(f"no {venv_python}: run `make deps` (or `make vm-test`, which runs it) first")
-    probe = subprocess.run([str(venv_python), "-c", _PROBE, *GUEST_SITE_PACKAGES], capture_output=True, text=True)
+    python = python or venv_python()
+    if not python.exists():
+        raise VenvIncomplete(f"no {python}: run `make deps` (or `make vm-test`, which runs it) first")
+    probe = subprocess.run([str(python), "-c", _PROBE, *GUEST_SITE_PACKAGES], capture_output=True, text=True)
     if probe.returncode != 0:
-        raise VenvIncomplete(f"{venv_python} does not run: {probe.stderr.strip()[-200:]}")
+        raise VenvIncomplete(f"{python} does not run: {probe.stderr.strip()[-200:]}")
     answer = json.loads(probe.stdout)
     missing = list(answer["missing"])
     site = Path(answer["found"]["grpc"]).parent if "grpc" in answer["found"] else None
