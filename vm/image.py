@@ -1,8 +1,9 @@
 """The enforcing guest image: a Debian bookworm root filesystem with SELinux policy, labelled offline and
 cached on disk. One userland and kernel, several policies (flavours):
 
+  c9s     CentOS Stream 9's targeted policy with container-selinux's `container` module (vm/targeted.py), the
+          default: what our users' nodes run;
   debian  Debian's refpolicy (selinux-policy-default) with refpolicy's own `container` module;
-  c9s     CentOS Stream 9's targeted policy with container-selinux's `container` module (vm/targeted.py);
   f40     Fedora 40's targeted policy, likewise.
 
 Steps (see docs/enforcing-vm.md for the timings):
@@ -42,7 +43,7 @@ SUITE = "bookworm"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 ROOT_SIZE = "3G"
 FLAVOURS = ("debian", "c9s", "f40")
-DEFAULT_FLAVOUR = "debian"
+DEFAULT_FLAVOUR = "c9s"
 # Files whose content defines the image; any change gives a new cache key.
 RECIPE_FILES = ("image.py", "guest-packages.txt", "guest/init", "policy/smatest.te", "policy/debian-shims.te")
 # ... and the debootstrap tarball every flavour starts from.

@@ -109,6 +109,7 @@ def install(flavour: str, tree: Path, container: Path, rootfs: Path, env: dict) 
     config = rootfs / "etc/selinux/config"
     text = config.read_text() if config.exists() else "SELINUX=enforcing\n"
     text = re.sub(r"^SELINUXTYPE=.*$", f"SELINUXTYPE={POLICY_NAME}", text, flags=re.M)
+    text = re.sub(r"^SELINUX=.*$", "SELINUX=enforcing", text, flags=re.M)
     if "SELINUXTYPE=" not in text:
         text += f"SELINUXTYPE={POLICY_NAME}\n"
     config.write_text(text)
