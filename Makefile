@@ -44,8 +44,11 @@ test-unit: $(STAMP)
 
 # tests/enforcing inside a Debian guest whose kernel enforces SELinux (this host's kernel has none).
 # Builds and caches the guest image on first use; docs/enforcing-vm.md. Extra options: make vm-test VM_ARGS=...
-vm-test:
-	$(SUDO) vm/run-enforcing-tests $(VM_ARGS)
+# The venv comes first: the guest takes grpcio, protobuf, pyroute2 and udica's templates from it (vm/disks.py).
+# VM_POLICY picks the guest's policy: c9s (default) or f40 (targeted + container-selinux), debian (refpolicy).
+VM_POLICY     ?= c9s
+vm-test: $(STAMP)
+	$(SUDO) vm/run-enforcing-tests --policy $(VM_POLICY) $(VM_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

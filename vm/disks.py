@@ -13,6 +13,8 @@ labels of their own.
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import shutil
 import subprocess
 import sys
@@ -60,32 +62,72 @@ def _build_extensions(tree: Path) -> None:
 
 # Python packages Debian's guest ships too old for the checked-in CSI stubs (protobuf >= 7, grpcio >= 1.85) and
 # for the audit reader (pyroute2 0.9's socket core; bookworm has 0.7), copied from the host's venv (same Python
-# 3.11, same glibc) into .vm-run/site, which run-tests puts first on PYTHONPATH.
-GUEST_SITE_PACKAGES = ("grpc", "google/protobuf", "google/_upb", "pyroute2")
+# 3.11, same glibc) into .vm-run/site, which run-tests puts first on PYTHONPATH. Module name -> directory below
+# site-packages.
+GUEST_SITE_PACKAGES = {"grpc": "grpc", "google.protobuf": "google/protobuf", "pyroute2": "pyroute2"}
+OPTIONAL_SITE_DIRS = ("google/_upb",)  # protobuf's C core, present in binary wheels
 UDICA_TEMPLATES = "usr/share/udica/templates"  # below site-packages: udica's absolute data_files land there
+# What the venv must hold, checked in one interpreter run: each module's import, pyroute2's version (the guest
+# would otherwise fall back to bookworm's 0.7, whose API the audit reader does not speak) and the templates.
+_PROBE = """
+import importlib, json, os, sys
+found, missing = {}, []
+for name in sys.argv[1:]:
+    try:
+        module = importlib.import_module(name)
+    except Exception as err:
+        missing.append(f"{name} ({type(err).__name__}: {err})")
+        continue
+    found[name] = os.path.dirname(module.__file__)
+try:
+    from importlib.metadata import version
+    if not version("pyroute2").startswith("0.9"):
+        missing.append("pyroute2 0.9 (the venv has " + version("pyroute2") + ")")
+except Exception:
+    pass
+print(json.dumps({"found": found, "missing": missing}))
+"""
 
 
-def _site_packages(site: Path) -> None:
-    venv_python = PROJECT / ".venv/bin/python"
-    if not venv_python.exists():
-        print("== disks: no .venv; the guest uses its own grpcio, protobuf and pyroute2", flush=True)
-        return
-    found = subprocess.run([str(venv_python), "-c", "import os, grpc, google.protobuf; "
-                            "print(os.path.dirname(os.path.dirname(grpc.__file__)))"],
-                           capture_output=True, text=True)
-    if found.returncode != 0:
-        print(f"== disks: grpc/protobuf not in .venv ({found.stderr.strip()[-200:]})", flush=True)
-        return
-    root = Path(found.stdout.strip())
-    for name in GUEST_SITE_PACKAGES:
-        if (root / name).is_dir():
-            shutil.copytree(root / name, site / name, ignore=shutil.ignore_patterns("__pycache__"))
+class VenvIncomplete(RuntimeError):
+    """The venv lacks what the guest needs; the message names it and how to get it."""
+
+
+def venv_python() -> Path:
+    """The project's venv interpreter (`make deps` makes it), or $SMA_VM_VENV_PYTHON."""
+    return Path(os.environ.get("SMA_VM_VENV_PYTHON") or PROJECT / ".venv/bin/python")
+
+
+def venv_site(python: Path | None = None) -> Path:
+    """The venv's site-packages, after checking it holds every package and the templates the guest needs."""
+    python = python or venv_python()
+    if not python.exists():
+        raise VenvIncomplete(f"no {python}: run `make deps` (or `make vm-test`, which runs it) first")
+    probe = subprocess.run([str(python), "-c", _PROBE, *GUEST_SITE_PACKAGES], capture_output=True, text=True)
+    if probe.returncode != 0:
+        raise VenvIncomplete(f"{python} does not run: {probe.stderr.strip()[-200:]}")
+    answer = json.loads(probe.stdout)
+    missing = list(answer["missing"])
+    site = Path(answer["found"]["grpc"]).parent if "grpc" in answer["found"] else None
+    if site is not None and not (site / UDICA_TEMPLATES / "base_container.cil").is_file():
+        missing.append(f"udica 0.2.2's templates ({site / UDICA_TEMPLATES}/base_container.cil)")
+    if missing or site is None:
+        raise VenvIncomplete(f"the venv lacks what the guest needs: {'; '.join(missing)}; "
+                             f"run `make deps` (pip install -e '.[test]')")
+    return site
+
+
+def _site_packages(site_dir: Path) -> None:
+    root = venv_site()
+    for directory in (*GUEST_SITE_PACKAGES.values(), *OPTIONAL_SITE_DIRS):
+        if (root / directory).is_dir():
+            shutil.copytree(root / directory, site_dir / directory, ignore=shutil.ignore_patterns("__pycache__"))
     # container-selinux's CIL templates as udica 0.2.2 (a test extra) installs them; run-tests points
     # SMA_UDICA_TEMPLATES here for the generated-CIL test.
-    if (root / UDICA_TEMPLATES / "base_container.cil").is_file():
-        shutil.copytree(root / UDICA_TEMPLATES, site.parent / "udica-templates")
+    shutil.copytree(root / UDICA_TEMPLATES, site_dir.parent / "udica-templates")
     # A regular package that also extends its path, so that it is found before Debian's `google`.
-    (site / "google" / "__init__.py").write_text("__path__ = __import__('pkgutil').extend_path(__path__, __name__)\n")
+    (site_dir / "google" / "__init__.py").write_text(
+        "__path__ = __import__('pkgutil').extend_path(__path__, __name__)\n")
 
 
 def project_disk(workdir: Path, image: Path, pytest_args: list[str], env: dict[str, str],

@@ -10,9 +10,10 @@ Two files are read from `container_t:s0:c1,c2` (the "pod" `enforce-test/reader`)
   the audit2allow loop works: denials → module → install → retry, until the read succeeds, and each round the
   store's copy of the module is the build just installed, not the previous one. The same denials
   also become a CIL domain in the udica form, installed with container-selinux's `base_container.cil`
-  template (from udica 0.2.2), and a process of that domain reads the file. The guest's test module
-  (vm/policy/smatest.te) lets kernel_t start any container_domain from a container_file_t busybox and
-  declares svirt_sandbox_domain, which the template names and Debian's refpolicy lacks.
+  template (the guest's own from container-selinux on the c9s and f40 flavours, udica 0.2.2's on debian), and
+  a process of that domain reads the file. The guest's test module (vm/policy/smatest.te) lets kernel_t start
+  any container_domain from a container_file_t busybox; on debian, vm/policy/debian-shims.te declares
+  svirt_sandbox_domain, which the template names and refpolicy lacks.
 
 Needs root, an enforcing kernel, runcon/chcon, checkmodule, semodule_package and semodule. The module is
 removed afterwards.
