@@ -6,7 +6,6 @@ gigabytes, which this timeout and the address-space limit turn into a failure in
 """
 
 import os
-import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -70,17 +69,16 @@ def assert_refused(result: subprocess.CompletedProcess, words: str) -> None:
     assert len(result.stderr.splitlines()) == 1 and words in result.stderr, result.stderr[:500]
 
 
-def _limit_memory():
-    resource.setrlimit(resource.RLIMIT_AS, (MEMORY, MEMORY))
-
-
 def run_cli(tmp_path, name: str, *argv: str) -> subprocess.CompletedProcess:
     """`python -m agent ARGV -f FILE` on the hostile file `name`, in a child with bounded time and memory."""
     path = tmp_path / name
     path.write_text(HOSTILE[name])
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     try:
-        return subprocess.run([sys.executable, "-m", "agent", *argv, "-f", str(path)], capture_output=True,
-                              text=True, env=env, cwd=ROOT, timeout=TIMEOUT, preexec_fn=_limit_memory)
+        # The memory cap is set by prlimit(1), not a preexec_fn: the test process may run gRPC threads, and
+        # Python code between fork and exec in a threaded process can hang or abort (gRPC's fork handlers
+        # wrote "epoll_wait error: Bad file descriptor" into the child's stderr).
+        return subprocess.run(["prlimit", f"--as={MEMORY}", "--", sys.executable, "-m", "agent", *argv, "-f",
+                               str(path)], capture_output=True, text=True, env=env, cwd=ROOT, timeout=TIMEOUT)
     except subprocess.TimeoutExpired:
         raise AssertionError(f"{argv[0]} -f {name} still ran after {TIMEOUT} s") from None
