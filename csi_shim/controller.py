@@ -18,7 +18,7 @@ from csi_shim.locks import VolumeLocks, name_key, volume_key
 from csi_shim.plan import DEFAULT_FS_TYPE, SUPPORTED_FS_TYPES, TopologyUnsatisfiable, topology_satisfied
 from csi_shim.proto import csi_pb2, csi_pb2_grpc
 from csi_shim.records import DONE, PENDING, ImageVolume
-from csi_shim.state import State
+from csi_shim.journal import State
 
 log = logging.getLogger(__name__)
 

@@ -196,10 +196,6 @@ def undo_mount(directory_fd: int) -> None:
         log.error("could not undo a mount: %s", err)
 
 
-def mounts_of_device(major_minor: str, table: list[Mount] | None = None) -> list[Mount]:
-    return [m for m in (mounts() if table is None else table) if m.major_minor == major_minor]
-
-
 def device_number(device: str) -> str:
     st = os.stat(device)
     return f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"

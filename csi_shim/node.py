@@ -34,7 +34,8 @@ from csi_shim.plan import (FAIL, MS_BIND, MS_REMOUNT, SUPPORTED_FS_TYPES, MountP
 from csi_shim.proto import csi_pb2, csi_pb2_grpc
 from csi_shim.publish import check_publish_label, check_stage_label, finish_publish
 from csi_shim.records import Published, Staged
-from csi_shim.state import DONE, PENDING, State
+from csi_shim.journal import State
+from csi_shim.records import DONE, PENDING
 
 log = logging.getLogger(__name__)
 

@@ -40,7 +40,8 @@ from csi_shim.mounter import NO_CONTEXT, NOT_MOUNTED, Verification, classify, mo
 from csi_shim.plan import FAIL, after_mount, plan_mount, pod_of, without_context
 from csi_shim.proto import csi_pb2
 from csi_shim.publish import check_publish_label, check_stage_label, finish_publish
-from csi_shim.state import DONE, State
+from csi_shim.journal import State
+from csi_shim.records import DONE
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from csi_shim.config import ShimConfig
 from csi_shim.mounter import APPLIED, DROPPED, MISMATCH, Verification
 from csi_shim.plan import FAIL, FS_GROUP, RELABEL, MountPlan, after_mount, dropped_hint, label_conflict
 from csi_shim.records import DONE
-from csi_shim.state import State
+from csi_shim.journal import State
 
 log = logging.getLogger(__name__)
 

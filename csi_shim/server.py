@@ -27,7 +27,7 @@ from csi_shim.locks import VolumeLocks
 from csi_shim.plan import node_topology
 from csi_shim.proto import csi_pb2_grpc
 from csi_shim.recovery import recover
-from csi_shim.state import State
+from csi_shim.journal import State
 
 log = logging.getLogger(__name__)
 

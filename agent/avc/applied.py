@@ -3,7 +3,7 @@
 When a denial's process has exited, its source level is the only hint left of the pod it ran in. The agent
 knows which pod holds which level because it mounted (or relabelled) the pod's volumes at that level: the
 shim records each finished publish with its label and, when the CSIDriver has `podInfoOnMount: true`, the
-pod's namespace and name (csi_shim/state.py, table `published`). `AppliedLevels.sync()` reads those records
+pod's namespace and name (csi_shim/journal.py, table `published`). `AppliedLevels.sync()` reads those records
 and gives the attributor the difference from last time, so a pod with two volumes at one level keeps it until
 both are unpublished, and two pods at one level make it ambiguous, as in `PodDirectory`.
 
@@ -20,7 +20,7 @@ from typing import Mapping
 from agent.avc.attribution import PodRef
 from agent.errors import InvalidLabel
 from agent.label import Label
-from csi_shim.state import DONE
+from csi_shim.records import DONE
 
 
 @functools.lru_cache(maxsize=1024)
@@ -59,7 +59,7 @@ class AppliedLevels:
         self._given: dict[tuple, PodRef] = {}
 
     def watch(self, state) -> None:
-        """Read the records of this `csi_shim.state.State` (None to stop)."""
+        """Read the records of this `csi_shim.journal.State` (None to stop)."""
         self._state = state
         self.sync()
 

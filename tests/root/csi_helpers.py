@@ -207,7 +207,7 @@ def running_shim(tmp_path, **overrides):
 
 def state_of(server) -> dict:
     """What a restarted shim would load: the snapshot plus the journal, read from disk."""
-    from csi_shim.state import State
+    from csi_shim.journal import State
 
     reader = State(server.config.state_file)
     try:

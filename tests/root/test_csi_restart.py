@@ -17,7 +17,8 @@ import grpc
 import pytest
 
 from csi_shim.server import build_server
-from csi_shim.state import PENDING, State
+from csi_shim.journal import State
+from csi_shim.records import PENDING
 from tests.root.csi_helpers import (Client, ShimProcess, cleanup, loops_under, mounts_at, mounts_under,
                                     shim_config)
 

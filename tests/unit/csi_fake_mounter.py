@@ -23,7 +23,7 @@ from csi_shim.fdpath import KubeletRoot
 from csi_shim.mounter import shared_superblock_conflict
 from csi_shim.plan import MS_BIND, MS_RDONLY, MS_REMOUNT
 from csi_shim.server import ErrorMapping
-from csi_shim.state import State
+from csi_shim.journal import State
 from tests.root.csi_helpers import Client, shim_config
 
 LOOP_MAJOR = 7

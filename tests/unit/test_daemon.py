@@ -242,7 +242,7 @@ def test_levels_of_published_volumes_follow_the_csi_state(tmp_path):
     from agent.avc.applied import AppliedLevels
     from agent.avc.attribution import Attributor
     from agent.avc.records import parse_lines
-    from csi_shim.state import State
+    from csi_shim.journal import State
 
     state = State(str(tmp_path / "csi" / "csi-state.json"))
     attributor = Attributor(proc_root=str(tmp_path / "proc"))
