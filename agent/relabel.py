@@ -165,6 +165,7 @@ class _Root:
     fd: int | None
     path: bytes
     st: os.stat_result
+    mounts: list | None = None  # the mount table read for the identity check; None when it was unreadable
 
     @property
     def walk_arg(self):
@@ -180,21 +181,23 @@ class _Root:
             self.fd = None
 
 
-def _mounts():
+def _mounts() -> list | None:
     from agent.mountinfo import read_mountinfo
 
     try:
         return read_mountinfo()
     except (OSError, ValueError):
-        return []
+        return None
 
 
-def _refuse_by_identity(fd: int, shown: bytes, is_dir: bool, real: bytes | None) -> None:
+def _refuse_by_identity(fd: int, shown: bytes, is_dir: bool, real: bytes | None) -> list | None:
     """`check_identity` for an open root: its mount, and whether it is that mount's root (`..` is on another
-    mount, or is the directory itself) or, for a file, the mount point."""
+    mount, or is the directory itself) or, for a file, the mount point. Returns the mount table it read (None
+    when unreadable), which the walk reuses to look for mount points below the root."""
     from agent import _relabel
 
-    mounts = _mounts()
+    table = _mounts()
+    mounts = table or []
     mount_id = _relabel.mount_id(fd)
     if is_dir:
         here, parent = os.fstat(fd), os.stat("..", dir_fd=fd, follow_symlinks=False)
@@ -204,6 +207,7 @@ def _refuse_by_identity(fd: int, shown: bytes, is_dir: bool, real: bytes | None)
         is_mount_root = real is not None and any(m.mount_id == mount_id and os.fsencode(m.mount_point) == real
                                                  for m in mounts)
     check_identity(fd, shown, mounts, mount_id, is_mount_root)
+    return table
 
 
 def _open_root(path_or_fd) -> _Root:
@@ -228,10 +232,10 @@ def _open_root(path_or_fd) -> _Root:
         if not stat_mod.S_ISDIR(st.st_mode):
             fd = os.open(root, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
             try:
-                _refuse_by_identity(fd, root, False, os.path.realpath(root))
+                table = _refuse_by_identity(fd, root, False, os.path.realpath(root))
             finally:
                 os.close(fd)
-            return _Root(None, root, st)
+            return _Root(None, root, st, table)
         fd = _relabel.open_root(os.path.realpath(root))
     except FileNotFoundError:
         raise InvalidInput(f"relabel: {_show(root)}: no such file or directory") from None
@@ -244,8 +248,8 @@ def _open_root(path_or_fd) -> _Root:
 def _checked_dir(fd: int, shown: bytes) -> _Root:
     """The root for our own directory fd, which is closed when it is refused."""
     try:
-        _refuse_by_identity(fd, shown, True, None)
-        return _Root(fd, shown, os.fstat(fd))
+        table = _refuse_by_identity(fd, shown, True, None)
+        return _Root(fd, shown, os.fstat(fd), table)
     except BaseException:
         os.close(fd)
         raise
@@ -270,15 +274,17 @@ def _filesystem_of(path: bytes) -> str:
     return "filesystem"
 
 
-def mount_points_below(root: bytes, mountinfo: str = "/proc/self/mountinfo") -> bool:
+def mount_points_below(root: bytes, mountinfo: str = "/proc/self/mountinfo", mounts: list | None = None) -> bool:
     """Whether any mount point lies strictly below `root` (then the walker stats files too, to find files
-    mounted over entries). An unreadable mountinfo counts as yes: the stat costs time, not correctness."""
+    mounted over entries), in `mounts` or, when not given, in the table read from `mountinfo`. An unreadable
+    mountinfo counts as yes: the stat costs time, not correctness."""
     from agent.mountinfo import read_mountinfo
 
-    try:
-        mounts = read_mountinfo(mountinfo)
-    except (OSError, ValueError):
-        return True
+    if mounts is None:
+        try:
+            mounts = read_mountinfo(mountinfo)
+        except (OSError, ValueError):
+            return True
     real = os.path.realpath(root).rstrip(b"/") + b"/"
     return any(os.fsencode(m.mount_point).startswith(real) for m in mounts)
 
@@ -387,7 +393,7 @@ def _walk(root: _Root, canonical: bytes, gid: int, read_only: bool, *, threads: 
             real = os.readlink(root.xattr_path)
         except OSError:
             real = b""
-    if not real.startswith(b"/") or mount_points_below(real):
+    if not real.startswith(b"/") or mount_points_below(real, mounts=root.mounts):
         flags |= _relabel.STAT_FILES
     dir_mode, file_mode = fs_group_modes(read_only)
 
