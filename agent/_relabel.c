@@ -123,7 +123,6 @@ struct rl_xattr_args {
 #define F_DRY_RUN 0x02     /* count what would change, write nothing */
 #define F_FORCE_PROC 0x04  /* use the /proc/self/fd fallback even where *xattrat exists */
 #define F_ABORT_FATAL 0x08 /* stop at the first EROFS/ENOTSUP on the root's filesystem */
-#define F_RO_GROUP 0x10    /* unused since the caller passes the modes; kept so the constant stays defined */
 #define F_BLIND 0x20       /* write without reading first (benchmark comparison only) */
 #define F_STAT_FILES 0x40  /* stat non-directories too: a mount point below the root may be a file */
 #define F_NO_LABEL 0x80    /* ownership only: no label is read or written */
@@ -1854,7 +1853,7 @@ PyMODINIT_FUNC PyInit__relabel(void)
     if (PyModule_AddIntConstant(m, "ONE_FS", F_ONE_FS) < 0 || PyModule_AddIntConstant(m, "DRY_RUN", F_DRY_RUN) < 0 ||
         PyModule_AddIntConstant(m, "FORCE_PROC", F_FORCE_PROC) < 0 ||
         PyModule_AddIntConstant(m, "ABORT_FATAL", F_ABORT_FATAL) < 0 ||
-        PyModule_AddIntConstant(m, "RO_GROUP", F_RO_GROUP) < 0 || PyModule_AddIntConstant(m, "BLIND", F_BLIND) < 0 ||
+        PyModule_AddIntConstant(m, "BLIND", F_BLIND) < 0 ||
         PyModule_AddIntConstant(m, "STAT_FILES", F_STAT_FILES) < 0 ||
         PyModule_AddIntConstant(m, "NO_LABEL", F_NO_LABEL) < 0 ||
         PyModule_AddIntConstant(m, "NO_OPENAT2", F_NO_OPENAT2) < 0 ||
