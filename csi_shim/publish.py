@@ -59,13 +59,14 @@ def check_publish_label(state: State, volume_id: str, label: Label | None, reque
 
 # ---- after the mount: relabel walker or fsGroup ------------------------------------------------------------
 
-def relabel_walker():
-    """agent.relabel.relabel, imported when first needed."""
+def walker(name: str, what: str):
+    """`agent.relabel.<name>`, imported when first needed: a checkout whose C walker is not built still
+    serves every volume that needs no walk."""
     try:
-        from agent.relabel import relabel
+        from agent import relabel
     except ImportError as err:
-        raise ContextNotApplied(f"the recursive relabel walker (agent.relabel) is not available: {err}") from None
-    return relabel
+        raise ContextNotApplied(f"the {what} (agent.relabel) is not available: {err}") from None
+    return getattr(relabel, name)
 
 
 def apply_fs_group(path, gid: int, read_only: bool):
@@ -74,11 +75,7 @@ def apply_fs_group(path, gid: int, read_only: bool):
     pass (`agent.relabel.apply_fs_group`): dirfd-relative, never following a symlink the pod swaps in, never
     entering a mount, one filesystem only. `path` is a path or an open directory fd. Entries that failed are
     logged, as kubelet logs them; the volume is still published."""
-    try:
-        from agent.relabel import apply_fs_group as ownership_walk
-    except ImportError as err:
-        raise ContextNotApplied(f"the fsGroup walker (agent.relabel) is not available: {err}") from None
-    stats = ownership_walk(path, gid, read_only=read_only, policy="Always")
+    stats = walker("apply_fs_group", "fsGroup walker")(path, gid, read_only=read_only, policy="Always")
     if stats.errors:
         log.warning("fsGroup %d on %s: %d entries failed (%s); first: %s", gid, stats.path.decode(errors="replace"),
                     stats.errors, ", ".join(f"{k} {v}" for k, v in stats.errors_by_errno.items()),
@@ -111,7 +108,7 @@ def finish_publish(path: str | int, verification: Verification, plan: MountPlan,
                 dropped_hint(config.on_context_dropped, writable))
         raise ContextNotApplied(f"volume {volume_id}: {verification.describe()}{hint}")
     if action == RELABEL:
-        relabel = relabel_walker()
+        relabel = walker("relabel", "recursive relabel walker")
         started = time.monotonic()
         stats = relabel(path, plan.context, threads=config.relabel_threads, one_file_system=True,
                         dry_run=False, fs_group=plan.mount_group, fs_group_policy="Always",
