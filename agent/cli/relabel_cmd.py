@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import sys
 
+from agent.cli.printable import printable
 from agent.numbers import ascii_decimal
 from agent.relabel import FS_GROUP_POLICIES, RelabelProgress, RelabelStats, relabel
 
@@ -111,7 +112,7 @@ def run(args) -> int:
 def print_table(stats: RelabelStats) -> None:
     doc = stats.to_json()
     rows = [
-        ("path", doc["path"]),
+        ("path", printable(doc["path"])),
         ("label", doc["label"]),
         ("mode", "dry run (nothing written)" if stats.dry_run else "relabel"),
         ("entries seen", f"{stats.seen:,}"),
@@ -136,4 +137,5 @@ def print_table(stats: RelabelStats) -> None:
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
     for sample in doc["errorSamples"]:
-        print(f"  {sample['op']}: {sample['path']}: {sample['message']}")
+        # Names below the root are a pod's own bytes: escaped, as avc text output escapes a record's fields.
+        print(f"  {sample['op']}: {printable(sample['path'])}: {sample['message']}")

@@ -951,3 +951,18 @@ def test_floor_modes_set_get_and_compare(tmp_path):
 
     with pytest.raises(ValueError, match="mode 0, 1 or 2"):
         _relabel.floor(dirs, [names], LABEL.encode(), 1, 3)
+
+
+def test_the_table_escapes_names_a_pod_wrote(capsys):
+    # An error sample's path is named by whoever writes the volume: an ESC in it must not reach the terminal.
+    from agent.cli.relabel_cmd import print_table
+    from agent.relabel import ErrorSample, RelabelStats
+
+    name = b"/vol/\x1b]0;pwned\x07\x1b[2J"
+    stats = RelabelStats(path=b"/vol/\x1b[2Jroot", label="system_u:object_r:container_file_t:s0", seen=2,
+                         errors=1, errors_by_errno={"EPERM": 1},
+                         error_samples=(ErrorSample(1, "setxattr", name),))
+    print_table(stats)
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out
+    assert "/vol/\\x1b]0;pwned\\x07\\x1b[2J" in out and "/vol/\\x1b[2Jroot" in out
