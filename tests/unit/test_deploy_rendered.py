@@ -174,7 +174,6 @@ def test_kubelet_dir_component_moves_every_kubelet_path(tmp_path):
     assert paths["registration-dir"] == "/var/lib/k0s/kubelet/plugins_registry"
     agent = next(c for c in spec["containers"] if c["name"] == "agent")
     from agent.cli.main import build_parser
-    sys.path.insert(0, str(Path(__file__).parent))
     from test_deploy import expand
     assert build_parser().parse_args(expand(agent)).kubelet_root == "/var/lib/k0s/kubelet"
     assert {m["mountPath"] for m in agent["volumeMounts"] if m["name"] == "kubelet-dir"} == {"/var/lib/k0s/kubelet"}
