@@ -197,12 +197,18 @@ def _port_is_free(port: int) -> bool:
     return True
 
 
-@pytest.mark.parametrize("case", ["state dir not writable", "port taken"])
+@pytest.mark.parametrize("case", ["state dir not writable", "port taken", "no CAP_AUDIT_READ"])
 def test_start_up_failures_are_one_line_and_exit_2(image, tmp_path, case):
+    arguments = []
     if case == "state dir not writable":
         readonly = tmp_path / "state"
         readonly.mkdir()
         options = ["-v", f"{readonly}:/var/lib/selinux-mount-agent:ro"]
+    elif case == "no CAP_AUDIT_READ":
+        # The image's user on the host network, without the capability the audit multicast group needs.
+        options = ["--network", "host", "--cap-drop", "ALL", "-e",
+                   f"SELINUX_MOUNT_AGENT_METRICS_ADDRESS=127.0.0.1:{free_port()}"]
+        arguments = ["--avc", "netlink"]
     else:
         holder = socket.socket()
         holder.bind(("127.0.0.1", 0))
@@ -210,7 +216,7 @@ def test_start_up_failures_are_one_line_and_exit_2(image, tmp_path, case):
         options = ["--network", "host", "-e",
                    f"SELINUX_MOUNT_AGENT_METRICS_ADDRESS=127.0.0.1:{holder.getsockname()[1]}"]
     try:
-        result = run(*options, podman_image.TAG, "run", "--log-level", "error")
+        result = run(*options, podman_image.TAG, "run", "--log-level", "error", *arguments)
     finally:
         if case == "port taken":
             holder.close()
