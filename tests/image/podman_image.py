@@ -42,12 +42,9 @@ APT_SETTINGS = {
 
 
 def cache_root() -> Path:
-    """$SMA_IMAGE_CACHE, else $XDG_CACHE_HOME/selinux-mount-agent/image, else ~/.cache/selinux-mount-agent/image."""
-    explicit = os.environ.get("SMA_IMAGE_CACHE")
-    if explicit:
-        return Path(explicit)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "selinux-mount-agent" / "image"
+    """$SMA_IMAGE_CACHE, else selinux-mount-agent/image in the user's cache directory (as vm/ keeps its own)."""
+    user_cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(os.environ.get("SMA_IMAGE_CACHE") or os.path.join(user_cache, "selinux-mount-agent", "image"))
 
 
 def podman(*args: str, check: bool = True, timeout: float = 1800, **kwargs) -> subprocess.CompletedProcess:
