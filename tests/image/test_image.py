@@ -137,13 +137,14 @@ def _daemonset_agent():
 
 
 def _tls_apiserver(tmp_path):
-    """The fake API server behind TLS with a certificate for 127.0.0.1, as in-cluster configuration expects."""
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "key.pem", "-out",
+    """The fake API server behind TLS with a certificate for 127.0.0.1, as in-cluster configuration expects; the
+    certificate (its own CA) goes into `tmp_path`, the service account directory, the key beside it."""
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "../server-key.pem", "-out",
                     "ca.crt", "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
                    cwd=tmp_path, check=True, capture_output=True)
     server = FakeAPIServer()
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(tmp_path / "ca.crt", tmp_path / "key.pem")
+    context.load_cert_chain(tmp_path / "ca.crt", tmp_path.parent / "server-key.pem")
     server.httpd.socket = context.wrap_socket(server.httpd.socket, server_side=True)
     return server.start()
 
@@ -183,6 +184,35 @@ def test_the_daemonsets_arguments_start_and_serve_healthz(image, tmp_path):
             FIGURES["daemonset_healthz_seconds"] = container.serves(f"http://127.0.0.1:{port}/healthz")
             assert wait_for(lambda: server.watching() > 0, timeout=30), container.logs()
             assert (tmp_path / "plugin-dir" / "csi.sock").is_socket()
+            assert "Traceback" not in container.logs()
+    finally:
+        server.stop()
+
+
+def test_the_controller_deployments_arguments_start_and_serve_readyz(image, tmp_path):
+    """The controller as deploy/controller runs it: its args, its user, read-only root, in-cluster API."""
+    deployment = yaml.safe_load((ROOT / "deploy/controller/deployment.yaml").read_text())
+    pod = deployment["spec"]["template"]["spec"]
+    (controller,) = pod["containers"]
+    env = {e["name"]: e["value"] for e in controller["env"]}
+    if not _port_is_free(int(env["METRICS_PORT"])):
+        env["METRICS_PORT"] = str(free_port())
+    args = [re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], arg) for arg in controller["args"]]
+    account = tmp_path / "serviceaccount"
+    account.mkdir()
+    server = _tls_apiserver(account)
+    (account / "token").write_text("test-token\n")
+    for path in account.iterdir():
+        os.chmod(path, 0o644)  # the pod's user reads its projected token
+    user = f"{pod['securityContext']['runAsUser']}:{pod['securityContext']['runAsGroup']}"
+    options = ["--user", user, "--network", "host", "--read-only", "--cap-drop", "ALL",
+               "-e", "KUBERNETES_SERVICE_HOST=127.0.0.1", "-e", f"KUBERNETES_SERVICE_PORT={server.httpd.server_address[1]}",
+               "-v", f"{account}:/var/run/secrets/kubernetes.io/serviceaccount:ro"]
+    try:
+        with Container(*options, podman_image.TAG, *args) as container:
+            url = f"http://127.0.0.1:{env['METRICS_PORT']}"
+            FIGURES["controller_healthz_seconds"] = container.serves(f"{url}/healthz")
+            assert wait_for(lambda: healthz(f"{url}/readyz"), timeout=30), container.logs()
             assert "Traceback" not in container.logs()
     finally:
         server.stop()
