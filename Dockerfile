@@ -25,8 +25,9 @@ COPY setup.py README.md ./
 COPY agent ./agent
 COPY csi_shim ./csi_shim
 # Then nothing that does not run: the installer and build backend, the C source (the wheel carries it for
-# sdists), debugging symbols of the wheels' libraries (grpc's alone is 7 MB), pyroute2's console scripts (DHCP client and server detector, ss2: not for a privileged host-network
-# container), the venv's activation scripts.
+# sdists), the symbol tables of the wheels' compiled modules (2.6 MB), pyroute2's console scripts (DHCP client
+# and server detector, ss2: not for a privileged host-network container), the venv's activation scripts, and
+# bytecode (the final stage compiles what is imported).
 RUN /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check --no-deps --no-build-isolation . \
  && /opt/venv/bin/pip uninstall -y --disable-pip-version-check wheel packaging setuptools pip \
  && cd /opt/venv \
@@ -70,7 +71,7 @@ ENV PATH=/opt/venv/bin:$PATH \
 VOLUME /var/lib/selinux-mount-agent
 WORKDIR /var/lib/selinux-mount-agent
 # Non-root by default: the controller and the offline commands need nothing more. The node DaemonSet sets
-# runAsUser: 0 (it mounts), the proxy sidecar too (file capabilities reach only root in Kubernetes runtimes).
+# runAsUser: 0 (it mounts), the proxy sidecar too (added capabilities reach only root in Kubernetes runtimes).
 USER 65532:65532
 EXPOSE 9820
 # No HEALTHCHECK: one image runs three servers (`run` answers /healthz on 9820, `controller` on its own
