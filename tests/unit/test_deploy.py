@@ -261,3 +261,19 @@ def expand(container, node="node-1"):
     """A container's args as kubelet passes them: $(VAR) from the container's env (fieldRefs: the node name)."""
     env = {e["name"]: e.get("value", node) for e in container.get("env", [])}
     return [re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], arg) for arg in container["args"]]
+
+
+def test_the_images_defaults_work_in_a_container():
+    """State and socket at absolute paths under the image's volume, metrics on every address at the exposed
+    port, and `run` accepts them as its environment."""
+    from agent.daemon import resolve_config
+
+    instructions = _instructions()
+    (env_instruction,) = [c for c in instructions if c.cmd.upper() == "ENV"]
+    env = dict(zip(env_instruction.value[::2], env_instruction.value[1::2]))
+    (volume,) = [c.value[0] for c in instructions if c.cmd.upper() == "VOLUME"]
+    (exposed,) = [c.value[0] for c in instructions if c.cmd.upper() == "EXPOSE"]
+    config = resolve_config({}, env)
+    assert config.state_dir == volume
+    assert config.csi_endpoint == f"unix://{volume}/csi.sock"
+    assert config.metrics_address == f"0.0.0.0:{exposed}"
