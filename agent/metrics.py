@@ -7,9 +7,14 @@ from __future__ import annotations
 
 from typing import Callable, Iterable
 
+from prometheus_client import disable_created_metrics
 from prometheus_client.core import GaugeMetricFamily
 
 from agent.conflicts import Conflict
+
+# No `<counter>_created` / `<histogram>_created` series: they double the series count of every counter and
+# histogram and no alert or dashboard reads them. The switch is process-wide, read at each scrape.
+disable_created_metrics()
 
 # kube-controller-manager's selinux-warning-controller (pkg/controller/volume/selinuxwarning/metrics.go).
 VOLUME_CONFLICT = "selinux_warning_controller_selinux_volume_conflict"

@@ -116,7 +116,10 @@ def _prepare_socket(path: str) -> None:
     """Refuse a path that is not a socket, or a socket another process serves (a shim on another state
     directory, which the instance lock does not see). A socket nobody listens on was left by a killed run and
     is replaced by `_bind_socket`; kubelet reconnects by path."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    except OSError as err:
+        raise InvalidInput(f"--csi-endpoint {path}: cannot make its directory: {err.strerror or err}") from None
     try:
         mode = os.lstat(path).st_mode
     except FileNotFoundError:
@@ -141,7 +144,14 @@ def _bind_socket(server, path: str) -> tuple[int, int]:
     _prepare_socket(path)
     # A leading dot: kubelet's plugin watcher ignores such files (pluginwatcher/plugin_watcher.go).
     private = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}~")
-    server.add_insecure_port(f"unix://{private}")
+    try:
+        server.add_insecure_port(f"unix://{private}")
+    except RuntimeError:  # gRPC names no errno: say what a reader can check
+        directory = os.path.dirname(path)
+        reason = ("its directory is not writable" if not os.access(directory, os.W_OK | os.X_OK) else
+                  "the path is too long for a unix socket" if len(private.encode()) >= 108 else
+                  "gRPC could not bind it")
+        raise InvalidInput(f"--csi-endpoint {path}: cannot serve there: {reason}") from None
     os.chmod(private, 0o660)
     identity = os.stat(private)
     os.rename(private, path)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import CounterMetricFamily
 
+import agent.metrics  # noqa: F401 - its import turns off the `_created` series for every metric here too
 from agent.avc.attribution import REASONS
 
 DENIAL_LABELS = ("namespace", "pod", "container", "source_type", "target_type", "tclass", "permission",

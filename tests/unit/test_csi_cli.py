@@ -66,3 +66,20 @@ def test_recover_state_is_in_the_help(capsys):
     with pytest.raises(SystemExit):
         build_parser(["csi"]).parse_args(["csi", "--help"])
     assert "--recover-state" in capsys.readouterr().out
+
+@pytest.mark.parametrize("where", ["too-long", "below-a-file"])
+def test_a_socket_that_cannot_be_bound_stops_csi_with_one_line(tmp_path, capsys, where):
+    """A start-up failure (here: an address the kernel refuses, a directory that cannot be made) is one line
+    naming --csi-endpoint and exit 2, as a container with a read-only or misplaced socket directory meets it."""
+    from agent.cli.main import main
+
+    if where == "too-long":
+        directory = tmp_path / ("d" * 120)
+    else:
+        (tmp_path / "file").write_text("")
+        directory = tmp_path / "file"
+    flags = ["csi", "--csi-endpoint", f"unix://{directory}/csi.sock", "--state-dir", str(tmp_path / "state"),
+             "--kubelet-root", str(tmp_path / "kubelet"), "--node-id", "n1"]
+    assert main(flags) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--csi-endpoint" in err[0] and "Traceback" not in err[0], err
