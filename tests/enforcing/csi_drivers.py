@@ -14,9 +14,16 @@ import time
 
 import pytest
 
-from tests.root.csi_helpers import REPO, Client, ShimProcess, cleanup, loops_under, mounts_under
+from agent.label import Label
+from tests.root.csi_helpers import REPO, Client, ShimProcess, cleanup, context_flag, loops_under, mounts_under
 
 HOSTPATH_DRIVER = "hostpath.csi.k8s.io"
+POD = ("team-a", "web-0")
+
+
+def label_of(path: str) -> Label:
+    """The label the kernel reports for a file (security.selinux, link not followed)."""
+    return Label.parse(os.getxattr(path, "security.selinux", follow_symlinks=False).rstrip(b"\0").decode())
 
 
 def hostpath_binary() -> str:
@@ -81,6 +88,23 @@ def proxy_in_front_of_hostpath(workdir):
         leftovers = mounts_under(workdir)
         cleanup(workdir)
         assert not leftovers and not loops_under(workdir), leftovers
+
+
+def stage_and_publish(client: Client, volume_id: str, label: str, pod_dir: str = "pod-own") -> tuple[str, str]:
+    """kubelet's NodeStage and NodePublish of a volume for a pod whose volumes get `label` by context= mount:
+    the paths kubelet uses, the flag as kubelet writes it; (staging, target)."""
+    staging = client.staging_path(volume_id)
+    target = client.target_path(pod_dir)
+    flags = [context_flag(label)]
+    client.stage(volume_id, staging, flags)
+    client.publish(volume_id, staging, target, flags, pod=POD)
+    return staging, target
+
+
+def unpublish_unstage_delete(client: Client, volume_id: str, staging: str, target: str) -> None:
+    client.unpublish(volume_id, target)
+    client.unstage(volume_id, staging)
+    client.delete(volume_id)
 
 
 def published_record(workdir, target: str) -> dict:

@@ -7,14 +7,16 @@ executes the container's program, and adds `context="<mountLabel>"` to the tmpfs
 is a static busybox labelled container_file_t:s0 (container_t's entrypoint type, at a level every pod level
 dominates), as a container image's files are labelled.
 
-What runc needs on the guest, which has no systemd and runs its tests as kernel_t:
-  - cgroup v2 mounted at /sys/fs/cgroup (the guest's init mounts none; runc's cgroup manager finds the
-    hierarchy by statfs there): mounted for the session when absent, unmounted after;
-  - `--no-new-keyring`: otherwise runc labels a new session keyring with the process label, which needs
-    keyring rules between kernel_t and container_t that no container engine runs as kernel_t to need;
-  - `process.noNewPrivileges` false: with it the kernel allows the kernel_t -> container_t transition only with
-    `nnp_transition`, which the policy grants to container engines' domains, not to kernel_t;
-  - no network namespace (a pod's network is not what these tests are about).
+What runc needed on the guest, which has no systemd and starts its tests from kernel_t (tried on c9s and
+debian, docs/enforcing-vm.md):
+  - cgroup v2 at /sys/fs/cgroup: the guest's init mounts no cgroup file system, and runc then stops with
+    "no cgroup mount found in mountinfo". Mounted here for the module when absent, unmounted after;
+  - `process.noNewPrivileges` false, which is what kubelet asks for unless a container sets
+    allowPrivilegeEscalation: false. Where runc stays kernel_t (debian: refpolicy has no transition into an
+    engine domain for kernel_t) the kernel refuses a no-new-privileges transition into container_t
+    (`nnp_transition` denied, "exec /bin/sh: operation not permitted"); on c9s runc enters
+    container_runtime_t, which may;
+  - nothing else: runc's session keyring, labelled with the process label, works on both.
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ from pathlib import Path
 
 import pytest
 
+from agent.mountinfo import read_mountinfo
+
 CGROUP_ROOT = "/sys/fs/cgroup"
-CGROUP2_MAGIC = 0x63677270
 PT_INTERP = 3
 POD_DOMAIN = "system_u:system_r:container_t"
 POD_FILE = "system_u:object_r:container_file_t"
@@ -46,18 +49,9 @@ def mount_label(level: str) -> str:
 
 
 def is_cgroup2(path: str) -> bool:
-    try:
-        import ctypes
-        import ctypes.util
-
-        class Statfs(ctypes.Structure):
-            _fields_ = [("f_type", ctypes.c_long), ("rest", ctypes.c_byte * 112)]
-
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-        buf = Statfs()
-        return libc.statfs(os.fsencode(path), ctypes.byref(buf)) == 0 and buf.f_type == CGROUP2_MAGIC
-    except OSError:
-        return False
+    """Whether the top-most mount at `path` is a cgroup v2 hierarchy (what runc's cgroup manager looks for)."""
+    found = [m for m in read_mountinfo() if m.mount_point == path]
+    return bool(found) and found[-1].fstype == "cgroup2"
 
 
 def is_static(program: str) -> bool:
@@ -130,7 +124,7 @@ class OCIPods:
         bundle.mkdir()
         (bundle / "config.json").write_text(json.dumps(
             self.config(level, volume, ["sh", "-c", script], f"/sma-test/{name}"), indent=1))
-        return subprocess.run([self.runc, "--root", str(self.state), "run", "--no-new-keyring", "--bundle",
+        return subprocess.run([self.runc, "--root", str(self.state), "run", "--bundle",
                                str(bundle), name], input="", capture_output=True, text=True, timeout=timeout)
 
 

@@ -20,7 +20,8 @@ from agent.label import Label
 
 grpc = pytest.importorskip("grpc", reason="grpcio is not importable here (the CI guest gets the host's copy)")
 try:
-    from tests.root.csi_helpers import REPO, context_flag, mounts_at, running_shim
+    from tests.enforcing.csi_drivers import stage_and_publish, unpublish_unstage_delete
+    from tests.root.csi_helpers import REPO, mounts_at, running_shim
 except ImportError as err:  # protobuf older than the checked-in stubs need
     pytest.skip(f"the CSI stubs do not import here: {err}", allow_module_level=True)
 
@@ -107,11 +108,7 @@ def test_explain_predicts_the_label_the_context_mount_carries(tmp_path):
 
     with running_shim(tmp_path) as (server, client):
         created = client.create("pvc-explain")
-        staging = client.staging_path(created.volume_id)
-        target = client.target_path("db-0")
-        flags = [context_flag(kubelet)]
-        client.stage(created.volume_id, staging, flags)
-        client.publish(created.volume_id, staging, target, flags, pod=("shop", "db-0"))
+        staging, target = stage_and_publish(client, created.volume_id, kubelet, "db-0")
 
         assert mounts_at(target)[0].context == predicted  # the kernel's context of the superblock
         path = os.path.join(target, "written-after-mount")
@@ -120,6 +117,4 @@ def test_explain_predicts_the_label_the_context_mount_carries(tmp_path):
         assert Label.parse(selinux.getfilecon(path)[1]) == predicted
         assert Label.parse(selinux.getfilecon(target)[1]) == predicted
 
-        client.unpublish(created.volume_id, target)
-        client.unstage(created.volume_id, staging)
-        client.delete(created.volume_id)
+        unpublish_unstage_delete(client, created.volume_id, staging, target)

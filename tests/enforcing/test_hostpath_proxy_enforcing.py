@@ -17,8 +17,9 @@ from agent.label import Label
 
 grpc = pytest.importorskip("grpc", reason="grpcio is not importable here (the CI guest gets the host's copy)")
 try:
-    from tests.enforcing.csi_drivers import proxy_in_front_of_hostpath, published_record
-    from tests.root.csi_helpers import LABEL_A, context_flag, mounts_at
+    from tests.enforcing.csi_drivers import (label_of, proxy_in_front_of_hostpath, published_record,
+                                             stage_and_publish, unpublish_unstage_delete)
+    from tests.root.csi_helpers import LABEL_A, mounts_at
 except ImportError as err:  # protobuf older than the checked-in stubs need
     pytest.skip(f"the CSI stubs do not import here: {err}", allow_module_level=True)
 
@@ -26,10 +27,6 @@ pytestmark = pytest.mark.enforcing
 
 OWN, OTHER = "s0:c1,c2", "s0:c3,c4"  # LABEL_A is container_file_t at OWN
 SEED = "there before the pod\n"
-
-
-def label_of(path: str) -> Label:
-    return Label.parse(os.getxattr(path, "security.selinux", follow_symlinks=False).rstrip(b"\0").decode())
 
 
 def test_proxy_relabels_what_hostpath_bind_mounts(tmp_path, confined, kernel_log):
@@ -42,11 +39,7 @@ def test_proxy_relabels_what_hostpath_bind_mounts(tmp_path, confined, kernel_log
         before = label_of(os.path.join(data, "seed"))
         assert before != Label.parse(LABEL_A)  # created in a tmp_t directory: the relabel has work to do
 
-        staging = client.staging_path(volume.volume_id)
-        target = client.target_path("pod-own")
-        flags = [context_flag(LABEL_A)]
-        client.stage(volume.volume_id, staging, flags)
-        client.publish(volume.volume_id, staging, target, flags, pod=("team-a", "web-0"))
+        staging, target = stage_and_publish(client, volume.volume_id, LABEL_A)
 
         # The driver's bind mount of its own directory, as mountinfo shows it: no context on the superblock.
         (entry,) = mounts_at(target)
@@ -69,7 +62,5 @@ def test_proxy_relabels_what_hostpath_bind_mounts(tmp_path, confined, kernel_log
                                    f"tcontext={LABEL_A}")
         assert avcs, "no AVC for the other level's access in the kernel log"
 
-        client.unpublish(volume.volume_id, target)
-        client.unstage(volume.volume_id, staging)
-        client.delete(volume.volume_id)
+        unpublish_unstage_delete(client, volume.volume_id, staging, target)
         assert not os.path.exists(data)

@@ -17,8 +17,9 @@ from agent.mountinfo import parse_mountinfo
 
 grpc = pytest.importorskip("grpc", reason="grpcio is not importable here (the CI guest gets the host's copy)")
 try:
-    from tests.enforcing.csi_drivers import proxy_in_front_of_hostpath, published_record
-    from tests.root.csi_helpers import LABEL_A, context_flag, mounts_at, running_shim
+    from tests.enforcing.csi_drivers import (label_of, proxy_in_front_of_hostpath, published_record,
+                                             stage_and_publish, unpublish_unstage_delete)
+    from tests.root.csi_helpers import LABEL_A, mounts_at, running_shim
 except ImportError as err:  # protobuf older than the checked-in stubs need
     pytest.skip(f"the CSI stubs do not import here: {err}", allow_module_level=True)
 from tests.enforcing.oci_pods import VOLUME_IN_POD, OCIPods, cgroup2_mounted, mount_label, process_label
@@ -41,10 +42,6 @@ def pods(tmp_path_factory):
         pytest.skip("runc is not installed (the CI guest has Debian's, vm/guest-packages.txt)")
     with cgroup2_mounted():
         yield OCIPods(runc, tmp_path_factory.mktemp("oci"))
-
-
-def label_of(path: str) -> Label:
-    return Label.parse(os.getxattr(path, "security.selinux", follow_symlinks=False).rstrip(b"\0").decode())
 
 
 def own_pod_uses_its_volume(pods: OCIPods, volume: str) -> None:
@@ -71,11 +68,7 @@ def test_runc_pod_on_a_context_mounted_volume(tmp_path, pods, kernel_log):
     """The built-in driver stages and publishes with kubelet's `context=`; runc's pods meet the kernel's label."""
     with running_shim(tmp_path) as (server, client):
         volume = client.create("pvc-oci")
-        staging = client.staging_path(volume.volume_id)
-        target = client.target_path("pod-own")
-        flags = [context_flag(LABEL_A)]
-        client.stage(volume.volume_id, staging, flags)
-        client.publish(volume.volume_id, staging, target, flags, pod=("team-a", "web-0"))
+        staging, target = stage_and_publish(client, volume.volume_id, LABEL_A)
         assert mounts_at(target)[0].context == Label.parse(LABEL_A)
         with open(os.path.join(target, "seed"), "w", encoding="utf-8") as handle:
             handle.write(SEED)
@@ -83,9 +76,7 @@ def test_runc_pod_on_a_context_mounted_volume(tmp_path, pods, kernel_log):
         own_pod_uses_its_volume(pods, target)
         other_pod_is_denied(pods, target, kernel_log)
 
-        client.unpublish(volume.volume_id, target)
-        client.unstage(volume.volume_id, staging)
-        client.delete(volume.volume_id)
+        unpublish_unstage_delete(client, volume.volume_id, staging, target)
 
 
 def test_runc_pod_on_a_hostpath_volume_the_proxy_relabelled(tmp_path, pods, kernel_log):
@@ -94,17 +85,11 @@ def test_runc_pod_on_a_hostpath_volume_the_proxy_relabelled(tmp_path, pods, kern
         volume = client.create("pvc-oci-hostpath")
         with open(os.path.join(plugin.volume_dir(volume.volume_id), "seed"), "w", encoding="utf-8") as handle:
             handle.write(SEED)
-        staging = client.staging_path(volume.volume_id)
-        target = client.target_path("pod-own")
-        flags = [context_flag(LABEL_A)]
-        client.stage(volume.volume_id, staging, flags)
-        client.publish(volume.volume_id, staging, target, flags, pod=("team-a", "web-0"))
+        staging, target = stage_and_publish(client, volume.volume_id, LABEL_A)
         record = published_record(tmp_path, target)
         assert (record["verification"], record["action"]) == ("dropped", "relabel")
 
         own_pod_uses_its_volume(pods, target)
         other_pod_is_denied(pods, target, kernel_log)
 
-        client.unpublish(volume.volume_id, target)
-        client.unstage(volume.volume_id, staging)
-        client.delete(volume.volume_id)
+        unpublish_unstage_delete(client, volume.volume_id, staging, target)
