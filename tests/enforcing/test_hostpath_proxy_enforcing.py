@@ -17,7 +17,7 @@ from agent.label import Label
 
 grpc = pytest.importorskip("grpc", reason="grpcio is not importable here (the CI guest gets the host's copy)")
 try:
-    from tests.enforcing.csi_drivers import (label_of, proxy_in_front_of_hostpath, published_record,
+    from tests.root.hostpath_driver import (label_of, proxy_in_front_of_hostpath, published_record,
                                              stage_and_publish, unpublish_unstage_delete)
     from tests.root.csi_helpers import LABEL_A, mounts_at
 except ImportError as err:  # protobuf older than the checked-in stubs need
@@ -30,6 +30,7 @@ SEED = "there before the pod\n"
 
 
 def test_proxy_relabels_what_hostpath_bind_mounts(tmp_path, confined, kernel_log):
+    """hostpath bind-mounts its directory for the pod: the proxy sees no context and relabels."""
     with proxy_in_front_of_hostpath(tmp_path) as (plugin, shim, client):
         volume = client.create("pvc-hostpath")
         data = plugin.volume_dir(volume.volume_id)
@@ -64,3 +65,31 @@ def test_proxy_relabels_what_hostpath_bind_mounts(tmp_path, confined, kernel_log
 
         unpublish_unstage_delete(client, volume.volume_id, staging, target)
         assert not os.path.exists(data)
+
+
+def test_read_only_hostpath_publish_is_relabelled_and_stays_read_only(tmp_path, confined, kernel_log):
+    """A pod's read-only claim: hostpath publishes a read-only bind and stages without a mount, so the proxy
+    relabels the directory through the driver's writable mount of it; the pod reads and cannot write."""
+    with proxy_in_front_of_hostpath(tmp_path) as (plugin, shim, client):
+        volume = client.create("pvc-hostpath-ro")
+        with open(os.path.join(plugin.volume_dir(volume.volume_id), "seed"), "w", encoding="utf-8") as handle:
+            handle.write(SEED)
+        staging, target = stage_and_publish(client, volume.volume_id, LABEL_A, readonly=True)
+
+        (entry,) = mounts_at(target)
+        assert entry.read_only and entry.context is None, entry
+        record = published_record(tmp_path, target)
+        assert (record["verification"], record["action"]) == ("dropped", "relabel")
+        assert label_of(target) == label_of(os.path.join(target, "seed")) == Label.parse(LABEL_A)
+
+        seed = confined.run(OWN, "cat", os.path.join(target, "seed"))
+        assert seed.returncode == 0 and seed.stdout == SEED, seed.stderr
+        wrote = confined.run(OWN, "sh", "-c", f"echo x > {os.path.join(target, 'probe')}")
+        assert wrote.returncode != 0 and "Read-only file system" in wrote.stderr, wrote
+        kernel_log.mark()
+        denied = confined.run(OTHER, "cat", os.path.join(target, "seed"))
+        assert denied.returncode != 0 and "Permission denied" in denied.stderr, denied
+        assert kernel_log.wait_for("avc:  denied", f"scontext=system_u:system_r:container_t:{OTHER}",
+                                   f"tcontext={LABEL_A}"), "no AVC for the other level's access in the kernel log"
+
+        unpublish_unstage_delete(client, volume.volume_id, staging, target)

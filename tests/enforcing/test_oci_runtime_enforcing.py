@@ -17,7 +17,7 @@ from agent.mountinfo import parse_mountinfo
 
 grpc = pytest.importorskip("grpc", reason="grpcio is not importable here (the CI guest gets the host's copy)")
 try:
-    from tests.enforcing.csi_drivers import (label_of, proxy_in_front_of_hostpath, published_record,
+    from tests.root.hostpath_driver import (label_of, proxy_in_front_of_hostpath, published_record,
                                              stage_and_publish, unpublish_unstage_delete)
     from tests.root.csi_helpers import LABEL_A, mounts_at, running_shim
 except ImportError as err:  # protobuf older than the checked-in stubs need

@@ -1,4 +1,4 @@
-"""The CSI plugins the enforcing tests put behind kubelet's calls: csi-driver-host-path (a real driver none of
+"""The CSI plugin the proxy tests put behind kubelet's calls: csi-driver-host-path (a real driver none of
 this project's code wrote) and our shim run through its CLI in front of it, as a node runs them.
 
 hostpathplugin is found at $HOSTPATHPLUGIN (the CI guest's copy, vm/disks.py) or ../shared/tools next to the
@@ -90,14 +90,15 @@ def proxy_in_front_of_hostpath(workdir):
         assert not leftovers and not loops_under(workdir), leftovers
 
 
-def stage_and_publish(client: Client, volume_id: str, label: str, pod_dir: str = "pod-own") -> tuple[str, str]:
+def stage_and_publish(client: Client, volume_id: str, label: str, pod_dir: str = "pod-own",
+                      readonly: bool = False) -> tuple[str, str]:
     """kubelet's NodeStage and NodePublish of a volume for a pod whose volumes get `label` by context= mount:
     the paths kubelet uses, the flag as kubelet writes it; (staging, target)."""
     staging = client.staging_path(volume_id)
     target = client.target_path(pod_dir)
     flags = [context_flag(label)]
     client.stage(volume_id, staging, flags)
-    client.publish(volume_id, staging, target, flags, pod=POD)
+    client.publish(volume_id, staging, target, flags, readonly=readonly, pod=POD)
     return staging, target
 
 
