@@ -68,13 +68,13 @@ spec:
 
 
 def node_contexts_file() -> str:
-    """The file go-selinux reads on this node, chosen by the loaded policy: a targeted node with
-    container-selinux must have its contexts file (its absence is a failure, not a fallback)."""
-    policy_type = selinux.selinux_getpolicytype()[1]
-    if policy_type == "targeted":
+    """The file go-selinux reads on this node: the containers contexts file where it exists, which a targeted
+    node (container-selinux) must have, its absence there being a failure rather than a fallback; else the
+    policy's lxc_contexts (Debian's refpolicy, no container-selinux)."""
+    if selinux.selinux_getpolicytype()[1] == "targeted":
         assert os.path.isfile(CONTAINERS_CONTEXTS), f"a targeted node without {CONTAINERS_CONTEXTS}"
+    if os.path.isfile(CONTAINERS_CONTEXTS):
         return CONTAINERS_CONTEXTS
-    assert not os.path.exists(CONTAINERS_CONTEXTS), f"{CONTAINERS_CONTEXTS} on a {policy_type} node"
     return os.path.join(selinux.selinux_policy_root(), "contexts", "lxc_contexts")
 
 
