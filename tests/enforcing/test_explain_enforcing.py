@@ -18,12 +18,7 @@ import pytest
 
 from agent.label import Label
 
-grpc = pytest.importorskip("grpc", reason="grpcio is not importable here (the CI guest gets the host's copy)")
-try:
-    from tests.root.hostpath_driver import stage_and_publish, unpublish_unstage_delete
-    from tests.root.csi_helpers import REPO, mounts_at, running_shim
-except ImportError as err:  # protobuf older than the checked-in stubs need
-    pytest.skip(f"the CSI stubs do not import here: {err}", allow_module_level=True)
+from tests.enforcing.csi_steps import REPO, mounts_at, running_shim, stage_and_publish, unpublish_unstage_delete
 
 pytestmark = pytest.mark.enforcing
 

@@ -15,18 +15,12 @@ import pytest
 
 from agent.label import Label
 
-grpc = pytest.importorskip("grpc", reason="grpcio is not importable here (the CI guest gets the host's copy)")
-try:
-    from tests.root.hostpath_driver import (label_of, proxy_in_front_of_hostpath, published_record,
-                                             stage_and_publish, unpublish_unstage_delete)
-    from tests.root.csi_helpers import LABEL_A, mounts_at
-except ImportError as err:  # protobuf older than the checked-in stubs need
-    pytest.skip(f"the CSI stubs do not import here: {err}", allow_module_level=True)
+from tests.enforcing.csi_steps import LEVEL_A as OWN, LEVEL_B as OTHER
+from tests.enforcing.csi_steps import (LABEL_A, SEED, label_of, mounts_at, proxy_in_front_of_hostpath,
+                                       published_record, stage_and_publish, unpublish_unstage_delete)
 
 pytestmark = pytest.mark.enforcing
 
-OWN, OTHER = "s0:c1,c2", "s0:c3,c4"  # LABEL_A is container_file_t at OWN
-SEED = "there before the pod\n"
 
 
 def test_proxy_relabels_what_hostpath_bind_mounts(tmp_path, confined, kernel_log):

@@ -19,6 +19,7 @@ from tests.root.csi_helpers import REPO, Client, ShimProcess, cleanup, context_f
 
 HOSTPATH_DRIVER = "hostpath.csi.k8s.io"
 POD = ("team-a", "web-0")
+SEED = "there before the pod\n"  # what a volume holds before its pod starts: the relabel must reach it
 
 
 def label_of(path: str) -> Label:
