@@ -6,6 +6,9 @@ git), so that a C extension built on the host with /usr/bin/python3 travels with
 python3 is the same Debian 3.11, so such a module loads there. If setup.py declares extensions, they are
 built into the copy (never into the working tree) unless the run asks not to.
 
+Programs the tests drive but this project does not build (csi-driver-host-path's plugin) travel on the project
+disk too, in .vm-run/tools, when the host has them.
+
 The guest mounts the project and volume disks with one `context=` label (vm/guest/init), so they need no
 labels of their own.
 """
