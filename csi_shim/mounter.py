@@ -175,6 +175,53 @@ def open_root_of(place: fdpath.Place, entry: Mount) -> int:
     return child
 
 
+def writable_views(entry: Mount, table: list[Mount]) -> list[tuple[Mount, str]]:
+    """Pure: the writable mounts of `entry`'s filesystem whose tree holds `entry`'s root directory, top-most
+    first, each with the path of that directory below the mount's root ("" for the mount's own root).
+
+    A read-only bind mount of a writable filesystem (a driver's read-only publish of a directory) takes no
+    relabel; the same directory reached through one of these can take it. None when the superblock itself is
+    read-only: no view of it takes writes."""
+    if "ro" in entry.super_options:
+        return []
+    views = []
+    for other in reversed(table):
+        if other.major_minor != entry.major_minor or other.read_only or other.mount_id == entry.mount_id:
+            continue
+        base = other.root.rstrip("/")
+        if entry.root == other.root or entry.root.startswith(base + "/"):
+            views.append((other, entry.root[len(base):].strip("/")))
+    return views
+
+
+def open_writable_view(root: int, entry: Mount) -> int | None:
+    """A descriptor of the directory `root` (the root of the read-only mount `entry`) reached through a writable
+    mount of the same filesystem, or None where there is none.
+
+    The path there is taken from mountinfo and walked with no symlink followed; what it leads to is accepted
+    only if it is the very directory `root` is (device and inode) and lies on the writable mount it was looked
+    up through, so a name swapped meanwhile cannot redirect the relabel to another directory. Whoever walks
+    the result must have checked `root` itself first: a view loses what the read-only mount's own source said
+    (a bind of a system directory)."""
+    here = os.fstat(root)
+    for other, inside in writable_views(entry, mounts()):
+        try:
+            base = os.open(other.mount_point, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            view = fdpath.open_beneath(base, inside) if inside else os.dup(base)
+        except OSError:
+            continue
+        finally:
+            os.close(base)
+        found = os.fstat(view)
+        if (found.st_dev, found.st_ino) == (here.st_dev, here.st_ino) and fdpath.mount_id(view) == other.mount_id:
+            return view
+        os.close(view)
+    return None
+
+
 def mounted_here(place: fdpath.Place, entry: Mount | None) -> bool:
     """True when `entry` is listed at the path the CO named: a directory renamed away while it was worked on
     carries its mount to another name, which mountinfo shows."""

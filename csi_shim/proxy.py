@@ -12,7 +12,9 @@ four calls that mount or unmount get the shim's own checks around the forward:
           listed at the path the CO named) is read back from /proc/self/mountinfo and the context
           compared canonically. A dropped context (mount(8) in the plugin's container, a FUSE or network
           filesystem without context support, --strip-context) falls back to the relabel walker on the
-          published path, or fails with FAILED_PRECONDITION (--on-context-dropped=fail); a different context
+          published path (a read-only publish through the writable staging mount, or else through a writable
+          mount of the same directory, as for a driver's read-only bind of a directory), or fails with
+          FAILED_PRECONDITION (--on-context-dropped=fail); a different context
           always fails, and the backend's mount is rolled back so kubelet retries from a clean state.
 
 NodeExpandVolume and NodeGetVolumeStats carry paths as well (volume_path, staging_target_path); they get the
@@ -31,12 +33,13 @@ import grpc
 
 from agent.errors import BackendError, ContextNotApplied
 from agent.mountinfo import Mount
+from agent.system_paths import check_identity
 from csi_shim import mounter as host_mounter
 from csi_shim import validate
 from csi_shim.config import ShimConfig, socket_path
 from csi_shim.fdpath import KubeletRoot
 from csi_shim.locks import VolumeLocks, path_key, volume_key
-from csi_shim.mounter import NO_CONTEXT, NOT_MOUNTED, Verification, classify, mounted_here
+from csi_shim.mounter import DROPPED, NO_CONTEXT, NOT_MOUNTED, Verification, classify, mounted_here
 from csi_shim.plan import FAIL, after_mount, plan_mount, pod_of, without_context
 from csi_shim.proto import csi_pb2
 from csi_shim.publish import check_publish_label, check_stage_label, finish_publish
@@ -216,8 +219,8 @@ class Proxy(grpc.GenericRpcHandler):
             if staged is not None and staged.major_minor == entry.major_minor and not staged.read_only:
                 relabel = (staging, "staging_target_path", staged)
         try:
-            with self._opened_root(*relabel) as root:
-                action = finish_publish(root, verification, plan, self.config, request.volume_id, self.metrics,
+            with self._opened_root(*relabel) as root, self._writable_root(root, relabel[2], verification) as walked:
+                action = finish_publish(walked, verification, plan, self.config, request.volume_id, self.metrics,
                                         self.mounter)
         except BaseException:
             self._undo("NodeUnpublishVolume", undo, "publish")
@@ -234,6 +237,27 @@ class Proxy(grpc.GenericRpcHandler):
             yield root
         finally:
             os.close(root)
+
+    @contextlib.contextmanager
+    def _writable_root(self, root: int, entry: Mount | None, verification: Verification):
+        """What the relabel walks: `root`, or, when its mount is a read-only view of a writable filesystem and
+        no staging mount serves (a driver that publishes a read-only bind of a directory and stages without a
+        mount, as csi-driver-host-path does), the same directory through a writable mount of it. The read-only
+        mount is first checked as the walker would check it, since the view no longer shows what it binds."""
+        if verification.status != DROPPED or entry is None or not entry.read_only:
+            yield root
+            return
+        check_identity(root, verification.path, self.mounter.mounts(), entry.mount_id, True)
+        view = self.mounter.open_writable_view(root, entry)
+        if view is None:
+            yield root
+            return
+        try:
+            log.info("%s is a read-only mount of a writable filesystem; relabelling it through %s",
+                     verification.path, os.readlink(f"/proc/self/fd/{view}"))
+            yield view
+        finally:
+            os.close(view)
 
     def unpublish(self, request, context) -> bytes:
         target = self._resolve(validate.node_unpublish(request, self.config.kubelet_root), "target_path")

@@ -6,6 +6,9 @@ git), so that a C extension built on the host with /usr/bin/python3 travels with
 python3 is the same Debian 3.11, so such a module loads there. If setup.py declares extensions, they are
 built into the copy (never into the working tree) unless the run asks not to.
 
+Programs the tests drive but this project does not build (csi-driver-host-path's plugin) travel on the project
+disk too, in .vm-run/tools, when the host has them.
+
 The guest mounts the project and volume disks with one `context=` label (vm/guest/init), so they need no
 labels of their own.
 """
@@ -130,6 +133,24 @@ def _site_packages(site_dir: Path) -> None:
         "__path__ = __import__('pkgutil').extend_path(__path__, __name__)\n")
 
 
+# Programs the guest tests drive that none of this project builds: name -> environment variable naming a copy.
+# Looked up like tests/root does ($VARIABLE, else ../shared/tools/<name> next to the tree) and copied into
+# .vm-run/tools; run-tests exports $VARIABLE for the guest. Absent ones are left out: their tests skip saying so.
+GUEST_TOOLS = {"hostpathplugin": "HOSTPATHPLUGIN"}
+
+
+def _guest_tools(tools_dir: Path) -> list[str]:
+    copied = []
+    for name, variable in GUEST_TOOLS.items():
+        for candidate in (os.environ.get(variable), PROJECT.parent / "shared" / "tools" / name):
+            if candidate and os.access(candidate, os.X_OK):
+                tools_dir.mkdir(exist_ok=True)
+                shutil.copy(os.path.realpath(candidate), tools_dir / name)
+                copied.append(name)
+                break
+    return copied
+
+
 def project_disk(workdir: Path, image: Path, pytest_args: list[str], env: dict[str, str],
                  build_extensions: bool = True) -> Path:
     tree = workdir / "project"
@@ -142,6 +163,9 @@ def project_disk(workdir: Path, image: Path, pytest_args: list[str], env: dict[s
     run_dir = tree / ".vm-run"
     run_dir.mkdir()
     _site_packages(run_dir / "site")
+    tools = _guest_tools(run_dir / "tools")
+    if tools:
+        print(f"== disks: tools for the guest: {', '.join(tools)}", flush=True)
     (run_dir / "pytest-args").write_text("".join(f"{arg}\n" for arg in pytest_args))
     (run_dir / "env").write_text("".join(f"{key}={value}\n" for key, value in sorted(env.items())))
     used = sum(f.stat().st_size for f in tree.rglob("*") if f.is_file())

@@ -22,6 +22,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 LABEL_A = "system_u:object_r:container_file_t:s0:c1,c2"
 LABEL_A_OTHER_SPELLING = "system_u:object_r:container_file_t:s0:c2,c1"
 LABEL_B = "system_u:object_r:container_file_t:s0:c3,c4"
+LEVEL_A, LEVEL_B = "s0:c1,c2", "s0:c3,c4"  # the levels of LABEL_A and LABEL_B: a pod's and another pod's
 MODE = pb.VolumeCapability.AccessMode
 SIZE = 16 << 20
 

@@ -86,6 +86,9 @@ class FakeMounter:
             raise MountFailed(f"{place.field} {place.given}: the mount there changed during the call")
         return child
 
+    def open_writable_view(self, root: int, entry: Mount) -> int | None:
+        return None  # the fake's mounts are its own table: no second view of a directory to reach
+
     def writable(self, path: str | int) -> bool:
         entry = self.mounted_at(_real(path))
         return entry is None or not entry.read_only

@@ -33,3 +33,22 @@ def test_shared_superblock_conflict():
     # Without SELinux mountinfo shows no context, so only a context it does show can conflict.
     assert mounter.shared_superblock_conflict([line("/k/s")], "7:0", other, "/k/t", selinux=False) is None
     assert mounter.shared_superblock_conflict([line("/k/s")], "7:0", other, "/k/t", selinux=True)
+
+
+def _entry(mount_id: int, root: str, point: str, options: str = "rw", dev: str = "254:0", sup: str = "rw"):
+    return parse_line(f"{mount_id} 1 {dev} {root} {point} {options},relatime - ext4 /dev/vda {sup}")
+
+
+def test_writable_views_of_a_read_only_bind():
+    bind = _entry(50, "/srv/hp/vol-1", "/var/lib/kubelet/pods/p/mount", "ro")
+    table = [_entry(20, "/", "/"), _entry(30, "/srv", "/mnt/srv"), _entry(31, "/srv/other", "/mnt/other"),
+             _entry(40, "/srv", "/mnt/srv-ro", "ro"), _entry(41, "/", "/mnt/disk", dev="8:1"), bind]
+    # top-most first; the read-only, the other device's and the unrelated subtree's mounts are no views
+    assert [(m.mount_id, inside) for m, inside in mounter.writable_views(bind, table)] == [
+        (30, "hp/vol-1"), (20, "srv/hp/vol-1")]
+    same_root = _entry(60, "/srv/hp/vol-1", "/mnt/vol")
+    assert [(m.mount_id, inside) for m, inside in mounter.writable_views(bind, table + [same_root])][0] == (60, "")
+    # a prefix that is not a whole path component is not an ancestor
+    assert mounter.writable_views(_entry(51, "/srv/hp/vol-10", "/t", "ro"), [_entry(32, "/srv/hp/vol-1", "/u")]) == []
+    # a read-only superblock has no writable view at all
+    assert mounter.writable_views(_entry(52, "/srv/hp/vol-1", "/t", "ro", sup="ro"), table) == []

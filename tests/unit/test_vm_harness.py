@@ -136,3 +136,15 @@ def test_the_runner_refuses_an_incomplete_venv_in_one_line_before_anything_slow(
     assert result.returncode == 2, result.stdout + result.stderr
     assert result.stderr.count("\n") == 1 and "make deps" in result.stderr
     assert not (tmp_path / "cache").exists()
+
+
+def test_guest_tools_are_copied_from_the_variable_and_left_out_when_absent(tmp_path, monkeypatch):
+    program = tmp_path / "hostpathplugin-build"
+    program.write_bytes(b"#!/bin/sh\n")
+    program.chmod(0o755)
+    monkeypatch.setenv("HOSTPATHPLUGIN", str(program))
+    assert disks._guest_tools(tmp_path / "tools") == ["hostpathplugin"]
+    assert (tmp_path / "tools" / "hostpathplugin").read_bytes() == b"#!/bin/sh\n"
+    monkeypatch.setenv("HOSTPATHPLUGIN", str(tmp_path / "absent"))
+    monkeypatch.setattr(disks, "PROJECT", tmp_path / "clone")  # no ../shared/tools beside it
+    assert disks._guest_tools(tmp_path / "none") == [] and not (tmp_path / "none").exists()
