@@ -18,6 +18,7 @@ import os
 import stat
 import subprocess
 import threading
+import time
 from dataclasses import dataclass
 
 from agent import host
@@ -370,11 +371,23 @@ def attach_loop(image: str) -> str:
         return out.stdout.strip()
 
 
-def detach_loop(device: str) -> None:
+def detach_loop(device: str, settle: float = 30.0) -> None:
+    """Detach `device` and return once it is free. While another program holds it open (a probe such as blkid)
+    the kernel only marks it for autoclear and frees it at the last close; the volume is not gone until then,
+    so wait up to `settle` seconds and otherwise fail, letting the CO retry."""
     with _loop_lock:
         result = subprocess.run(["losetup", "--detach", device], capture_output=True, text=True, timeout=60)
         if result.returncode != 0 and "No such device" not in result.stderr:
             raise MountFailed(f"losetup --detach {device}: {result.stderr.strip() or result.returncode}")
+        backing = f"{SYS_BLOCK}/{os.path.basename(device)}/loop/backing_file"
+        deadline = time.monotonic() + settle
+        pause = 0.005
+        while os.path.exists(backing):
+            if time.monotonic() >= deadline:
+                raise MountFailed(f"{device} is still attached {settle:g} s after its detach: another program "
+                                  f"holds it open; the kernel frees it when that program closes it")
+            time.sleep(pause)
+            pause = min(pause * 2, 0.25)
 
 
 def detach_image(image: str) -> None:

@@ -168,7 +168,7 @@ class FakeMounter:
             self._next_loop += 1
         return self.loops[image]
 
-    def detach_loop(self, device: str) -> None:
+    def detach_loop(self, device: str, settle: float = 30.0) -> None:
         self.calls.append(("detach", device))
         self.loops = {image: dev for image, dev in self.loops.items() if dev != device}
 
