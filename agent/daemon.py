@@ -25,7 +25,7 @@ from agent import host
 from agent.avc.applied import AppliedLevels
 from agent.errors import InvalidInput
 from agent.http import MetricsServer, Request, Response, health_response, metrics_response
-from agent.kubeapi import KUBE_API_CHOICES
+from agent.kubeconfig import KUBE_API_CHOICES
 from agent.metrics import NodeMetrics
 from agent.numbers import ascii_decimal
 
@@ -103,7 +103,8 @@ def resolve_config(flags: dict, environ: dict, file_text: str | None = None, fil
         raise InvalidInput(f"log_level must be debug, info, warning or error, not {config.log_level!r}")
     if config.avc != "off" and config.avc != "netlink" and not config.avc.startswith("file:"):
         raise InvalidInput(f"avc must be off, netlink or file:PATH, not {config.avc!r}")
-    if config.kube_api not in ("auto", "off", "in-cluster") and not config.kube_api.startswith("kubeconfig:"):
+    if (config.kube_api not in ("auto", "off", "in-cluster", "kubeconfig")
+            and not config.kube_api.startswith("kubeconfig:")):
         raise InvalidInput(f"kube_api must be {KUBE_API_CHOICES}, not {config.kube_api!r}")
     split_address(config.metrics_address)
     return config
@@ -327,7 +328,8 @@ class AVCComponent(Component):
         from agent.avc.attribution import Attributor
         from agent.avc.metrics import AvcMetrics
         from agent.avc.watcher import AvcWatcher, open_source
-        from agent.kubeapi import Client, config_for
+        from agent.kubeapi import Client
+        from agent.kubeconfig import config_for
         from agent.podwatch import PodWatch
 
         api = config_for(self.kube_api)

@@ -20,7 +20,8 @@ from agent.daemon import split_address
 from agent.errors import InvalidInput
 from agent.http import MetricsServer, Request, Response, health_response, metrics_response
 from agent.defaults import load_node_defaults
-from agent.kubeapi import Client, in_cluster_config, kubeconfig_config
+from agent.kubeapi import Client
+from agent.kubeconfig import controller_config
 
 
 def register(subparsers) -> None:
@@ -59,7 +60,7 @@ def answer(registry, controller: ConflictController, request: Request) -> Respon
 def run(args) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     gates = gates_mod.resolve(args.k8s_version, gates_mod.parse_overrides(args.feature_gates))
-    config = kubeconfig_config(args.kubeconfig, args.context) if args.kubeconfig else in_cluster_config()
+    config = controller_config(args.kubeconfig, args.context)
     model = ConflictModel(gates, load_node_defaults(args.defaults_file))
     controller = ConflictController(Client(config), model, emit_events=not args.no_events)
     server = None

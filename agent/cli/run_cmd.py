@@ -30,7 +30,7 @@ def register(subparsers) -> None:
     parser.add_argument("--avc", metavar="off|netlink|file:PATH",
                         help="watch AVC denials from the kernel audit multicast group (needs CAP_AUDIT_READ) or "
                              "an audit log, attribute them to pods and count them (default off)")
-    parser.add_argument("--kube-api", metavar="auto|off|in-cluster|kubeconfig:PATH",
+    parser.add_argument("--kube-api", metavar="auto|off|in-cluster|kubeconfig[:PATH]",
                         help="where to watch this node's pods so AVC denials carry pod names, not only UIDs "
                              "(default auto: in-cluster when KUBERNETES_SERVICE_HOST is set, else off)")
     parser.set_defaults(func=run)

@@ -18,7 +18,8 @@ from agent import gates as gates_mod
 from agent.controller import ConflictController, ConflictModel, conflict_collector, wait_synced
 from agent.defaults import BUILTIN_DEFAULTS
 from agent.errors import InvalidInput
-from agent.kubeapi import Client, kubeconfig_config
+from agent.kubeapi import Client
+from agent.kubeconfig import kubeconfig_config
 from fake_apiserver import FakeAPIServer
 from k8s_builders import csidriver, pod, pv, pvc
 from tests.polling import wait_for
@@ -167,7 +168,7 @@ def test_kubeconfig_errors(tmp_path):
     path.write_text("current-context: x\ncontexts: [{name: x, context: {cluster: c, user: u}}]\n"
                     "clusters: [{name: c, cluster: {server: 'https://k'}}]\n"
                     "users: [{name: u, user: {exec: {command: aws}}}]\n")
-    with pytest.raises(InvalidInput, match="credential plugin"):
+    with pytest.raises(InvalidInput, match="exec apiVersion None is not supported"):
         kubeconfig_config(str(path))
 
 

@@ -39,7 +39,7 @@ def test_layering_file_then_environment_then_flags():
     ("", {"SELINUX_MOUNT_AGENT_STRIP_CONTEXT": "maybe"}, "must be true or false"),
     ("metrics-address: nowhere\n", {}, "is not HOST:PORT"),
     ("key: [unclosed\n", {}, "invalid YAML"),
-    ("kube-api: sometimes\n", {}, "kube_api must be auto|off|in-cluster|kubeconfig:PATH"),
+    ("kube-api: sometimes\n", {}, "kube_api must be auto|off|in-cluster|kubeconfig[:PATH]"),
 ])
 def test_bad_configuration_is_named(text, env, words):
     with pytest.raises(InvalidInput) as info:
