@@ -27,7 +27,6 @@ import threading
 from pathlib import Path
 
 from agent.avc.filesource import read_lines
-from agent.avc.netlink import AuditNetlinkSource
 from agent.avc.watcher import AvcWatcher
 from agent.cli.avc_cmd import add_attribution_arguments, build_attributor
 from agent.cli.printable import printable
@@ -97,6 +96,8 @@ def _collect(args, attributor):
     if args.live:
         if args.duration <= 0:
             raise InvalidInput("--duration must be positive")
+        from agent.avc.netlink import AuditNetlinkSource  # pyroute2: only for --live
+
         source = AuditNetlinkSource().open()
         watcher = AvcWatcher(source, attributor=attributor, callback=keep)
         timer = threading.Timer(args.duration, watcher.stop, kwargs={"timeout": 0})

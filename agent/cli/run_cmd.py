@@ -23,7 +23,7 @@ def register(subparsers) -> None:
                     "front of --backend-endpoint) and /metrics, /healthz and /readyz. Every option has a default "
                     "that works on a laptop; each can also be set in the environment as SELINUX_MOUNT_AGENT_<NAME> "
                     "or in a YAML file given with --config. SIGTERM stops after in-flight calls; SIGHUP reloads.")
-    add_csi_arguments(parser, daemon=True)
+    add_csi_arguments(parser)
     parser.add_argument("--metrics-address", metavar="HOST:PORT",
                         help=f"metrics and health (default {defaults.metrics_address})")
     parser.add_argument("--config", dest="config_file", metavar="FILE", help="YAML file of options")
