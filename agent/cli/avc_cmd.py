@@ -20,6 +20,7 @@ import time
 from typing import TYPE_CHECKING
 
 from agent.avc.attribution import Attributor, PodDirectory, pods_from_json
+from agent.cli.examples import examples
 from agent.cli.printable import printable
 from agent.errors import InvalidInput
 
@@ -54,19 +55,29 @@ def build_attributor(args) -> Attributor:
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "avc", help="watch SELinux AVC denials and the pods they come from",
-        description="Work with SELinux AVC denials as this node sees them.")
+        description="Work with SELinux AVC denials as this node sees them.",
+        **examples(("denials live from the kernel, for one minute", "avc watch --duration 60"),
+                   ("the sample log, with pod names",
+                    "avc watch --source file:examples/audit.log --from-beginning --pod-map examples/pods.json")))
     sub = parser.add_subparsers(dest="avc_command", metavar="ACTION")
     sub.required = True
     watch = sub.add_parser(
         "watch", help="print denials, attributed to pods, as they arrive (bounded)",
         description="Read audit records live from the kernel's audit multicast group (needs CAP_AUDIT_READ "
                     "and the host network namespace) or by following an audit log, and print each AVC "
-                    "denial with the pod it came from. Stops after --count denials or --duration seconds.")
+                    "denial with the pod it came from. Stops after --count denials or --duration seconds; says on "
+                    "stderr where it listens and ends with a summary there.",
+        **examples(("denials live from the kernel, for one minute", "avc watch --duration 60"),
+                   ("the sample log, with pod names",
+                    "avc watch --source file:examples/audit.log --from-beginning --pod-map examples/pods.json"),
+                   ("follow the node's audit log as JSON lines; pods.json: kubectl get pods -A -o json",
+                    "avc watch --source file:/var/log/audit/audit.log -o json --pod-map pods.json")))
     watch.add_argument("--source", default="netlink", metavar="netlink|file:PATH",
                        help="netlink (default) or file:/var/log/audit/audit.log")
     watch.add_argument("--from-beginning", action="store_true",
                        help="with file:PATH, read the file from its start instead of from its end")
-    watch.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    watch.add_argument("-o", "--output", choices=("text", "json"), default="text",
+                       help="one line per denial (default), or one JSON object per line")
     watch.add_argument("--count", type=int, default=100, help="stop after this many denials (default 100)")
     watch.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     watch.add_argument("--all", action="store_true", help="also print granted (auditallow) records")

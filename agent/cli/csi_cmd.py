@@ -18,6 +18,7 @@ import os
 import signal
 import threading
 
+from agent.cli.examples import examples
 from agent.daemon import DaemonConfig, configure_logging, shim_config
 
 
@@ -28,7 +29,16 @@ def register(subparsers) -> None:
                     "built-in driver of loop-backed ext4/xfs volumes that mounts with kubelet's context= flag "
                     "through mount(2) and verifies it. With --backend-endpoint: a proxy in front of another CSI "
                     "node plugin that checks each context= mount against /proc/self/mountinfo and relabels or "
-                    "fails when the context did not take.")
+                    "fails when the context did not take.",
+        **examples(("the built-in driver, state and socket in ./state", "csi"),
+                   ("as a node plugin, where kubelet looks for it",
+                    "csi --csi-endpoint unix:///var/lib/kubelet/plugins/local.selinux-mount-agent.io/csi.sock \\\n"
+                    "      --state-dir /var/lib/selinux-mount-agent"),
+                   ("a proxy in front of another driver that rejects context=",
+                    "csi --csi-endpoint unix:///csi/csi.sock --backend-endpoint unix:///csi/backend.sock \\\n"
+                    "      --strip-context"),
+                   ("rebuild a state file the shim refuses to start on",
+                    "csi --state-dir /var/lib/selinux-mount-agent --recover-state")))
     add_csi_arguments(parser)
     parser.add_argument("--recover-state", action="store_true",
                         help="do not serve: when the state file cannot be loaded (the shim refuses to start on "
