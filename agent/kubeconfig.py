@@ -215,8 +215,9 @@ def config_from(merged: dict, context: str | None, where: str) -> ClusterConfig:
     plugin = exec_plugin(user["exec"], user_name, user_path) if user.get("exec") is not None else None
     return ClusterConfig(
         server=cluster["server"].rstrip("/"),
+        # As client-go: with both, the token is the fallback and the file, read again each minute, wins.
         token=user.get("token") or None,
-        token_file=None if user.get("token") else (user.get("tokenFile") or None),
+        token_file=user.get("tokenFile") or None,
         ca_file=cluster.get("certificate-authority"),
         cert_file=user.get("client-certificate"),
         key_file=user.get("client-key"),

@@ -310,3 +310,21 @@ def test_controller_with_an_exec_plugin_from_merged_kubeconfig_files(tmp_path, a
     assert "plugin ran" in stderr and "Traceback" not in stderr
     assert {h.get("Authorization") for h in api.headers} == {"Bearer tok-1"}
     assert len(runs(tmp_path)) == 1
+
+
+def test_with_token_and_token_file_the_file_wins_and_the_token_is_the_fallback(tmp_path, api):
+    api.tokens = {"tok-1", "from-file"}
+    token_file = tmp_path / "token"
+    token_file.write_text("from-file\n")
+    path = tmp_path / "config"
+    path.write_text(json.dumps({
+        "current-context": "c", "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}],
+        "clusters": [{"name": "k", "cluster": {"server": api.url}}],
+        "users": [{"name": "u", "user": {"token": "tok-1", "tokenFile": "token"}}]}))
+    clock = Clock(now=0.0)
+    client = Client(kubeconfig_config(str(path)), clock=clock)
+    client.get("/api/v1/pods")
+    token_file.unlink()
+    clock.now += 60
+    client.get("/api/v1/pods")  # the file is gone: the last token read from it stays
+    assert [h["Authorization"] for h in api.headers] == ["Bearer from-file", "Bearer from-file"]
