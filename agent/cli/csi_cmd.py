@@ -59,8 +59,9 @@ def add_csi_arguments(parser) -> None:
     parser.add_argument("--backend-endpoint", metavar="unix:///PATH.sock",
                         help="forward every call to this CSI node plugin (proxy mode)")
     parser.add_argument("--state-dir", metavar="DIR",
-                        help=f"state file and, for the built-in driver, volume images (default: ./{defaults.state_dir}; "
-                             "its csi/ subdirectory when an earlier version kept the state there)")
+                        help="state file and, for the built-in driver, volume images (default: "
+                             f"./{defaults.state_dir}; its csi/ subdirectory when an earlier version kept the state "
+                             "there)")
     parser.add_argument("--kubelet-root", metavar="DIR",
                         help="kubelet --root-dir; staging and target paths must be below it (default: "
                              f"{defaults.kubelet_root})")

@@ -40,8 +40,8 @@ if os.environ.get("CERT_DIR"):
                "clientKeyData": open(os.environ["CERT_DIR"] + "/client.key").read()}}
 if os.environ.get("EXPIRES"):
     status["expirationTimestamp"] = os.environ["EXPIRES"]
-print(json.dumps({{"apiVersion": os.environ.get("ANSWER_VERSION") or json.loads(os.environ["KUBERNETES_EXEC_INFO"])["apiVersion"],
-                  "kind": "ExecCredential", "status": status}}))
+version = os.environ.get("ANSWER_VERSION") or json.loads(os.environ["KUBERNETES_EXEC_INFO"])["apiVersion"]
+print(json.dumps({{"apiVersion": version, "kind": "ExecCredential", "status": status}}))
 """
 
 
