@@ -20,8 +20,8 @@ RUN python3 -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.tom
       > /tmp/requirements.txt \
  && python3 -m venv --system-site-packages /opt/venv \
  && /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check -r /tmp/requirements.txt \
-      'setuptools>=68' wheel
-COPY setup.py README.md ./
+      'setuptools>=77' wheel
+COPY setup.py README.md LICENSE ./
 COPY agent ./agent
 COPY csi_shim ./csi_shim
 # Then nothing that does not run: the installer and build backend, the C source (the wheel carries it for

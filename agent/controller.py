@@ -25,6 +25,7 @@ from agent.errors import InvalidInput
 from agent.gates import FeatureGates
 from agent.kubeapi import APIError, Client, follow
 from agent.metrics import VolumeConflictCollector
+from agent.retry import Backoff, FailureStreak
 
 log = logging.getLogger("selinux-mount-agent.controller")
 
@@ -239,8 +240,10 @@ def event_for(conflict: Conflict, component: str = "selinux-mount-agent") -> dic
 class ConflictController:
     """list+watch of the four kinds, each in its own thread, feeding one model under one lock."""
 
-    def __init__(self, client: Client, model: ConflictModel, emit_events: bool = True, watch_timeout: int = 300):
+    def __init__(self, client: Client, model: ConflictModel, emit_events: bool = True, watch_timeout: int = 300,
+                 backoff: Backoff = Backoff()):
         self.client, self.model = client, model
+        self.backoff = backoff
         self.emit_events = emit_events
         self.watch_timeout = watch_timeout
         self.lock = threading.Lock()
@@ -249,6 +252,8 @@ class ConflictController:
         self._listed: set[str] = set()
         self._stop = threading.Event()
         self.errors = 0
+        # The four watches fail together when the API server goes away: one line for all of them.
+        self.streak = FailureStreak(f"API server {client.config.server}")
 
     def stop(self) -> None:
         self._stop.set()
@@ -272,14 +277,11 @@ class ConflictController:
                 self.synced.set()
 
         follow(self.client, path, listed, lambda event, obj: self._handle(lambda: self.model.apply(kind, event, obj)),
-               self._stop, watch_timeout=self.watch_timeout, on_error=self._failed)
+               self._stop, watch_timeout=self.watch_timeout, streak=self.streak, on_error=self._failed,
+               backoff=self.backoff)
 
     def _failed(self, err: Exception) -> None:
         self.errors += 1
-        if isinstance(err, APIError):
-            log.warning("%s", err)
-        else:
-            log.error("watch failed: %r", err, exc_info=err)
 
     def _handle(self, change) -> None:
         """Apply a change; once every kind has been listed, post an Event for each conflict not reported yet."""

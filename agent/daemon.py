@@ -25,7 +25,7 @@ from agent import host
 from agent.avc.applied import AppliedLevels
 from agent.errors import InvalidInput
 from agent.http import MetricsServer, Request, Response, health_response, metrics_response
-from agent.kubeapi import KUBE_API_CHOICES
+from agent.kubeconfig import KUBE_API_CHOICES
 from agent.metrics import NodeMetrics
 from agent.numbers import ascii_decimal
 
@@ -35,7 +35,7 @@ ENV_PREFIX = "SELINUX_MOUNT_AGENT_"
 
 @dataclass(frozen=True)
 class DaemonConfig:
-    csi_endpoint: str = "unix://state/csi.sock"
+    csi_endpoint: str | None = None  # unix://<state_dir>/csi.sock
     backend_endpoint: str | None = None
     state_dir: str = "state"
     kubelet_root: str = "/var/lib/kubelet"
@@ -103,7 +103,8 @@ def resolve_config(flags: dict, environ: dict, file_text: str | None = None, fil
         raise InvalidInput(f"log_level must be debug, info, warning or error, not {config.log_level!r}")
     if config.avc != "off" and config.avc != "netlink" and not config.avc.startswith("file:"):
         raise InvalidInput(f"avc must be off, netlink or file:PATH, not {config.avc!r}")
-    if config.kube_api not in ("auto", "off", "in-cluster") and not config.kube_api.startswith("kubeconfig:"):
+    if (config.kube_api not in ("auto", "off", "in-cluster", "kubeconfig")
+            and not config.kube_api.startswith("kubeconfig:")):
         raise InvalidInput(f"kube_api must be {KUBE_API_CHOICES}, not {config.kube_api!r}")
     split_address(config.metrics_address)
     return config
@@ -267,21 +268,32 @@ def csi_state_dir(state_dir: str) -> str:
     return earlier if any(n.startswith("csi-state.") or n == "volumes" for n in names) else base
 
 
+def shim_config(config: DaemonConfig, state_dir: str | None = None):
+    """The CSI shim's configuration from the options `run` and `csi` share, resolved the same way for both:
+    relative paths against the working directory, the socket `csi.sock` in the state directory unless
+    --csi-endpoint says otherwise, the state in `csi_state_dir`. `state_dir` overrides that last choice."""
+    from csi_shim.config import ShimConfig
+
+    endpoint = config.csi_endpoint or "unix://" + os.path.join(config.state_dir, "csi.sock")
+    path = endpoint.removeprefix("unix://").removeprefix("unix:")
+    if endpoint.startswith("unix:") and path and not path.startswith("/"):
+        endpoint = "unix://" + os.path.abspath(path)
+    return ShimConfig(
+        csi_endpoint=endpoint, backend_endpoint=config.backend_endpoint,
+        state_dir=state_dir or csi_state_dir(config.state_dir),
+        kubelet_root=os.path.abspath(config.kubelet_root), node_id=config.node_id,
+        strip_context=config.strip_context, on_context_dropped=config.on_context_dropped)
+
+
 class CSIComponent(Component):
     """The CSI shim: the built-in driver, or a proxy when a backend endpoint is set."""
 
     name = "csi"
 
     def __init__(self, daemon: "Daemon"):
-        from csi_shim.config import ShimConfig, socket_path
+        from csi_shim.config import socket_path
 
-        config = daemon.config
-        path = config.csi_endpoint.removeprefix("unix://").removeprefix("unix:")
-        self.shim_config = ShimConfig(
-            csi_endpoint="unix://" + os.path.abspath(path), backend_endpoint=config.backend_endpoint,
-            state_dir=csi_state_dir(config.state_dir),
-            kubelet_root=os.path.abspath(config.kubelet_root), node_id=config.node_id,
-            strip_context=config.strip_context, on_context_dropped=config.on_context_dropped)
+        self.shim_config = shim_config(daemon.config)
         self.socket = socket_path(self.shim_config.csi_endpoint, "--csi-endpoint")
         self.metrics = daemon.metrics
         self.levels = daemon.applied_levels
@@ -327,7 +339,8 @@ class AVCComponent(Component):
         from agent.avc.attribution import Attributor
         from agent.avc.metrics import AvcMetrics
         from agent.avc.watcher import AvcWatcher, open_source
-        from agent.kubeapi import Client, config_for
+        from agent.kubeapi import Client
+        from agent.kubeconfig import config_for
         from agent.podwatch import PodWatch
 
         api = config_for(self.kube_api)

@@ -1,32 +1,37 @@
 """A small Kubernetes API client: list, watch and create, over HTTPS with the standard library.
 
-Enough for the agent's controllers (Pods, PVCs, PVs, CSIDrivers; Events) without a large client library.
-Configuration comes from the pod's service account (in-cluster) or from a kubeconfig file (token, basic client
-certificate and CA; exec credential plugins are not supported and say so).
+Enough for the agent's controllers (Pods, PVCs, PVs, CSIDrivers; Events) without a large client library (the
+reasons are in docs/kubernetes-api.md). Where the configuration comes from is agent/kubeconfig.py; exec
+credential plugins run in agent/execcred.py. Bearer tokens are read per request: a token file is read again
+every minute (projected service account tokens rotate), an exec credential is renewed when it expires or the
+server answers 401 to it.
 
-Certificates and keys embedded in a kubeconfig (`*-data`) stay in memory. The CA is handed to ssl as data; ssl
-reads a client certificate and key only from files, so those are written to a private directory (0700, files
-0600) for the one call that loads them and removed right after: no client key is left on disk.
+Certificates and keys embedded in a kubeconfig (`*-data`) or printed by an exec plugin stay in memory. The CA is
+handed to ssl as data; ssl reads a client certificate and key only from files, so those are written to a
+private directory (0700, files 0600) for the one call that loads them and removed right after: no client key is
+left on disk.
 """
 
 from __future__ import annotations
 
-import base64
 import http.client
 import json
+import logging
 import os
-import binascii
+import random
 import shutil
 import ssl
 import tempfile
+import threading
+import time
 import urllib.parse
-from dataclasses import dataclass, field
-
-import yaml
 
 from agent.errors import AgentError, InvalidInput
+from agent.kubeconfig import ClusterConfig
+from agent.retry import Backoff, FailureStreak
 
-SERVICE_ACCOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
+log = logging.getLogger("selinux-mount-agent.kubeapi")
+TOKEN_FILE_REREAD_SECONDS = 60.0  # client-go's cachingTokenSource re-reads a token file each minute
 
 
 class APIError(AgentError):
@@ -37,44 +42,6 @@ class APIError(AgentError):
     def __init__(self, message: str, status: int = 0):
         super().__init__(message)
         self.status = status
-
-
-@dataclass(frozen=True)
-class ClusterConfig:
-    server: str  # https://host:port or http://host:port
-    token: str | None = None
-    ca_file: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
-    insecure: bool = False
-    # Embedded (kubeconfig `*-data`, decoded) instead of a file; each wins over its file when set.
-    ca_data: bytes | None = field(default=None, repr=False)
-    cert_data: bytes | None = field(default=None, repr=False)
-    key_data: bytes | None = field(default=None, repr=False)
-
-
-def in_cluster_config(root: str = SERVICE_ACCOUNT) -> ClusterConfig:
-    host, port = os.environ.get("KUBERNETES_SERVICE_HOST"), os.environ.get("KUBERNETES_SERVICE_PORT", "443")
-    if not host:
-        raise InvalidInput("not running in a cluster: KUBERNETES_SERVICE_HOST is not set (use --kubeconfig)")
-    try:
-        with open(os.path.join(root, "token"), encoding="utf-8") as handle:
-            token = handle.read().strip()
-    except OSError as err:
-        raise InvalidInput(f"cannot read the service account token: {err.strerror}") from None
-    if ":" in host:
-        host = f"[{host}]"
-    return ClusterConfig(f"https://{host}:{port}", token=token, ca_file=os.path.join(root, "ca.crt"))
-
-
-def _decode(data_b64, path: str, field_name: str) -> bytes | None:
-    """A kubeconfig `*-data` value: base64 of PEM."""
-    if not data_b64:
-        return None
-    try:
-        return base64.b64decode(data_b64, validate=True)
-    except (binascii.Error, TypeError, ValueError):
-        raise InvalidInput(f"kubeconfig {path}: {field_name} is not base64") from None
 
 
 def load_client_cert(context: ssl.SSLContext, cert: bytes | str, key: bytes | str | None) -> None:
@@ -99,97 +66,110 @@ def load_client_cert(context: ssl.SSLContext, cert: bytes | str, key: bytes | st
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def kubeconfig_config(path: str, context: str | None = None) -> ClusterConfig:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            document = yaml.safe_load(handle) or {}
-    except (OSError, yaml.YAMLError) as err:
-        raise InvalidInput(f"cannot read kubeconfig {path}: {err}") from None
-    name = context or document.get("current-context")
-    contexts = {c.get("name"): c.get("context") or {} for c in document.get("contexts") or ()}
-    if name not in contexts:
-        raise InvalidInput(f"kubeconfig {path}: context {name!r} not found")
-    ctx = contexts[name]
-    clusters = {c.get("name"): c.get("cluster") or {} for c in document.get("clusters") or ()}
-    users = {u.get("name"): u.get("user") or {} for u in document.get("users") or ()}
-    cluster, user = clusters.get(ctx.get("cluster")), users.get(ctx.get("user"), {})
-    if cluster is None or not cluster.get("server"):
-        raise InvalidInput(f"kubeconfig {path}: cluster {ctx.get('cluster')!r} has no server")
-    if "exec" in user or "auth-provider" in user:
-        raise InvalidInput(f"kubeconfig {path}: user {ctx.get('user')!r} uses a credential plugin, which is not "
-                           "supported; use a token or a client certificate")
-    base = os.path.dirname(os.path.abspath(path))
-
-    def relative(value):
-        return os.path.join(base, value) if value and not os.path.isabs(value) else value
-
-    return ClusterConfig(
-        server=cluster["server"].rstrip("/"),
-        token=user.get("token"),
-        ca_file=relative(cluster.get("certificate-authority")),
-        cert_file=relative(user.get("client-certificate")),
-        key_file=relative(user.get("client-key")),
-        insecure=bool(cluster.get("insecure-skip-tls-verify")),
-        ca_data=_decode(cluster.get("certificate-authority-data"), path, "certificate-authority-data"),
-        cert_data=_decode(user.get("client-certificate-data"), path, "client-certificate-data"),
-        key_data=_decode(user.get("client-key-data"), path, "client-key-data"),
-    )
-
-
-KUBE_API_CHOICES = "auto|off|in-cluster|kubeconfig:PATH"
-
-
-def config_for(spec: str, environ=None) -> ClusterConfig | None:
-    """Where the node agent finds the API: `auto` (in-cluster when KUBERNETES_SERVICE_HOST is set, else none),
-    `off`, `in-cluster`, or `kubeconfig:PATH`. None means: work without an API."""
-    environ = os.environ if environ is None else environ
-    if spec == "off" or (spec == "auto" and not environ.get("KUBERNETES_SERVICE_HOST")):
-        return None
-    if spec in ("auto", "in-cluster"):
-        return in_cluster_config()
-    if spec.startswith("kubeconfig:") and spec[len("kubeconfig:"):]:
-        return kubeconfig_config(spec[len("kubeconfig:"):])
-    raise InvalidInput(f"kube_api must be {KUBE_API_CHOICES}, not {spec!r}")
-
-
 class Client:
     """One connection per request; watches keep theirs open while they are read."""
 
-    def __init__(self, config: ClusterConfig, timeout: float = 30.0):
+    def __init__(self, config: ClusterConfig, timeout: float = 30.0, clock=time.monotonic, credentials=None):
         self.config = config
         self.timeout = timeout
+        self.clock = clock
         parsed = urllib.parse.urlsplit(config.server)
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
             raise InvalidInput(f"API server address {config.server!r} is not an http(s) URL")
         self._scheme, self._host, self._port = parsed.scheme, parsed.hostname, parsed.port
         self._prefix = parsed.path.rstrip("/")
-        self._ssl = None
-        if self._scheme == "https":
-            try:
-                if config.ca_data:
-                    context = ssl.create_default_context(cadata=config.ca_data.decode("ascii", "replace"))
-                else:
-                    context = ssl.create_default_context(cafile=config.ca_file)
-                if config.insecure:
-                    context.check_hostname = False
-                    context.verify_mode = ssl.CERT_NONE
-                cert = config.cert_data or config.cert_file
-                if cert:
-                    load_client_cert(context, cert, config.key_data or config.key_file)
-            except (ssl.SSLError, OSError) as err:
-                raise InvalidInput(f"cannot load the TLS certificates for {config.server}: {err}") from None
-            self._ssl = context
+        self._ssl = self._tls_context(config.cert_data or config.cert_file, config.key_data or config.key_file)
+        self._exec_ssl: tuple | None = None  # (credential, context) for an exec plugin's client certificate
+        self._token_read: tuple[float, str | None] | None = None
+        self._lock = threading.Lock()
+        if credentials is None and config.exec_plugin is not None:
+            from agent.execcred import ExecCredentials
+            credentials = ExecCredentials(config)
+        self.credentials = credentials
 
-    def _connection(self, timeout: float | None):
+    def _tls_context(self, cert, key):
+        if self._scheme != "https":
+            return None
+        config = self.config
+        try:
+            if config.ca_data:
+                context = ssl.create_default_context(cadata=config.ca_data.decode("ascii", "replace"))
+            else:
+                context = ssl.create_default_context(cafile=config.ca_file)
+            if config.insecure:
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+            if cert:
+                load_client_cert(context, cert, key)
+        except (ssl.SSLError, OSError) as err:
+            raise InvalidInput(f"cannot load the TLS certificates for {config.server}: {err}") from None
+        return context
+
+    def _file_token(self) -> str | None:
+        """The token file's content, read again once a minute; the last good one while it cannot be read."""
+        now = self.clock()
+        with self._lock:
+            if self._token_read is not None and now - self._token_read[0] < TOKEN_FILE_REREAD_SECONDS:
+                return self._token_read[1]
+            previous = self._token_read[1] if self._token_read else self.config.token
+            try:
+                with open(self.config.token_file, encoding="utf-8") as handle:
+                    token = handle.read().strip() or previous
+            except OSError as err:
+                if previous is None:
+                    raise APIError(f"cannot read the token file {self.config.token_file}: {err.strerror}") from None
+                token = previous
+            self._token_read = (now, token)
+            return token
+
+    def _authentication(self):
+        """(bearer token or None, ssl context, exec credential or None) for the next request."""
+        if self.credentials is not None:
+            credential = self.credentials.current()
+            context = self._ssl
+            if credential.cert_data:
+                with self._lock:
+                    if self._exec_ssl is None or self._exec_ssl[0] is not credential:
+                        self._exec_ssl = (credential, self._tls_context(credential.cert_data, credential.key_data))
+                    context = self._exec_ssl[1]
+            return credential.token, context, credential
+        if self.config.token_file:
+            return self._file_token(), self._ssl, None
+        return self.config.token, self._ssl, None
+
+    def _connection(self, timeout: float | None, context):
         if self._scheme == "https":
-            return http.client.HTTPSConnection(self._host, self._port, timeout=timeout, context=self._ssl)
+            return http.client.HTTPSConnection(self._host, self._port, timeout=timeout, context=context)
         return http.client.HTTPConnection(self._host, self._port, timeout=timeout)
 
     def _request(self, method: str, path: str, body: dict | None = None, timeout: float | None = None):
-        connection = self._connection(self.timeout if timeout is None else timeout)
+        connection, response, credential = self._send(method, path, body, timeout)
+        if response.status == 401 and (credential is not None or self.config.token_file):
+            # A renewed credential may work where the old one expired early: ask for a new one, try once more.
+            response.read()
+            connection.close()
+            if credential is not None:
+                self.credentials.refused(credential)
+            else:
+                with self._lock:
+                    self._token_read = None
+            connection, response, _ = self._send(method, path, body, timeout)
+        if response.status >= 400:
+            text = response.read().decode(errors="replace")
+            connection.close()
+            try:
+                message = json.loads(text).get("message", text)
+            except (ValueError, AttributeError):
+                message = text
+            raise APIError(f"{method} {path}: {response.status} {message.strip()[:300]}", response.status)
+        return connection, response
+
+    def _send(self, method: str, path: str, body: dict | None, timeout: float | None):
+        token, context, credential = self._authentication()
+        connection = self._connection(self.timeout if timeout is None else timeout, context)
         headers = {"Accept": "application/json", "User-Agent": "selinux-mount-agent"}
-        if self.config.token:
-            headers["Authorization"] = f"Bearer {self.config.token}"
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
         payload = None
         if body is not None:
             payload = json.dumps(body).encode()
@@ -200,15 +180,7 @@ class Client:
         except OSError as err:
             connection.close()
             raise APIError(f"{method} {path}: cannot reach the API server {self.config.server}: {err}") from None
-        if response.status >= 400:
-            text = response.read().decode(errors="replace")
-            connection.close()
-            try:
-                message = json.loads(text).get("message", text)
-            except ValueError:
-                message = text
-            raise APIError(f"{method} {path}: {response.status} {message.strip()[:300]}", response.status)
-        return connection, response
+        return connection, response, credential
 
     def get(self, path: str) -> dict:
         connection, response = self._request("GET", path)
@@ -237,12 +209,17 @@ class Client:
                 return items, (page.get("metadata") or {}).get("resourceVersion", "")
 
     def watch(self, path: str, resource_version: str, timeout_seconds: int = 300, params: dict | None = None):
-        """Yield (type, object) watch events until the server ends the watch. A 410 Gone raises APIError with
-        status 410: the caller lists again."""
+        """Start a watch; once the server has accepted it (so a caller knows the API answers before the first
+        event arrives), return an iterator of (type, object) events that ends when the server ends the watch.
+        A 410 Gone raises APIError with status 410: the caller lists again."""
         query = {**(params or {}), "watch": "1", "allowWatchBookmarks": "true",
                  "timeoutSeconds": str(timeout_seconds), "resourceVersion": resource_version}
         connection, response = self._request("GET", f"{path}?{urllib.parse.urlencode(query)}",
                                              timeout=timeout_seconds + 30)
+        return self._events(path, connection, response)
+
+    @staticmethod
+    def _events(path, connection, response):
         try:
             for line in response:
                 if not line.strip():
@@ -258,29 +235,51 @@ class Client:
 
 
 def follow(client: Client, path: str, on_list, on_event, stop, *, params: dict | None = None,
-           watch_timeout: int = 300, on_error=None, retry_after: float = 2.0) -> None:
+           watch_timeout: int = 300, streak: FailureStreak | None = None, on_error=None,
+           backoff: Backoff = Backoff(), fraction=random.random) -> None:
     """list+watch one collection until `stop` (a threading.Event) is set: `on_list(items)` after every (re)list,
-    `on_event(type, object)` for each ADDED/MODIFIED/DELETED. An expired watch (410 Gone) lists again at once;
-    other failures call `on_error(exception)` and retry after `retry_after` seconds, so a flaky API server or a
-    malformed object never ends the loop."""
+    `on_event(type, object)` for each ADDED/MODIFIED/DELETED. An expired watch (410 Gone) lists again at once.
+    Other failures call `on_error(exception)` and retry after `backoff.delay(attempt, fraction())`, attempt
+    counting the failures since a watch was last accepted, so a flaky API server or a malformed object never ends
+    the loop and a long outage is retried about once a minute. `streak` (shared by the watches of one process)
+    logs one line when failures start and one when they end."""
+    streak = streak if streak is not None else FailureStreak(f"watch {path}")
+    attempt = 0
     while not stop.is_set():
         try:
             items, version = client.list(path, params)
             on_list(items)
             while not stop.is_set():
-                for event, obj in client.watch(path, version, watch_timeout, params):
+                events = client.watch(path, version, watch_timeout, params)
+                attempt = 0
+                _log(streak.succeeded(path), logging.INFO)
+                for event, obj in events:
                     if stop.is_set():
                         return
                     version = (obj.get("metadata") or {}).get("resourceVersion", version)
                     if event in ("ADDED", "MODIFIED", "DELETED"):
                         on_event(event, obj)
-        except APIError as err:
-            if err.status == 410:
+        except AgentError as err:  # the API's answer, an exec plugin's failure, its unusable certificate
+            if getattr(err, "status", 0) == 410:
                 continue
-            if on_error is not None:
-                on_error(err)
-            stop.wait(retry_after)
-        except Exception as err:  # noqa: BLE001 - reported through on_error; the loop goes on
-            if on_error is not None:
-                on_error(err)
-            stop.wait(retry_after)
+            attempt += 1
+            _failed(streak, path, err, on_error, attempt)
+            stop.wait(backoff.delay(attempt, fraction()))
+        except Exception as err:  # noqa: BLE001 - reported through the streak; the loop goes on
+            attempt += 1
+            _failed(streak, path, err, on_error, attempt, unexpected=True)
+            stop.wait(backoff.delay(attempt, fraction()))
+
+
+def _log(line: str | None, level: int, exc_info=None) -> None:
+    if line is not None:
+        log.log(level, "%s", line, exc_info=exc_info)
+
+
+def _failed(streak: FailureStreak, path: str, err: Exception, on_error, attempt: int, unexpected=False) -> None:
+    line = streak.failed(path, f"{path}: {err}" if unexpected else err)
+    _log(line, logging.ERROR if unexpected else logging.WARNING, exc_info=err if unexpected else None)
+    if unexpected and line is None:
+        log.debug("%s: attempt %d failed: %r", path, attempt, err)
+    if on_error is not None:
+        on_error(err)

@@ -16,6 +16,7 @@ from collections import OrderedDict
 
 from agent.avc.attribution import PodDirectory, PodRef, pods_from_json
 from agent.kubeapi import Client, follow
+from agent.retry import FailureStreak
 
 log = logging.getLogger("selinux-mount-agent.podwatch")
 
@@ -110,7 +111,8 @@ class PodWatch:
     def _run(self) -> None:
         params = {"fieldSelector": f"spec.nodeName={self.node_name}"}
         follow(self.client, PODS, self._listed, self.pods.apply, self._stop, params=params,
-               watch_timeout=self.watch_timeout, on_error=self._failed)
+               watch_timeout=self.watch_timeout, streak=FailureStreak(f"pod watch for node {self.node_name}"),
+               on_error=self._failed)
 
     def _listed(self, items: list[dict]) -> None:
         self.pods.replace(items)
@@ -121,4 +123,3 @@ class PodWatch:
     def _failed(self, err: Exception) -> None:
         self.errors += 1
         self.last_error = str(err)
-        log.warning("pod watch for node %s: %s", self.node_name, err)

@@ -2,7 +2,9 @@
 
 It keeps objects per collection path, numbers every change with a resourceVersion, pushes watch events to open
 watches, and records created Events and request headers so tests can assert on them. Of the field selectors it
-knows `spec.nodeName=<node>`, the one a node agent uses.
+knows `spec.nodeName=<node>`, the one a node agent uses. With `tokens` it answers 401 to a request whose bearer
+token is not one of them; with `tls` (a server ssl.SSLContext) it serves HTTPS and records the common name of
+each client certificate (None without one) in `peers`.
 """
 
 import json
@@ -30,7 +32,10 @@ COLLECTIONS = {
 
 
 class FakeAPIServer:
-    def __init__(self):
+    def __init__(self, tokens=None, tls=None):
+        self.tokens = tokens
+        self.peers = []
+        self.tls = tls
         self.lock = threading.Lock()
         self.version = 1
         self.objects = {path: {} for path in COLLECTIONS.values()}
@@ -47,8 +52,25 @@ class FakeAPIServer:
             def log_message(self, *args):
                 pass
 
-            def do_GET(self):
+            def _refused(self):
+                """Record the request; answer 401 and say so when its credentials are not accepted."""
                 server.headers.append(dict(self.headers))
+                if server.tls is not None:
+                    subject = dict(item[0] for item in (self.connection.getpeercert() or {}).get("subject", ()))
+                    server.peers.append(subject.get("commonName"))
+                if server.tokens is None:
+                    return False
+                authorization = self.headers.get("Authorization", "")
+                if authorization.startswith("Bearer ") and authorization[len("Bearer "):] in server.tokens:
+                    return False
+                if server.tls is not None and server.peers[-1] is not None:
+                    return False  # a client certificate the CA signed authenticates on its own
+                self._json(401, {"kind": "Status", "code": 401, "message": "Unauthorized"})
+                return True
+
+            def do_GET(self):
+                if self._refused():
+                    return
                 parsed = urllib.parse.urlsplit(self.path)
                 query = urllib.parse.parse_qs(parsed.query)
                 if parsed.path not in server.objects:
@@ -64,7 +86,8 @@ class FakeAPIServer:
                                         "metadata": {"resourceVersion": version}})
 
             def do_POST(self):
-                server.headers.append(dict(self.headers))
+                if self._refused():
+                    return
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
                 if not self.path.endswith("/events"):
                     return self._json(404, {"kind": "Status", "code": 404, "message": "not found"})
@@ -111,11 +134,14 @@ class FakeAPIServer:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
+        if tls is not None:
+            self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True)
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
     @property
     def url(self):
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.httpd.server_address[1]}"
 
     def start(self):
         self.thread.start()

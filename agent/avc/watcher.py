@@ -17,7 +17,6 @@ from typing import Callable, Iterable
 from agent.avc.attribution import Attribution, Attributor
 from agent.avc.filesource import AuditLogFollower
 from agent.avc.metrics import AvcMetrics
-from agent.avc.netlink import AuditNetlinkSource
 from agent.avc.records import Denial, EventAssembler
 from agent.errors import InvalidInput
 
@@ -181,6 +180,9 @@ class AvcWatcher:
 def open_source(spec: str, from_beginning: bool = False):
     """`netlink` or `file:PATH` → a source object (iterable with stop())."""
     if spec == "netlink":
+        # pyroute2 is imported only by the commands that read the kernel: `--help` and file sources do without it.
+        from agent.avc.netlink import AuditNetlinkSource
+
         return AuditNetlinkSource().open()
     if spec.startswith("file:") and len(spec) > 5:
         return AuditLogFollower(spec[5:], from_beginning=from_beginning)

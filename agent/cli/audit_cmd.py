@@ -17,6 +17,7 @@ import json
 import sys
 
 from agent.audit import AuditReport, audit
+from agent.cli.examples import examples
 from agent.cli.model_options import add_indent_argument, add_model_arguments, build_node
 from agent.cluster import Cluster
 from agent.manifests import batch_run, load_files
@@ -35,9 +36,15 @@ def register(subparsers) -> None:
                     "in principle. Exit code 0: nothing breaks; 1: something breaks; 2: bad input (a malformed object, "
                     "or a file with no document at all, such as the empty file a failed `kubectl get ... > FILE` "
                     "leaves; an empty List is a valid dump with nothing to report). Objects that appear more than "
-                    "once (the same file given twice, overlapping dumps) count once: the last copy read wins.")
+                    "once (the same file given twice, overlapping dumps) count once: the last copy read wins.",
+        **examples(("check a dump before the upgrade to 1.37",
+                    "audit -f cluster.json  # kubectl get pods,pvc,pv,csidrivers -A -o json > cluster.json"),
+                   ("the patches that fix what breaks", "audit -f cluster.json --remediate patches"),
+                   ("the controller's metric, for a one-off scrape", "audit -f cluster.json -o prometheus")))
     add_model_arguments(parser)
-    parser.add_argument("-o", "--output", choices=("table", "json", "prometheus"), default="table")
+    parser.add_argument("-o", "--output", choices=("table", "json", "prometheus"), default="table",
+                        help="a table of conflicts and verdicts per workload (default), JSON, or the upstream "
+                             "controller's metric in the Prometheus text format")
     add_indent_argument(parser)
     parser.add_argument("--remediate", choices=FORMATS,
                         help="print YAML that fixes the conflicts instead of the report: strategic-merge patches "

@@ -15,12 +15,14 @@ import threading
 from prometheus_client import CollectorRegistry
 
 from agent import gates as gates_mod
+from agent.cli.examples import examples
 from agent.controller import ConflictController, ConflictModel, conflict_collector
 from agent.daemon import split_address
 from agent.errors import InvalidInput
 from agent.http import MetricsServer, Request, Response, health_response, metrics_response
 from agent.defaults import load_node_defaults
-from agent.kubeapi import Client, in_cluster_config, kubeconfig_config
+from agent.kubeapi import Client
+from agent.kubeconfig import controller_config
 
 
 def register(subparsers) -> None:
@@ -28,19 +30,28 @@ def register(subparsers) -> None:
         "controller", help="watch the cluster and report SELinux volume conflicts as Events and a metric",
         description="Live form of `audit`: list+watch Pods, PVCs, PVs and CSIDrivers, post an Event "
                     "(SELinuxLabelConflict, SELinuxChangePolicyConflict) on both pods of each new conflict, and "
-                    "serve selinux_warning_controller_selinux_volume_conflict on /metrics.")
+                    "serve selinux_warning_controller_selinux_volume_conflict on /metrics. The API is found as "
+                    "kubectl finds it: --kubeconfig, KUBECONFIG, the service account in a pod, ~/.kube/config.",
+        **examples(("from a workstation, with kubectl's configuration (exec plugins included)", "controller"),
+                   ("one context of one file, without posting Events",
+                    "controller --kubeconfig ~/.kube/prod.yaml --context prod --no-events"),
+                   ("in the cluster, as deploy/controller runs it",
+                    "controller --metrics-address 0.0.0.0:9809 --k8s-version 1.37")))
     parser.add_argument("--kubeconfig", metavar="PATH",
-                        help="kubeconfig file; without it the pod's service account is used (in-cluster)")
+                        help="kubeconfig file; without it: the files KUBECONFIG names, the pod's service account "
+                             "in a cluster, else ~/.kube/config")
     parser.add_argument("--context", help="kubeconfig context (default: its current-context)")
     parser.add_argument("--k8s-version", default=gates_mod.DEFAULT_VERSION, metavar="1.MINOR",
                         help="Kubernetes version whose gates decide eligibility (default %(default)s)")
-    parser.add_argument("--feature-gates", default="", metavar="Gate=bool,...")
+    parser.add_argument("--feature-gates", default="", metavar="Gate=bool,...",
+                        help="override gates as the cluster's --feature-gates do, e.g. SELinuxMount=true")
     parser.add_argument("--defaults-file", metavar="PATH", help="contexts file with the nodes' container labels")
     parser.add_argument("--metrics-address", default="127.0.0.1:9809", metavar="HOST:PORT",
                         help="where /metrics, /healthz and /readyz are served (default %(default)s; empty to "
                              "disable)")
     parser.add_argument("--no-events", action="store_true", help="do not post Events, only serve the metric")
-    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
+                        help="least severe messages logged (default: info)")
     parser.set_defaults(func=run)
 
 
@@ -59,7 +70,7 @@ def answer(registry, controller: ConflictController, request: Request) -> Respon
 def run(args) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     gates = gates_mod.resolve(args.k8s_version, gates_mod.parse_overrides(args.feature_gates))
-    config = kubeconfig_config(args.kubeconfig, args.context) if args.kubeconfig else in_cluster_config()
+    config = controller_config(args.kubeconfig, args.context)
     model = ConflictModel(gates, load_node_defaults(args.defaults_file))
     controller = ConflictController(Client(config), model, emit_events=not args.no_events)
     server = None

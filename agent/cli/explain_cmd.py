@@ -15,6 +15,7 @@ import json
 import sys
 
 from agent import host
+from agent.cli.examples import examples
 from agent.cli.model_options import add_indent_argument, add_model_arguments, build_node
 from agent.cluster import Cluster
 from agent.manifests import batch_run, load_files
@@ -26,14 +27,19 @@ def register(subparsers) -> None:
         "explain", help="show, per pod volume, whether kubelet mounts with context= or relabels, and why",
         description="Decide for each volume of each pod what kubelet does on an SELinux node: a context= "
                     "mount (constant time), a recursive relabel by the container runtime, or nothing. "
-                    "Follows KEP-1710 and the feature gates of the chosen Kubernetes version.")
+                    "Follows KEP-1710 and the feature gates of the chosen Kubernetes version.",
+        **examples(("the bundled example cluster on the default version (1.37)", "explain -f examples/cluster.yaml"),
+                   ("a live cluster on 1.36, as JSON",
+                    "explain -f <(kubectl get pods,pvc,pv,csidrivers -A -o json) --k8s-version 1.36 -o json"),
+                   ("with a gate turned on", "explain -f cluster.yaml --feature-gates SELinuxMount=true")))
     add_model_arguments(parser)
     enabled = parser.add_mutually_exclusive_group()
     enabled.add_argument("--selinux-enabled", dest="selinux", action="store_true", default=None,
                          help="model a node with SELinux enabled (the default)")
     enabled.add_argument("--selinux-disabled", dest="selinux", action="store_false",
                          help="model a node without SELinux: nothing is labelled")
-    parser.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    parser.add_argument("-o", "--output", choices=("table", "json"), default="table",
+                        help="a table with the reasons under each volume (default), or JSON")
     add_indent_argument(parser)
     parser.set_defaults(func=run)
 

@@ -10,6 +10,7 @@ import importlib
 import sys
 
 from agent import __version__
+from agent.cli.examples import examples
 from agent.errors import AgentError
 
 # Each module has `register(subparsers)`, which adds its parser and sets `func(args) -> int`.
@@ -42,6 +43,10 @@ def build_parser(argv=None) -> argparse.ArgumentParser:
         prog="selinux-mount-agent",
         description="SELinux volume labelling for Kubernetes nodes: context= mounts where kubelet's "
         "KEP-1710 rules allow them, a fast race-safe relabel where they do not.",
+        **examples(("what kubelet does with each volume of the bundled example cluster",
+                    "explain -f examples/cluster.yaml"),
+                   ("the node agent with defaults that work on a laptop", "run"),
+                   ("the options of one command", "audit --help")),
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -27,9 +27,9 @@ import threading
 from pathlib import Path
 
 from agent.avc.filesource import read_lines
-from agent.avc.netlink import AuditNetlinkSource
 from agent.avc.watcher import AvcWatcher
 from agent.cli.avc_cmd import add_attribution_arguments, build_attributor
+from agent.cli.examples import examples
 from agent.cli.printable import printable
 from agent.errors import InvalidInput
 from agent.outfiles import Output, refuse_existing, write_outputs
@@ -42,7 +42,11 @@ FORMATS = {"te": ("te",), "cil": ("cil",), "both": ("te", "cil")}
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "policy", help="generate, build and install SELinux modules from AVC denials (audit2allow for pods)",
-        description="Turn the AVC denials of a workload into an SELinux policy module.")
+        description="Turn the AVC denials of a workload into an SELinux policy module.",
+        **examples(("a module for the shop namespace from the sample log",
+                    "policy generate --from examples/audit.log --namespace shop --module shop_web \\\n"
+                    "      --pod-map examples/pods.json"),
+                   ("install a module built with --build", "policy install shop_web.pp")))
     sub = parser.add_subparsers(dest="policy_command", metavar="ACTION")
     sub.required = True
 
@@ -52,7 +56,12 @@ def register(subparsers) -> None:
                     ".te in the audit2allow form (grants the access to the domains as they are) and/or CIL "
                     "in the udica form (a new domain NAME.process inheriting 'container'). Dangerous "
                     "grants are refused and listed on stderr. Exit 0: written; 1: nothing to allow; "
-                    "2: bad input.")
+                    "2: bad input.",
+        **examples(("a module for the shop namespace from the sample log",
+                    "policy generate --from examples/audit.log --namespace shop --module shop_web \\\n"
+                    "      --pod-map examples/pods.json"),
+                   ("two minutes of live denials of one workload, as .te and CIL, compiled",
+                    "policy generate --live --duration 120 --workload web --module web --format both --build")))
     source = gen.add_mutually_exclusive_group(required=True)
     source.add_argument("--from", dest="from_file", metavar="FILE",
                         help="an audit.log, dmesg or journal dump ('-' for standard input)")
@@ -78,7 +87,9 @@ def register(subparsers) -> None:
         description="Run `semodule -X PRIORITY -i FILE`, check that the module is listed at that priority and "
                     "that the store's copy is this file (not an older one of the same name). A CIL module that "
                     "inherits the `container` template goes in with container-selinux's base_container.cil "
-                    "when that is not installed yet. Needs an SELinux host; elsewhere it says so and exits 2.")
+                    "when that is not installed yet. Needs an SELinux host; elsewhere it says so and exits 2.",
+        **examples(("install a module built with policy generate --build", "policy install shop_web.pp"),
+                   ("a CIL module at a priority of its own", "policy install web.cil --priority 300")))
     inst.add_argument("file", metavar="FILE", help="NAME.pp or NAME.cil")
     inst.add_argument("--priority", type=int, default=DEFAULT_PRIORITY,
                       help=f"semodule priority (default {DEFAULT_PRIORITY}, the container-tooling priority)")
@@ -97,6 +108,8 @@ def _collect(args, attributor):
     if args.live:
         if args.duration <= 0:
             raise InvalidInput("--duration must be positive")
+        from agent.avc.netlink import AuditNetlinkSource  # pyroute2: only for --live
+
         source = AuditNetlinkSource().open()
         watcher = AvcWatcher(source, attributor=attributor, callback=keep)
         timer = threading.Timer(args.duration, watcher.stop, kwargs={"timeout": 0})

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import sys
 
+from agent.cli.examples import examples
 from agent.cli.printable import printable
 from agent.numbers import ascii_decimal
 from agent.relabel import FS_GROUP_POLICIES, RelabelProgress, RelabelStats, relabel
@@ -47,8 +48,14 @@ def register(subparsers) -> None:
                     "volume for a pod (`:Z`), but in parallel, without following symlinks, without rewriting "
                     "entries that are already right, and never entering a mount point below PATH. System "
                     "directories are refused, also by another name (a bind mount, /proc/PID/root). The root is "
-                    "labelled last. With --fs-group, kubelet's fsGroup ownership is applied in the same pass.")
-    parser.add_argument("path", metavar="PATH")
+                    "labelled last. With --fs-group, kubelet's fsGroup ownership is applied in the same pass.",
+        **examples(("label a volume for a pod with categories c1,c2",
+                    "relabel /srv/volumes/data --label system_u:object_r:container_file_t:s0:c1,c2"),
+                   ("count what would change, as JSON", "relabel /srv/volumes/data -l LABEL --dry-run -o json"),
+                   ("label and apply fsGroup 2000 unless the root already has both",
+                    "relabel /srv/volumes/data -l LABEL --fs-group 2000 --fs-group-policy OnRootMismatch")))
+    parser.add_argument("path", metavar="PATH",
+                        help="the volume's root directory; system directories are refused, also by another name")
     parser.add_argument("--label", "-l", required=True, help="full context, e.g. system_u:object_r:container_file_t:s0:c1,c2")
     parser.add_argument("--threads", "-j", type=_positive_int, default=None, help="worker threads (default: CPUs)")
     parser.add_argument("--dry-run", "-n", action="store_true", help="count what would change, change nothing")
@@ -66,7 +73,8 @@ def register(subparsers) -> None:
     parser.add_argument("--read-only", action="store_true", help="fsGroup on a read-only volume: group r, not rw")
     parser.add_argument("--no-compare", dest="compare", action="store_false",
                         help="write every label without reading it first (like chcon -R; changes ctimes)")
-    parser.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    parser.add_argument("-o", "--output", choices=("table", "json"), default="table",
+                        help="a summary table with error samples (default), or JSON")
     parser.set_defaults(func=run)
 
 

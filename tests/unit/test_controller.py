@@ -1,6 +1,7 @@
 """agent/controller.py and `selinux-mount-agent controller`: the live model against a real HTTP API server."""
 
 import gzip
+import logging
 import os
 import signal
 import subprocess
@@ -18,7 +19,9 @@ from agent import gates as gates_mod
 from agent.controller import ConflictController, ConflictModel, conflict_collector, wait_synced
 from agent.defaults import BUILTIN_DEFAULTS
 from agent.errors import InvalidInput
-from agent.kubeapi import Client, kubeconfig_config
+from agent.kubeapi import Client
+from agent.kubeconfig import kubeconfig_config
+from agent.retry import Backoff
 from fake_apiserver import FakeAPIServer
 from k8s_builders import csidriver, pod, pv, pvc
 from tests.polling import wait_for
@@ -167,7 +170,7 @@ def test_kubeconfig_errors(tmp_path):
     path.write_text("current-context: x\ncontexts: [{name: x, context: {cluster: c, user: u}}]\n"
                     "clusters: [{name: c, cluster: {server: 'https://k'}}]\n"
                     "users: [{name: u, user: {exec: {command: aws}}}]\n")
-    with pytest.raises(InvalidInput, match="credential plugin"):
+    with pytest.raises(InvalidInput, match="exec apiVersion None is not supported"):
         kubeconfig_config(str(path))
 
 
@@ -365,3 +368,28 @@ def test_storage_changes_reevaluate_only_the_pods_that_use_them():
     assert model.evaluations == before
     model.replace("PersistentVolumeClaim", [pvc(modes=["ReadWriteMany"])])
     assert model.evaluations == before + 2 and set(model.unresolved) == {"ns/q0", "ns/q1"}
+
+
+def test_an_unreachable_api_is_one_warning_for_all_four_watches_and_one_line_when_it_is_back(api, kubeconfig, caplog):
+    """The four watches fail together when the API server refuses them; the log says so once, not four lines per
+    retry, and once more with the number of failed attempts when every watch works again."""
+    api.tokens = set()  # every request refused
+    model = ConflictModel(gates_mod.resolve("1.37"), BUILTIN_DEFAULTS)
+    controller = ConflictController(Client(kubeconfig_config(kubeconfig)), model, watch_timeout=5,
+                                    backoff=Backoff(base=0.01, cap=0.05))
+    thread = threading.Thread(target=controller.run, daemon=True)
+    with caplog.at_level(logging.INFO, logger="selinux-mount-agent.kubeapi"):
+        thread.start()
+        try:
+            assert wait_for(lambda: controller.errors >= 12)
+            api.tokens = {"secret-token"}
+            assert wait_synced(controller, 20)
+            assert wait_for(lambda: any("working again" in r.getMessage() for r in caplog.records))
+        finally:
+            controller.stop()
+            thread.join(10)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "401 Unauthorized; retrying with backoff" in warnings[0]
+    [back] = [r.getMessage() for r in caplog.records if "working again" in r.getMessage()]
+    assert back.startswith(f"API server {api.url}: working again after ")
+    assert int(back.split("after ")[1].split()[0]) >= 12

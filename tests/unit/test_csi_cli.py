@@ -1,6 +1,7 @@
 import pytest
 
 from agent.cli.main import build_parser
+from argparse_tree import command, option_help
 from agent.cli.csi_cmd import config_from_args
 from agent.errors import InvalidInput
 from csi_shim.config import ShimConfig, socket_path
@@ -83,3 +84,36 @@ def test_a_socket_that_cannot_be_bound_stops_csi_with_one_line(tmp_path, capsys,
     assert main(flags) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--csi-endpoint" in err[0] and "Traceback" not in err[0], err
+
+
+def test_csi_and_run_share_their_defaults(tmp_path, monkeypatch):
+    """One set of defaults for the shim's options, whichever command serves it: the state in ./state, the socket
+    csi.sock inside it, resolved against the working directory (csi once required --csi-endpoint and kept its
+    state elsewhere)."""
+    from agent.cli import csi_cmd
+    from agent.daemon import DaemonConfig, shim_config
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(csi_cmd, "EARLIER_STATE_DIR", str(tmp_path / "earlier"))
+    from_csi = config_from_args(build_parser().parse_args(["csi"]))
+    from_run = shim_config(DaemonConfig())
+    assert from_csi == from_run
+    assert (from_csi.state_dir, from_csi.csi_endpoint) == (str(tmp_path / "state"), f"unix://{tmp_path}/state/csi.sock")
+    moved = config_from_args(build_parser().parse_args(["csi", "--state-dir", "/srv/sma"]))
+    assert (moved.state_dir, moved.csi_endpoint) == ("/srv/sma", "unix:///srv/sma/csi.sock")
+    csi_help, run_help = command("csi").format_help(), command("run").format_help()
+    for flag in ("--state-dir", "--csi-endpoint", "--kubelet-root", "--on-context-dropped", "--log-level"):
+        assert option_help(csi_help, flag) == option_help(run_help, flag)
+
+
+def test_csi_keeps_using_the_state_its_earlier_default_held(tmp_path, monkeypatch):
+    from agent.cli import csi_cmd
+
+    earlier = tmp_path / "var-lib-csi"
+    (earlier / "volumes").mkdir(parents=True)
+    monkeypatch.setattr(csi_cmd, "EARLIER_STATE_DIR", str(earlier))
+    monkeypatch.chdir(tmp_path)
+    assert config_from_args(build_parser().parse_args(["csi"])).state_dir == str(earlier)
+    # Named explicitly, --state-dir wins.
+    assert config_from_args(build_parser().parse_args(["csi", "--state-dir", "/x"])).state_dir == "/x"
+

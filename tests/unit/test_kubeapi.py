@@ -4,17 +4,17 @@ import base64
 import http.server
 import json
 import os
-import shutil
 import ssl
 import stat
-import subprocess
 import tempfile
 import threading
 
 import pytest
 
 from agent.errors import InvalidInput
-from agent.kubeapi import Client, kubeconfig_config
+from agent.kubeapi import Client
+from agent.kubeconfig import kubeconfig_config
+from pki import make_pki, server_context
 
 
 def b64(data: bytes) -> str:
@@ -77,26 +77,9 @@ def test_data_that_is_not_base64_is_bad_input(tmp_path):
         kubeconfig_config(path)
 
 
-def _openssl(*args, cwd):
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
 @pytest.fixture
 def pki(tmp_path):
-    """A CA, a server certificate for 127.0.0.1 and a client certificate, made with the openssl command."""
-    if not shutil.which("openssl"):
-        pytest.skip("needs the openssl command")
-    d = tmp_path / "pki"
-    d.mkdir()
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
-             "-subj", "/CN=test-ca", cwd=d)
-    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
-    for name, subject, ext in (("server", "/CN=127.0.0.1", ["-extfile", "san.ext"]), ("client", "/CN=auditor", [])):
-        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
-                 "-subj", subject, cwd=d)
-        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-                 "-out", f"{name}.crt", "-days", "2", *ext, cwd=d)
-    return d
+    return make_pki(tmp_path)
 
 
 def test_embedded_client_certificate_authenticates_over_tls(tmp_path, private_tmp, pki):
@@ -116,11 +99,8 @@ def test_embedded_client_certificate_authenticates_over_tls(tmp_path, private_tm
             self.wfile.write(body)
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(pki / "server.crt", pki / "server.key")
-    context.load_verify_locations(pki / "ca.crt")
-    context.verify_mode = ssl.CERT_REQUIRED  # no client certificate, no connection
-    server.socket = context.wrap_socket(server.socket, server_side=True)
+    # No client certificate, no connection.
+    server.socket = server_context(pki, require_client_cert=True).wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

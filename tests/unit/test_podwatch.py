@@ -3,7 +3,8 @@
 from types import SimpleNamespace
 
 from agent.avc.attribution import Attributor
-from agent.kubeapi import Client, ClusterConfig
+from agent.kubeapi import Client
+from agent.kubeconfig import ClusterConfig
 from agent.podwatch import NodePods, PodWatch, pod_ref
 from tests.fake_apiserver import FakeAPIServer
 from tests.polling import wait_for

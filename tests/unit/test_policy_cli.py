@@ -172,7 +172,39 @@ def test_avc_watch_netlink_duration(capsys):
     # 0 when the audit group is readable here, 2 with the reason when it is not.
     assert code in (0, 2)
     if code == 2:
-        assert "audit" in err
+        assert "audit" in err and "listening" not in err
+    else:
+        lines = err.splitlines()
+        assert lines[0].startswith("avc watch: listening on the kernel audit multicast group")
+        assert lines[-1].endswith("stopped: 0.3 s passed (--duration)")
+
+
+def test_avc_watch_says_it_listens_and_sums_up_even_when_nothing_came(capsys, tmp_path):
+    """`--duration 2` on a quiet source printed nothing at all: now a line when it starts and one when it ends."""
+    log = tmp_path / "audit.log"
+    log.write_text("")
+    code, out, err = run(capsys, "avc", "watch", "--source", f"file:{log}", "--duration", "0.3")
+    assert code == 0 and out == ""
+    first, last = err.splitlines()
+    assert first == (f"avc watch: listening on {log} from its end; stops after --count 100 or --duration 0.3 s "
+                     "(Ctrl-C ends it)")
+    assert last.startswith("avc watch: 0 denials in ") and last.endswith("; stopped: 0.3 s passed (--duration)")
+
+
+def test_avc_watch_summary_counts_what_it_saw(capsys, tmp_path, files):
+    log, pods = files
+    code, out, err = run(capsys, "avc", "watch", "--source", f"file:{log}", "--from-beginning", "--count", "3",
+                         "--pod-map", str(pods), "--proc-root", str(tmp_path))
+    assert code == 0 and len(out.splitlines()) == 3
+    summary = err.splitlines()[-1]
+    assert summary.startswith("avc watch: 3 denials in ")
+    assert summary.endswith(" s (3 attributed to pods, 0 not); stopped: 3 shown (--count)")
+
+
+@pytest.mark.parametrize("duration", ["0", "-1", "nan"])
+def test_avc_watch_refuses_a_duration_that_is_not_positive(capsys, duration):
+    code, out, err = run(capsys, "avc", "watch", "--source", "file:/nonexistent", "--duration", duration)
+    assert code == 2 and out == "" and "--duration must be a positive number of seconds" in err
 
 
 def test_generate_live_collects_from_the_audit_group(capsys, tmp_path):
