@@ -94,7 +94,7 @@ class Finding:
     """Something the upstream controller does not say: privileged sharing, a disagreement between controller and
     kubelet, or containers of one pod that disagree."""
 
-    kind: str  # PrivilegedSharing, KubeletOnlyConflict, ControllerOnlyConflict, MultipleLabels
+    kind: str  # PrivilegedSharing, KubeletOnlyConflict, ControllerOnlyConflict, MultipleLabels, UnresolvedVolume
     volume: str
     pods: tuple[str, ...]
     message: str
@@ -203,7 +203,12 @@ def audit(cluster: Cluster, gates: FeatureGates, defaults: ContainerDefaults) ->
             finished += 1  # finished pods no longer conflict (issue #135628)
             continue
         checked += 1
-        claimed, containers = cluster.survey(obj)
+        claimed, containers, unresolved = cluster.survey(obj)
+        if unresolved:
+            # A claim, PV or StorageClass the dump lacks: upstream reports it and goes on with the pod's other
+            # volumes (syncPod); it is a finding with the pod, not bad input.
+            ref = _ref_of(obj)
+            findings.extend(Finding("UnresolvedVolume", "", (ref,), message) for message in unresolved)
         several = containers > 1
         if not claimed and not several:
             continue
@@ -223,7 +228,7 @@ def audit(cluster: Cluster, gates: FeatureGates, defaults: ContainerDefaults) ->
             only = _maybe_shared(claimed, shared_keys)
         else:
             continue
-        pod = cluster.resolve_pod(obj, only)
+        pod = cluster.resolve_pod(obj, only, partial=True)
         for volume in pod.volumes:
             use = volume_use(pod, volume, gates, defaults)
             if use is None:
@@ -257,6 +262,12 @@ def audit(cluster: Cluster, gates: FeatureGates, defaults: ContainerDefaults) ->
 
     return AuditReport(gates, tuple(all_conflicts), tuple(all_clashes), book.ordered(), tuple(findings),
                        checked, finished, len(shared))
+
+
+def _ref_of(obj: dict) -> str:
+    """`namespace/name` of a pod object the first pass has read (its metadata is checked there)."""
+    meta = obj["metadata"]
+    return f"{meta.get('namespace') or 'default'}/{meta.get('name')}"
 
 
 def _maybe_shared(claimed: list[tuple[str, str]], shared_keys: set[str]) -> set[str]:

@@ -136,6 +136,7 @@ def print_table(report: AuditReport, censor: bool) -> None:
     if report.findings:
         out.write("\nBeyond the upstream controller:\n")
         for finding in report.findings:
-            out.write(f"  {finding.kind} {finding.volume}: {finding.message}\n")
+            where = f" {finding.volume}" if finding.volume else ""
+            out.write(f"  {finding.kind}{where}: {finding.message}\n")
     verdict = ("something breaks" if report.breaks else "nothing breaks")
     out.write(f"\nResult: {verdict} on Kubernetes {report.gates.version}.\n")
