@@ -365,3 +365,50 @@ def test_storage_changes_reevaluate_only_the_pods_that_use_them():
     assert model.evaluations == before
     model.replace("PersistentVolumeClaim", [pvc(modes=["ReadWriteMany"])])
     assert model.evaluations == before + 2 and set(model.unresolved) == {"ns/q0", "ns/q1"}
+
+
+# --- parity with upstream's selinux_warning_controller.go syncPod (issue #19) ------------------------------
+
+def _mixed(name="mixed"):
+    """A pod whose two containers mount `vol` (a claim) and `scratch` (an emptyDir) with different labels."""
+    volumes = [{"name": "vol", "persistentVolumeClaim": {"claimName": "claim"}},
+               {"name": "scratch", "emptyDir": {}}]
+    mounts = [{"name": "vol", "mountPath": "/v"}, {"name": "scratch", "mountPath": "/s"}]
+    return pod(name=name, volumes=volumes, containers=[
+        {"name": "one", "volumeMounts": mounts, "securityContext": {"seLinuxOptions": {"level": "s0:c1,c2"}}},
+        {"name": "two", "volumeMounts": mounts, "securityContext": {"seLinuxOptions": {"level": "s0:c5"}}}])
+
+
+def test_multiple_labels_skip_the_volume_and_post_the_warning_event(api, kubeconfig):
+    # syncPod: on MultipleSELinuxLabelsError, Eventf(pod, Warning, "MultipleSELinuxLabels", "Volume %q is mounted
+    # twice with different SELinux labels inside this pod", mount), then `continue`: for every volume kind (the
+    # emptyDir too: GetMountSELinuxLabel runs before syncVolume drops plugins the controller lacks).
+    api.put(_mixed())
+    api.put(pod(name="other", options={"level": "s0:c9"}))
+    controller, thread = start(kubeconfig)
+    try:
+        assert wait_for(lambda: len(api.events) == 2)
+        time.sleep(0.3)
+        assert sorted((e["type"], e["reason"], e["message"], e["involvedObject"]["name"]) for e in api.events) == [
+            ("Warning", "MultipleSELinuxLabels", f'Volume "{name}" is mounted twice with different SELinux labels '
+             "inside this pod", "mixed") for name in ("scratch", "vol")]
+        assert controller.model.all_conflicts() == []
+    finally:
+        controller.stop()
+        thread.join(5)
+
+
+def test_a_missing_claim_leaves_out_that_volume_not_the_pod():
+    # syncPod: CreateVolumeSpec fails for the missing claim, the error is kept and the loop goes on.
+    model = _model()
+    model.replace("CSIDriver", [csidriver()])
+    model.replace("PersistentVolume", [pv(modes=["ReadWriteMany"])])
+    model.replace("PersistentVolumeClaim", [pvc(modes=["ReadWriteMany"])])
+    both = pod(name="b", options={"level": "s0:c9"}, volumes=[
+        {"name": "gone", "persistentVolumeClaim": {"claimName": "gone"}},
+        {"name": "vol", "persistentVolumeClaim": {"claimName": "claim"}}])
+    model.replace("Pod", [pod(name="a"), both])
+    assert {(c.pod.name, c.other.name) for c in model.all_conflicts()} == {("a", "b"), ("b", "a")}
+    assert model.unresolved == {"ns/b": "Pod ns/b: PersistentVolumeClaim ns/gone is not in the input"}
+    model.apply("PersistentVolumeClaim", "ADDED", pvc(name="gone", modes=["ReadWriteMany"]))
+    assert model.unresolved == {} and len(model.all_conflicts()) == 2  # both claims name pv1: one use
