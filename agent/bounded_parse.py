@@ -77,13 +77,14 @@ def load_json(text: str, source: str):
         raise _too_long_integer(source) from None
 
 
-def load_yaml_documents(text: str, source: str) -> list:
-    """Every document of a YAML text, parsed within the bounds above."""
+def load_yaml_documents(text: str, source: str, item_hook=None) -> list:
+    """Every document of a YAML text, parsed within the bounds above. `item_hook` is given each item of a
+    top-level `items` list as it is built, and returns what to keep of it (agent/stored_objects.py `compact`)."""
     import yaml
 
     try:
         try:
-            return _on_a_fresh_stack(_YAML_FRAMES, _read_all, object_builder_class(), text)
+            return _on_a_fresh_stack(_YAML_FRAMES, _read_all, object_builder_class(), text, item_hook)
         except NeedsNodes:  # a tag the direct build leaves to PyYAML's constructor: read again through nodes
             return _on_a_fresh_stack(_YAML_FRAMES, _read_all, bounded_loader_class(), text)
     except Refused as err:
@@ -98,8 +99,10 @@ def load_yaml_documents(text: str, source: str) -> list:
         raise InvalidManifest(f"{source}: invalid YAML: {str(err)[:200]}") from None
 
 
-def _read_all(loader_class, text: str) -> list:
+def _read_all(loader_class, text: str, item_hook=None) -> list:
     loader = loader_class(text)
+    if item_hook is not None and hasattr(loader, "item_hook"):
+        loader.item_hook = item_hook
     try:
         return loader.all_documents()
     finally:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from agent.defaults import SELinuxOptions
 from agent.errors import InvalidManifest, VolumeNotResolved
 from agent.migration import MIGRATED_TO_CSI, gce_access_modes, translate_inline, translate_pv
+from agent.stored_objects import ObjectStore, StoredObject, decoded
 
 # In-tree volume sources that kubelet hands to a CSI driver through CSI migration (agent/migration.py): the
 # CSIDriver object of the named driver then decides seLinuxMount, and the translated handle keys the volume.
@@ -384,13 +385,14 @@ class Cluster:
         # Pods by (namespace, name): a dump read twice, or two dumps that overlap, hold each pod once, the last
         # copy read in the place of the first. A pod under another name with the uid of one already read
         # replaces it too.
-        self._pods: dict[tuple[str, str], dict] = {}
+        # Stores give plain dicts; an object of a large dump is kept as its text until read (stored_objects.py).
+        self._pods: ObjectStore = ObjectStore()
         self._pod_uids: dict[str, tuple[str, str]] = {}
-        self.pvcs: dict[tuple[str, str], dict] = {}
-        self.pvs: dict[str, dict] = {}
-        self.csi_drivers: dict[str, dict] = {}
-        self.storage_classes: dict[str, dict] = {}
-        self.other: dict[str, dict] = {}  # owner objects: ReplicaSet, Job, ... by "Kind ns/name"
+        self.pvcs: ObjectStore = ObjectStore()
+        self.pvs: ObjectStore = ObjectStore()
+        self.csi_drivers: ObjectStore = ObjectStore()
+        self.storage_classes: ObjectStore = ObjectStore()
+        self.other: ObjectStore = ObjectStore()  # owner objects: ReplicaSet, Job, ... by "Kind ns/name"
         # Resolved values, shared by every pod that uses the same PV or driver.
         self._pv_cache: dict[str, PersistentVolumeFacts] = {}
         self._source_cache: dict[str, tuple[str, str | None]] = {}  # PV name -> (unique name, CSI driver)
@@ -404,27 +406,22 @@ class Cluster:
     @property
     def pods(self) -> list[dict]:
         """The pods, each once, in the order they were first read."""
-        return list(self._pods.values())
+        return [decoded(value) for value in dict.values(self._pods)]
 
-    def add(self, obj: dict) -> None:
-        # The usual object is checked inline (a dump holds hundreds of thousands); anything else goes to
-        # object_key, which raises with the reason.
-        try:
-            meta = obj["metadata"]
-            kind = obj["kind"]
-            name = meta["name"]
-            namespace = meta.get("namespace")
-        except (KeyError, TypeError, AttributeError):
-            kind, namespace, name = object_key(obj)
-            meta = obj["metadata"]
-        if type(name) is not str or type(kind) is not str or not name or not kind or (
-                namespace is not None and type(namespace) is not str):
-            kind, namespace, name = object_key(obj)
+    def stored_pods(self) -> list:
+        """The pods as stored: dicts, or StoredObjects to decode (`decoded`) when read. A pass over a large dump
+        keeps these, not the dicts, between two reads of a pod."""
+        return list(dict.values(self._pods))
+
+    def add(self, obj) -> None:
+        if type(obj) is StoredObject:  # its envelope was checked when it was read
+            kind, namespace, name, uid = obj.kind, obj.namespace, obj.name, obj.uid
+        else:
+            kind, namespace, name, uid = self._envelope(obj)
         if namespace is None:
             namespace = "default"
         if kind == "Pod":
             key = (namespace, name)
-            uid = meta.get("uid")
             if uid is not None:
                 if type(uid) is not str:
                     raise shape_error(f"Pod {namespace}/{name}", "metadata.uid", "a string", uid)
@@ -443,12 +440,30 @@ class Cluster:
         else:
             self.other[f"{kind} {namespace}/{name}"] = obj
 
+    @staticmethod
+    def _envelope(obj) -> tuple:
+        """(kind, namespace, name, uid) of a parsed object, checked (the uid only for a pod)."""
+        # The usual object is checked inline (a dump holds hundreds of thousands); anything else goes to
+        # object_key, which raises with the reason.
+        try:
+            meta = obj["metadata"]
+            kind = obj["kind"]
+            name = meta["name"]
+            namespace = meta.get("namespace")
+        except (KeyError, TypeError, AttributeError):
+            kind, namespace, name = object_key(obj)
+            meta = obj["metadata"]
+        if type(name) is not str or type(kind) is not str or not name or not kind or (
+                namespace is not None and type(namespace) is not str):
+            kind, namespace, name = object_key(obj)
+        return kind, namespace, name, meta.get("uid") if kind == "Pod" else None
+
     def _same_uid(self, uid: str, previous: tuple[str, str], key: tuple[str, str]) -> None:
         """A pod read under another name than an earlier one of the same uid: one object, renamed between two
         dumps, is counted once (the earlier name is dropped unless a later copy gave it another uid)."""
         self._pod_uids[uid] = key
-        kept = self._pods.get(previous)
-        if kept is not None and kept["metadata"].get("uid") == uid:
+        kept = dict.get(self._pods, previous)
+        if kept is not None and (kept.uid if type(kept) is StoredObject else kept["metadata"].get("uid")) == uid:
             del self._pods[previous]
 
     def storage_changed(self) -> None:

@@ -13,12 +13,16 @@ from contextlib import contextmanager
 from agent.bounded_parse import load_json, load_yaml_documents
 from agent.cluster import json_type
 from agent.errors import InvalidManifest
+from agent.stored_objects import StoredObject, compact, read_list
 
 
 def flatten(document, source: str) -> list[dict]:
-    """Objects in one parsed document; `List` kinds (and `*List`) are opened up, nulls skipped."""
+    """Objects in one parsed document; `List` kinds (and `*List`) are opened up, nulls skipped. Items the
+    reader kept as their text (StoredObject) stay so."""
     if document is None:
         return []
+    if type(document) is StoredObject:
+        return [document]
     if not isinstance(document, dict):
         raise InvalidManifest(f"{source}: expected a Kubernetes object or a List, got {json_type(document)}")
     kind = document.get("kind", "")
@@ -27,7 +31,7 @@ def flatten(document, source: str) -> list[dict]:
         if not isinstance(items, list):
             raise InvalidManifest(f"{source}: {kind}.items must be a list, got {json_type(items)}")
         # What kubectl prints: a List of plain objects (no nulls, no nested Lists), each its own flattening.
-        plain = [item for item in items if type(item) is dict and "items" not in item]
+        plain = [item for item in items if type(item) is StoredObject or type(item) is dict and "items" not in item]
         if len(plain) == len(items):
             return plain
         out = []
@@ -54,7 +58,7 @@ def _documents(text: str, source: str) -> list:
     if stripped.startswith("{") or stripped.startswith("["):
         data = load_json(text, source)
         return data if isinstance(data, list) else [data]
-    return load_yaml_documents(text, source)
+    return load_yaml_documents(text, source, item_hook=lambda item: compact(item, source))
 
 
 @contextmanager
@@ -82,13 +86,21 @@ def load_files(paths: list[str], allow_empty: bool = True) -> list[dict]:
             if path == "-":
                 import sys
 
-                text = sys.stdin.read()
+                data = sys.stdin.buffer.read()
             else:
-                with open(path, encoding="utf-8") as handle:
-                    text = handle.read()
+                with open(path, "rb") as handle:
+                    data = handle.read()
         except OSError as err:
             raise InvalidManifest(f"cannot read {path}: {err.strerror}") from None
+        listed = read_list(data, path)  # a JSON List, its items kept as text; None: any other file
+        if listed is not None:
+            for item in listed:
+                objects.extend(flatten(item, path))
+            continue
+        try:
+            text = data.decode("utf-8")
         except UnicodeDecodeError:
             raise InvalidManifest(f"{path}: not UTF-8 text") from None
+        del data
         objects.extend(parse_text(text, path, allow_empty))
     return objects

@@ -65,7 +65,7 @@ def _run(args) -> int:
         out.write("\n")
     elif args.output == "json":
         # Compact and written at once: reports can hold 100k pods.
-        out.write(report.json_text(censor=args.censor))
+        out.writelines(report.json_chunks(censor=args.censor))
         out.write("\n")
     elif args.output == "prometheus":
         out.write(prometheus_text(report, censor=args.censor))
