@@ -63,7 +63,7 @@ def _too_long_integer(source: str) -> InvalidManifest:
     return InvalidManifest(f"{source}: a number has more than {sys.get_int_max_str_digits():,} digits")
 
 
-def load_json(text: str, source: str):
+def load_json(text: str | bytes, source: str):
     """The parsed JSON text; collections nested deeper than MAX_DEPTH are refused."""
     try:
         return _on_a_fresh_stack(_JSON_FRAMES, json.loads, text)
@@ -77,7 +77,7 @@ def load_json(text: str, source: str):
         raise _too_long_integer(source) from None
 
 
-def load_yaml_documents(text: str, source: str, item_hook=None) -> list:
+def load_yaml_documents(text: str | bytes, source: str, item_hook=None) -> list:
     """Every document of a YAML text, parsed within the bounds above. `item_hook` is given each item of a
     top-level `items` list as it is built, and returns what to keep of it (agent/stored_objects.py `compact`)."""
     import yaml
@@ -99,7 +99,7 @@ def load_yaml_documents(text: str, source: str, item_hook=None) -> list:
         raise InvalidManifest(f"{source}: invalid YAML: {str(err)[:200]}") from None
 
 
-def _read_all(loader_class, text: str, item_hook=None) -> list:
+def _read_all(loader_class, text: str | bytes, item_hook=None) -> list:
     loader = loader_class(text)
     if item_hook is not None and hasattr(loader, "item_hook"):
         loader.item_hook = item_hook

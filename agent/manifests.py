@@ -41,8 +41,9 @@ def flatten(document, source: str) -> list[dict]:
     return [document]
 
 
-def parse_text(text: str, source: str, allow_empty: bool = True) -> list[dict]:
-    """The objects in a file's text. With allow_empty=False, a text with no document but nulls is an error."""
+def parse_text(text: str | bytes, source: str, allow_empty: bool = True) -> list[dict]:
+    """The objects in a file's text (or its UTF-8 bytes, which the parsers read without a decoded copy). With
+    allow_empty=False, a text with no document but nulls is an error."""
     documents = _documents(text, source)
     if not allow_empty and all(document is None for document in documents):
         raise InvalidManifest(f"{source}: no objects in the file: it is empty (a dump of a cluster with nothing "
@@ -53,9 +54,9 @@ def parse_text(text: str, source: str, allow_empty: bool = True) -> list[dict]:
     return objects
 
 
-def _documents(text: str, source: str) -> list:
-    stripped = text.lstrip()
-    if stripped.startswith("{") or stripped.startswith("["):
+def _documents(text: str | bytes, source: str) -> list:
+    first = text.lstrip()[:1]
+    if first in ("{", "[", b"{", b"["):
         data = load_json(text, source)
         return data if isinstance(data, list) else [data]
     return load_yaml_documents(text, source, item_hook=lambda item: compact(item, source))
@@ -97,10 +98,10 @@ def load_files(paths: list[str], allow_empty: bool = True) -> list[dict]:
             for item in listed:
                 objects.extend(flatten(item, path))
             continue
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError:
-            raise InvalidManifest(f"{path}: not UTF-8 text") from None
-        del data
-        objects.extend(parse_text(text, path, allow_empty))
+        if not data.isascii():
+            try:
+                data.decode("utf-8")  # checked, then dropped: the parsers read the bytes
+            except UnicodeDecodeError:
+                raise InvalidManifest(f"{path}: not UTF-8 text") from None
+        objects.extend(parse_text(data, path, allow_empty))
     return objects
