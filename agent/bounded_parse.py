@@ -86,6 +86,8 @@ def load_yaml_documents(text: str | bytes, source: str, item_hook=None) -> list:
         try:
             return _on_a_fresh_stack(_YAML_FRAMES, _read_all, object_builder_class(), text, item_hook)
         except NeedsNodes:  # a tag the direct build leaves to PyYAML's constructor: read again through nodes
+            if hasattr(text, "seek"):
+                text.seek(0)  # a file read as a stream: from its start again
             return _on_a_fresh_stack(_YAML_FRAMES, _read_all, bounded_loader_class(), text)
     except Refused as err:
         raise InvalidManifest(f"{source}: refused: {err.why}{_where(err.mark)}") from None

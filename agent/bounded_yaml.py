@@ -30,6 +30,7 @@ MERGE, VALUE = "tag:yaml.org,2002:merge", "tag:yaml.org,2002:value"
 # Scalar tags whose SafeConstructor function returns the value at once (no generator, no node kept).
 _DIRECT_SCALARS = frozenset(f"tag:yaml.org,2002:{name}" for name in
                             ("null", "bool", "int", "float", "binary", "timestamp"))
+_PLAIN_TAGS_KEPT = 4096  # spellings whose resolved tag the object builder keeps (keys and values that repeat)
 _NOT_JSON = frozenset(f"tag:yaml.org,2002:{name}" for name in ("binary", "timestamp"))
 
 
@@ -174,6 +175,8 @@ def object_builder_class():
                     if implicit[0]:
                         tag = self.plain_tags.get(event.value)
                         if tag is None:
+                            if len(self.plain_tags) >= _PLAIN_TAGS_KEPT:  # names and uids never repeat: bound it
+                                self.plain_tags.clear()
                             tag = self.plain_tags[event.value] = self.resolve(ScalarNode, event.value, implicit)
                     else:
                         tag = self.resolve(ScalarNode, event.value, implicit)

@@ -7,6 +7,7 @@ when nothing matches, is a valid file with no objects."""
 
 from __future__ import annotations
 
+import codecs
 import gc
 from contextlib import contextmanager
 
@@ -54,7 +55,9 @@ def parse_text(text: str | bytes, source: str, allow_empty: bool = True) -> list
     return objects
 
 
-def _documents(text: str | bytes, source: str) -> list:
+def _documents(text, source: str) -> list:
+    if not isinstance(text, (str, bytes)):  # an open file of YAML (_objects_of)
+        return load_yaml_documents(text, source, item_hook=lambda item: compact(item, source))
     first = text.lstrip()[:1]
     if first in ("{", "[", b"{", b"["):
         data = load_json(text, source)
@@ -79,6 +82,49 @@ def batch_run():
             gc.enable()
 
 
+def _objects_of(source, path: str, allow_empty: bool) -> list:
+    """The objects of one file's bytes, or of an open binary file: a JSON List through read_list (items kept as
+    text), other JSON whole, YAML streamed from the file (libyaml reads it in chunks, so a large dump is never
+    held as text besides the objects built from it)."""
+    if isinstance(source, bytes):
+        data = source
+    else:
+        data = b""
+        while not data.strip():  # the first byte that is not white space says JSON or YAML
+            chunk = source.read(1 << 16)
+            if not chunk:
+                break
+            data += chunk
+        if data.lstrip()[:1] in (b"{", b"["):
+            data += source.read()
+        elif data.strip():
+            _check_utf8(data, source, path)
+            source.seek(0)
+            return parse_text(source, path, allow_empty)
+    listed = read_list(data, path)  # a JSON List, its items kept as text; None: any other file
+    if listed is not None:
+        out = []
+        for item in listed:
+            out.extend(flatten(item, path))
+        return out
+    _check_utf8(data, None, path)
+    return parse_text(data, path, allow_empty)
+
+
+def _check_utf8(data: bytes, rest, path: str) -> None:
+    """Refuse a file that is not UTF-8, in one line: `data`, then what `rest` (a file) still holds, in chunks."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    try:
+        chunk = data
+        while chunk:
+            if not chunk.isascii() or decoder.buffer:
+                decoder.decode(chunk)
+            chunk = rest.read(1 << 20) if rest is not None else b""
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        raise InvalidManifest(f"{path}: not UTF-8 text") from None
+
+
 def load_files(paths: list[str], allow_empty: bool = True) -> list[dict]:
     """The objects of every file, in order. allow_empty=False refuses a file with no document (see above)."""
     objects = []
@@ -87,21 +133,10 @@ def load_files(paths: list[str], allow_empty: bool = True) -> list[dict]:
             if path == "-":
                 import sys
 
-                data = sys.stdin.buffer.read()
+                objects.extend(_objects_of(sys.stdin.buffer.read(), path, allow_empty))
             else:
                 with open(path, "rb") as handle:
-                    data = handle.read()
+                    objects.extend(_objects_of(handle, path, allow_empty))
         except OSError as err:
             raise InvalidManifest(f"cannot read {path}: {err.strerror}") from None
-        listed = read_list(data, path)  # a JSON List, its items kept as text; None: any other file
-        if listed is not None:
-            for item in listed:
-                objects.extend(flatten(item, path))
-            continue
-        if not data.isascii():
-            try:
-                data.decode("utf-8")  # checked, then dropped: the parsers read the bytes
-            except UnicodeDecodeError:
-                raise InvalidManifest(f"{path}: not UTF-8 text") from None
-        objects.extend(parse_text(data, path, allow_empty))
     return objects

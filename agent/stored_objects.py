@@ -22,6 +22,7 @@ except ImportError:  # pragma: no cover - the dependency is declared; the stdlib
 from agent.bounded_parse import load_json
 
 _KINDS: dict[str, str] = {}  # one string object per kind name ("Pod"), shared by every object of that kind
+_NAMESPACES: dict[str, str] = {}  # likewise per namespace, for the YAML reader (read_list keeps its own)
 
 
 class StoredObject:
@@ -148,4 +149,6 @@ def compact(item, source: str):
     except (TypeError, OverflowError, msgspec.EncodeError):
         return item
     kind = _KINDS.setdefault(kind, kind)
+    if namespace is not None:
+        namespace = _NAMESPACES.setdefault(namespace, namespace)
     return StoredObject(raw, source, kind, namespace, name, uid if kind == "Pod" else None)
