@@ -339,10 +339,10 @@ def test_malformed_level_is_refused_before_anything_else():
 
 # Inline volumes of CSI-migrated plugins: kubelet's desired_state_of_world_populator translates them
 # (csi-translation-lib TranslateInTreeInlineVolumeToCSI) before AddPodToVolume, so pkg/volume/util/selinux.go
-# VolumeSupportsSELinuxMount sees a spec with a PersistentVolume and the translated access modes.
+# VolumeSupportsSELinuxMount sees a spec with a PersistentVolume and the translated access modes. (A recursive
+# decision carries the label the runtime relabels with.)
 @pytest.mark.parametrize("version, se_linux_mount, mode, label", [
-    ("1.37", True, MountMode.CONTEXT, FULL),  # SELinuxMount on: every access mode is eligible (the label is
-    # the one the runtime relabels with when there is no context mount)
+    ("1.37", True, MountMode.CONTEXT, FULL),  # SELinuxMount on: every access mode is eligible
     ("1.36", True, MountMode.RECURSIVE, FULL),  # RWOP only, and the translation gives ReadWriteOnce
     ("1.37", False, MountMode.RECURSIVE, FULL),  # the driver does not support context mounts
 ])
