@@ -412,3 +412,14 @@ def test_a_missing_claim_leaves_out_that_volume_not_the_pod():
     assert model.unresolved == {"ns/b": "Pod ns/b: PersistentVolumeClaim ns/gone is not in the input"}
     model.apply("PersistentVolumeClaim", "ADDED", pvc(name="gone", modes=["ReadWriteMany"]))
     assert model.unresolved == {} and len(model.all_conflicts()) == 2  # both claims name pv1: one use
+
+
+def test_two_pods_naming_one_inline_disk_conflict_live():
+    # selinux_warning_controller.go syncPod -> CreateVolumeSpec translates the inline awsElasticBlockStore
+    # (csi-translation-lib aws_ebs.go) and syncVolume keys it by GetUniqueVolumeNameFromSpec: one volume.
+    model = _model()
+    model.replace("CSIDriver", [csidriver("ebs.csi.aws.com")])
+    disk = [{"name": "disk", "awsElasticBlockStore": {"volumeID": "aws://eu-west-1a/vol-1"}}]
+    model.replace("Pod", [pod(name="a", volumes=disk), pod(name="b", volumes=disk, options={"level": "s0:c9"})])
+    assert {c.volume for c in model.all_conflicts()} == {"kubernetes.io/csi/ebs.csi.aws.com^vol-1"}
+    assert len(model.all_conflicts()) == 2
