@@ -24,6 +24,7 @@ from agent.conflicts import (CHANGE_POLICY, LABEL, Conflict, KubeletClash, Volum
                              kubelet_clashes, volume_use)
 from agent.defaults import ContainerDefaults
 from agent.gates import FeatureGates
+from agent.stored_objects import decoded
 
 FINISHED_PHASES = ("Succeeded", "Failed")
 _CRONJOB_JOB = re.compile(r"^(?P<cronjob>.+)-\d{8,}$")
@@ -94,7 +95,7 @@ class Finding:
     """Something the upstream controller does not say: privileged sharing, a disagreement between controller and
     kubelet, or containers of one pod that disagree."""
 
-    kind: str  # PrivilegedSharing, KubeletOnlyConflict, ControllerOnlyConflict, MultipleLabels
+    kind: str  # PrivilegedSharing, KubeletOnlyConflict, ControllerOnlyConflict, MultipleLabels, UnresolvedVolume
     volume: str
     pods: tuple[str, ...]
     message: str
@@ -166,9 +167,20 @@ class AuditReport:
     def json_text(self, censor: bool = False) -> str:
         """`json.dumps(self.to_json(censor), separators=(",", ":"))`, with the conflicts, most of a large report,
         written out directly (`Conflict.json_text`)."""
-        conflicts = ",".join([c.json_text(censor) for c in self.conflicts])
-        rest = json.dumps(self._rest_json(), separators=(",", ":"))  # {"workloads":...}
-        return "".join(('{"conflicts":[', conflicts, "],", rest[1:]))
+        return "".join(self.json_chunks(censor))
+
+    def json_chunks(self, censor: bool = False):
+        """The pieces of `json_text`, in order: a writer that takes them one by one never holds the whole text
+        (at 100,000 pods, 40 MiB, which joining would copy twice)."""
+        yield '{"conflicts":['
+        first = True
+        for conflict in self.conflicts:
+            if not first:
+                yield ","
+            first = False
+            yield conflict.json_text(censor)
+        yield "],"
+        yield json.dumps(self._rest_json(), separators=(",", ":"))[1:]  # {"workloads":...} without its brace
 
     def _rest_json(self) -> dict:
         return {
@@ -189,12 +201,14 @@ def audit(cluster: Cluster, gates: FeatureGates, defaults: ContainerDefaults) ->
     # another pod, or whose several containers could disagree on a label, are resolved; a single-container pod
     # only for the volumes it may share.
     checked, finished = 0, 0
-    # [pod, its claimed volumes, has several containers, shares a volume]; the last is set once a second pod
-    # claims one of its volumes.
-    candidates = []
-    first_claim: dict[str, list] = {}  # volume -> the candidate that claimed it first
+    # (pod as stored, has several containers, the keys of its claimed volumes); only what decides whether the pod
+    # is read again below, so that a dump of 100,000 pods keeps no more than that of each.
+    candidates: list[tuple] = []
+    first_claim: dict[str, int] = {}  # volume -> the candidate that claimed it first
     shared_keys: set[str] = set()
-    for obj in cluster.pods:
+    sharing = bytearray()  # per candidate: another pod claims one of its volumes
+    for stored in cluster.stored_pods():
+        obj = decoded(stored)  # read twice at most: here, and below if it may share a volume
         status = obj.get("status")
         phase = status.get("phase") if type(status) is dict else None
         if type(phase) is not str:
@@ -203,27 +217,36 @@ def audit(cluster: Cluster, gates: FeatureGates, defaults: ContainerDefaults) ->
             finished += 1  # finished pods no longer conflict (issue #135628)
             continue
         checked += 1
-        claimed, containers = cluster.survey(obj)
+        claimed, containers, unresolved = cluster.survey(obj)
+        if unresolved:
+            # A claim, PV or StorageClass the dump lacks: upstream reports it and goes on with the pod's other
+            # volumes (syncPod); it is a finding with the pod, not bad input.
+            ref = _ref_of(obj)
+            findings.extend(Finding("UnresolvedVolume", "", (ref,), message) for message in unresolved)
         several = containers > 1
         if not claimed and not several:
             continue
-        candidate = [obj, claimed, several, False]
-        for _, key in claimed:
-            first = first_claim.setdefault(key, candidate)
-            if first is not candidate:
+        index = len(candidates)
+        keys = tuple(key for _, key in claimed)
+        sharing.append(0)
+        for key in keys:
+            first = first_claim.setdefault(key, index)
+            if first != index:
                 shared_keys.add(key)
-                first[3] = candidate[3] = True
-        candidates.append(candidate)
+                sharing[first] = sharing[index] = 1
+        candidates.append((stored, several, keys))
+    del first_claim
 
     uses_by_volume: dict[str, list[VolumeUse]] = defaultdict(list)
-    for obj, claimed, several, sharing in candidates:
+    for index, (stored, several, keys) in enumerate(candidates):
         if several:
-            only = None  # its containers may disagree on any volume
-        elif sharing:
-            only = _maybe_shared(claimed, shared_keys)
+            obj, only = decoded(stored), None  # its containers may disagree on any volume
+        elif sharing[index]:
+            obj = decoded(stored)
+            only = _maybe_shared(cluster.claimed_volumes(obj), shared_keys)
         else:
             continue
-        pod = cluster.resolve_pod(obj, only)
+        pod = cluster.resolve_pod(obj, only, partial=True)
         for volume in pod.volumes:
             use = volume_use(pod, volume, gates, defaults)
             if use is None:
@@ -238,6 +261,10 @@ def audit(cluster: Cluster, gates: FeatureGates, defaults: ContainerDefaults) ->
                     report.raise_to("breaks")
                     report.reasons.append(f"{pod.ref}: {use.multiple_labels} on volume {use.volume}: kubelet "
                                           "refuses to start the pod")
+
+    # What the passes kept is not needed to judge the shared volumes: drop it before that adds its own.
+    del candidates, sharing, shared_keys
+    cluster.storage_changed()  # the index's caches of resolved claims and PVs
 
     all_conflicts: list[Conflict] = []
     all_clashes: list[KubeletClash] = []
@@ -257,6 +284,12 @@ def audit(cluster: Cluster, gates: FeatureGates, defaults: ContainerDefaults) ->
 
     return AuditReport(gates, tuple(all_conflicts), tuple(all_clashes), book.ordered(), tuple(findings),
                        checked, finished, len(shared))
+
+
+def _ref_of(obj: dict) -> str:
+    """`namespace/name` of a pod object the first pass has read (its metadata is checked there)."""
+    meta = obj["metadata"]
+    return f"{meta.get('namespace') or 'default'}/{meta.get('name')}"
 
 
 def _maybe_shared(claimed: list[tuple[str, str]], shared_keys: set[str]) -> set[str]:

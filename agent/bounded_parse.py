@@ -63,7 +63,7 @@ def _too_long_integer(source: str) -> InvalidManifest:
     return InvalidManifest(f"{source}: a number has more than {sys.get_int_max_str_digits():,} digits")
 
 
-def load_json(text: str, source: str):
+def load_json(text: str | bytes, source: str):
     """The parsed JSON text; collections nested deeper than MAX_DEPTH are refused."""
     try:
         return _on_a_fresh_stack(_JSON_FRAMES, json.loads, text)
@@ -77,14 +77,17 @@ def load_json(text: str, source: str):
         raise _too_long_integer(source) from None
 
 
-def load_yaml_documents(text: str, source: str) -> list:
-    """Every document of a YAML text, parsed within the bounds above."""
+def load_yaml_documents(text: str | bytes, source: str, item_hook=None) -> list:
+    """Every document of a YAML text, parsed within the bounds above. `item_hook` is given each item of a
+    top-level `items` list as it is built, and returns what to keep of it (agent/stored_objects.py `compact`)."""
     import yaml
 
     try:
         try:
-            return _on_a_fresh_stack(_YAML_FRAMES, _read_all, object_builder_class(), text)
+            return _on_a_fresh_stack(_YAML_FRAMES, _read_all, object_builder_class(), text, item_hook)
         except NeedsNodes:  # a tag the direct build leaves to PyYAML's constructor: read again through nodes
+            if hasattr(text, "seek"):
+                text.seek(0)  # a file read as a stream: from its start again
             return _on_a_fresh_stack(_YAML_FRAMES, _read_all, bounded_loader_class(), text)
     except Refused as err:
         raise InvalidManifest(f"{source}: refused: {err.why}{_where(err.mark)}") from None
@@ -98,8 +101,10 @@ def load_yaml_documents(text: str, source: str) -> list:
         raise InvalidManifest(f"{source}: invalid YAML: {str(err)[:200]}") from None
 
 
-def _read_all(loader_class, text: str) -> list:
+def _read_all(loader_class, text: str | bytes, item_hook=None) -> list:
     loader = loader_class(text)
+    if item_hook is not None and hasattr(loader, "item_hook"):
+        loader.item_hook = item_hook
     try:
         return loader.all_documents()
     finally:

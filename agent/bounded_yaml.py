@@ -30,6 +30,8 @@ MERGE, VALUE = "tag:yaml.org,2002:merge", "tag:yaml.org,2002:value"
 # Scalar tags whose SafeConstructor function returns the value at once (no generator, no node kept).
 _DIRECT_SCALARS = frozenset(f"tag:yaml.org,2002:{name}" for name in
                             ("null", "bool", "int", "float", "binary", "timestamp"))
+_PLAIN_TAGS_KEPT = 4096  # spellings whose resolved tag the object builder keeps (keys and values that repeat)
+_NOT_JSON = frozenset(f"tag:yaml.org,2002:{name}" for name in ("binary", "timestamp"))
 
 
 def allowed_alias_ratio(decoded: int) -> float:
@@ -129,6 +131,11 @@ def object_builder_class():
             SafeConstructor.__init__(self)
             Resolver.__init__(self)
             self.plain_tags = {}  # the tag of each plain scalar spelling, as Resolver.resolve gives it
+            # Called with each item of a top-level mapping's `items` list (a List dump) as it is built, to keep
+            # it in a smaller form; `plain` says whether the item holds only what JSON can carry.
+            self.item_hook = None
+            self.plain = True
+            self.hook_next_list = False
 
         def all_documents(self) -> list:
             documents = []
@@ -168,6 +175,8 @@ def object_builder_class():
                     if implicit[0]:
                         tag = self.plain_tags.get(event.value)
                         if tag is None:
+                            if len(self.plain_tags) >= _PLAIN_TAGS_KEPT:  # names and uids never repeat: bound it
+                                self.plain_tags.clear()
                             tag = self.plain_tags[event.value] = self.resolve(ScalarNode, event.value, implicit)
                     else:
                         tag = self.resolve(ScalarNode, event.value, implicit)
@@ -176,6 +185,8 @@ def object_builder_class():
                 elif tag in _DIRECT_SCALARS:
                     value = self.yaml_constructors[tag](self, ScalarNode(tag, event.value, event.start_mark,
                                                                          event.end_mark, style=event.style))
+                    if tag in _NOT_JSON or type(value) is float and value - value != 0:  # timestamp, binary, inf
+                        self.plain = False
                 else:
                     raise NeedsNodes
             else:
@@ -187,7 +198,8 @@ def object_builder_class():
                         tag = self.resolve(SequenceNode, None, event.implicit)
                     if tag != SEQ:
                         raise NeedsNodes
-                    value = self.build_list()
+                    hooked, self.hook_next_list = self.hook_next_list, False
+                    value = self.build_list(hooked)
                 else:
                     if tag is None or tag == "!":
                         tag = self.resolve(MappingNode, None, event.implicit)
@@ -201,12 +213,16 @@ def object_builder_class():
                 self.sizes[anchor] = self.decoded - start
             return value, tag
 
-        def build_list(self) -> list:
+        def build_list(self, hooked: bool = False) -> list:
             items = []
             while not self.check_event(SequenceEndEvent):
+                if hooked:
+                    self.plain = True
                 value, tag = self.build()
                 if tag == MERGE or tag == VALUE:
                     raise NeedsNodes
+                if hooked and self.plain:
+                    value = self.item_hook(value)
                 items.append(value)
             self.get_event()
             return items
@@ -216,7 +232,12 @@ def object_builder_class():
             merged = None  # pairs from `<<` keys, which the mapping's own keys override (flatten_mapping)
             while not self.check_event(MappingEndEvent):
                 key, key_tag = self.build()
+                if key_tag != STR:
+                    self.plain = False  # JSON keys are strings
+                elif key == "items" and self.depth == 1 and self.item_hook is not None:
+                    self.hook_next_list = True  # the items of a top-level List
                 value, value_tag = self.build()
+                self.hook_next_list = False
                 if value_tag == MERGE or value_tag == VALUE:
                     raise NeedsNodes
                 if key_tag == MERGE:

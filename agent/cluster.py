@@ -18,19 +18,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from agent.defaults import SELinuxOptions
-from agent.errors import InvalidManifest
+from agent.errors import InvalidManifest, VolumeNotResolved
+from agent.migration import MIGRATED_TO_CSI, gce_access_modes, translate_inline, translate_pv
+from agent.stored_objects import ObjectStore, StoredObject, decoded
 
-# In-tree volume sources that kubelet hands to a CSI driver through CSI migration: the CSIDriver object of
-# the named driver then decides seLinuxMount (pkg/volume/csimigration).
-MIGRATED_TO_CSI = {
-    "awsElasticBlockStore": "ebs.csi.aws.com",
-    "gcePersistentDisk": "pd.csi.storage.gke.io",
-    "azureDisk": "disk.csi.azure.com",
-    "azureFile": "file.csi.azure.com",
-    "cinder": "cinder.csi.openstack.org",
-    "vsphereVolume": "csi.vsphere.vmware.com",
-    "portworxVolume": "pxd.portworx.com",
-}
+# In-tree volume sources that kubelet hands to a CSI driver through CSI migration (agent/migration.py): the
+# CSIDriver object of the named driver then decides seLinuxMount, and the translated handle keys the volume.
 MIGRATED_PROVISIONERS = {
     "kubernetes.io/aws-ebs": "ebs.csi.aws.com",
     "kubernetes.io/gce-pd": "pd.csi.storage.gke.io",
@@ -233,7 +226,8 @@ def _pod_where(pod: dict) -> str:
 
 def unique_volume_name(pv_name: str, source: str, csi_driver: str | None, volume_handle: str) -> str:
     """A bound PV's cluster-wide key (`PersistentVolumeFacts.unique_name`), from its parts."""
-    if source == "csi" and volume_handle:
+    # CSI, and in-tree sources migrated to CSI once translated: the CSI plugin's GetVolumeName, driver^handle.
+    if csi_driver and volume_handle:
         return f"kubernetes.io/csi/{csi_driver}^{volume_handle}"
     if csi_driver:
         return f"kubernetes.io/csi/{csi_driver}^{pv_name}"
@@ -245,16 +239,20 @@ def _pv_spec(pv: dict, name: str) -> dict:
     return spec if type(spec) is dict else _object(spec, f"PersistentVolume {name}", "spec")
 
 
-def _pv_source(name: str, spec: dict) -> tuple[str, str | None, str]:
+def _pv_source(pv: dict, name: str, spec: dict) -> tuple[str, str | None, str]:
     """A PV spec's volume source kind, the CSI driver that serves it (through migration for in-tree kinds), and
-    the CSI volume handle."""
+    the CSI volume handle (translated by CSI migration for in-tree kinds, as upstream keys them)."""
     source = "unknown"
     for key in spec:
         if key in _PV_SOURCE_KIND_SET:
             source = key
             break
+    if source in MIGRATED_TO_CSI:
+        translated = translate_pv(source, _object(spec[source], f"PersistentVolume {name}", f"spec.{source}"), pv,
+                                  name)
+        return source, translated.driver, translated.handle
     if source != "csi":
-        return source, MIGRATED_TO_CSI.get(source), ""
+        return source, None, ""
     csi = spec["csi"]
     driver = csi.get("driver") if type(csi) is dict else None
     handle = csi.get("volumeHandle") if driver else None
@@ -296,7 +294,8 @@ class PersistentVolumeFacts:
     volume_mode: str = "Filesystem"
     mount_options: tuple[str, ...] = ()
     predicted_from: str | None = None  # StorageClass name when the claim is not bound yet
-    volume_handle: str = ""  # spec.csi.volumeHandle
+    volume_handle: str = ""  # spec.csi.volumeHandle, or the handle CSI migration translates an in-tree source to
+    inline: bool = False  # an inline in-tree pod volume, as the PV CSI migration translates it to
 
     @property
     def unique_name(self) -> str:
@@ -347,7 +346,8 @@ class VolumeFacts:
 
     @property
     def unique_name(self) -> str:
-        """The cluster-wide key of a persistent volume ("" for inline volumes, which are never shared)."""
+        """The cluster-wide key of a persistent volume, or of an inline volume CSI migration translates (its
+        handle, as a PV of the same disk has it); "" for other inline volumes, which the controller never shares."""
         return self.pv.unique_name if self.pv else ""
 
 
@@ -371,6 +371,7 @@ class PodFacts:
     owners: tuple[OwnerRef, ...] = ()
     pod_options: SELinuxOptions | None = None
     labels: dict = field(default_factory=dict, compare=False, hash=False)
+    unresolved: tuple[str, ...] = ()  # volumes left out by a partial resolution, and why (resolve_pod)
 
     @_stored
     def ref(self) -> str:
@@ -384,13 +385,14 @@ class Cluster:
         # Pods by (namespace, name): a dump read twice, or two dumps that overlap, hold each pod once, the last
         # copy read in the place of the first. A pod under another name with the uid of one already read
         # replaces it too.
-        self._pods: dict[tuple[str, str], dict] = {}
+        # Stores give plain dicts; an object of a large dump is kept as its text until read (stored_objects.py).
+        self._pods: ObjectStore = ObjectStore()
         self._pod_uids: dict[str, tuple[str, str]] = {}
-        self.pvcs: dict[tuple[str, str], dict] = {}
-        self.pvs: dict[str, dict] = {}
-        self.csi_drivers: dict[str, dict] = {}
-        self.storage_classes: dict[str, dict] = {}
-        self.other: dict[str, dict] = {}  # owner objects: ReplicaSet, Job, ... by "Kind ns/name"
+        self.pvcs: ObjectStore = ObjectStore()
+        self.pvs: ObjectStore = ObjectStore()
+        self.csi_drivers: ObjectStore = ObjectStore()
+        self.storage_classes: ObjectStore = ObjectStore()
+        self.other: ObjectStore = ObjectStore()  # owner objects: ReplicaSet, Job, ... by "Kind ns/name"
         # Resolved values, shared by every pod that uses the same PV or driver.
         self._pv_cache: dict[str, PersistentVolumeFacts] = {}
         self._source_cache: dict[str, tuple[str, str | None]] = {}  # PV name -> (unique name, CSI driver)
@@ -404,27 +406,22 @@ class Cluster:
     @property
     def pods(self) -> list[dict]:
         """The pods, each once, in the order they were first read."""
-        return list(self._pods.values())
+        return [decoded(value) for value in dict.values(self._pods)]
 
-    def add(self, obj: dict) -> None:
-        # The usual object is checked inline (a dump holds hundreds of thousands); anything else goes to
-        # object_key, which raises with the reason.
-        try:
-            meta = obj["metadata"]
-            kind = obj["kind"]
-            name = meta["name"]
-            namespace = meta.get("namespace")
-        except (KeyError, TypeError, AttributeError):
-            kind, namespace, name = object_key(obj)
-            meta = obj["metadata"]
-        if type(name) is not str or type(kind) is not str or not name or not kind or (
-                namespace is not None and type(namespace) is not str):
-            kind, namespace, name = object_key(obj)
+    def stored_pods(self) -> list:
+        """The pods as stored: dicts, or StoredObjects to decode (`decoded`) when read. A pass over a large dump
+        keeps these, not the dicts, between two reads of a pod."""
+        return list(dict.values(self._pods))
+
+    def add(self, obj) -> None:
+        if type(obj) is StoredObject:  # its envelope was checked when it was read
+            kind, namespace, name, uid = obj.kind, obj.namespace, obj.name, obj.uid
+        else:
+            kind, namespace, name, uid = self._envelope(obj)
         if namespace is None:
             namespace = "default"
         if kind == "Pod":
             key = (namespace, name)
-            uid = meta.get("uid")
             if uid is not None:
                 if type(uid) is not str:
                     raise shape_error(f"Pod {namespace}/{name}", "metadata.uid", "a string", uid)
@@ -443,12 +440,30 @@ class Cluster:
         else:
             self.other[f"{kind} {namespace}/{name}"] = obj
 
+    @staticmethod
+    def _envelope(obj) -> tuple:
+        """(kind, namespace, name, uid) of a parsed object, checked (the uid only for a pod)."""
+        # The usual object is checked inline (a dump holds hundreds of thousands); anything else goes to
+        # object_key, which raises with the reason.
+        try:
+            meta = obj["metadata"]
+            kind = obj["kind"]
+            name = meta["name"]
+            namespace = meta.get("namespace")
+        except (KeyError, TypeError, AttributeError):
+            kind, namespace, name = object_key(obj)
+            meta = obj["metadata"]
+        if type(name) is not str or type(kind) is not str or not name or not kind or (
+                namespace is not None and type(namespace) is not str):
+            kind, namespace, name = object_key(obj)
+        return kind, namespace, name, meta.get("uid") if kind == "Pod" else None
+
     def _same_uid(self, uid: str, previous: tuple[str, str], key: tuple[str, str]) -> None:
         """A pod read under another name than an earlier one of the same uid: one object, renamed between two
         dumps, is counted once (the earlier name is dropped unless a later copy gave it another uid)."""
         self._pod_uids[uid] = key
-        kept = self._pods.get(previous)
-        if kept is not None and kept["metadata"].get("uid") == uid:
+        kept = dict.get(self._pods, previous)
+        if kept is not None and (kept.uid if type(kept) is StoredObject else kept["metadata"].get("uid")) == uid:
             del self._pods[previous]
 
     def storage_changed(self) -> None:
@@ -493,7 +508,7 @@ class Cluster:
             spec = pv.get("spec") if pv is not None else None
             if isinstance(spec, dict):
                 try:
-                    driver = _pv_source(pv_name, spec)[1]
+                    driver = _pv_source(pv, pv_name, spec)[1]
                 except InvalidManifest:
                     continue
                 if driver:
@@ -520,14 +535,17 @@ class Cluster:
     def _pv_facts(self, pv: dict) -> PersistentVolumeFacts:
         name = pv["metadata"]["name"]
         spec = _pv_spec(pv, name)
-        source, driver, handle = _pv_source(name, spec)
+        source, driver, handle = _pv_source(pv, name, spec)
         modes = spec.get("accessModes")
         volume_mode = spec.get("volumeMode")
         options = spec.get("mountOptions")
         if type(volume_mode) is not str:
             volume_mode = _string(volume_mode, f"PersistentVolume {name}", "spec.volumeMode")
+        modes = _strings(modes, f"PersistentVolume {name}", "spec.accessModes")
+        if source == "gcePersistentDisk":
+            modes = gce_access_modes(modes)  # what the translated spec kubelet judges carries
         return PersistentVolumeFacts(
-            name=name, access_modes=_strings(modes, f"PersistentVolume {name}", "spec.accessModes"), source=source,
+            name=name, access_modes=modes, source=source,
             csi_driver=driver, volume_mode=volume_mode or "Filesystem",
             mount_options=() if options is None else _strings(options, f"PersistentVolume {name}", "spec.mountOptions"),
             volume_handle=handle,
@@ -540,7 +558,7 @@ class Cluster:
         class_name = _string(claim_spec.get("storageClassName"), claim_where, f"{spec_path}.storageClassName")
         storage_class = self.storage_classes.get(class_name) if class_name else None
         if storage_class is None:
-            raise InvalidManifest(
+            raise VolumeNotResolved(
                 f"{where}: {claim_ref} is not bound to a PersistentVolume, and its StorageClass "
                 f"{class_name or '(none)'} is not in the input to predict one from")
         class_where = f"StorageClass {class_name}"
@@ -566,7 +584,8 @@ class Cluster:
             if template is not None:
                 return self._predicted_pv(pod_where, template, f"the ephemeral claim {namespace}/{claim_name}",
                                           pod_where, template_path)
-            raise InvalidManifest(f"{pod_where}: PersistentVolumeClaim {namespace}/{claim_name} is not in the input")
+            raise VolumeNotResolved(
+                f"{pod_where}: PersistentVolumeClaim {namespace}/{claim_name} is not in the input")
         spec = pvc.get("spec")
         pv_name = spec.get("volumeName") if type(spec) is dict else None
         if type(pv_name) is not str or not pv_name:
@@ -581,7 +600,7 @@ class Cluster:
             return found
         pv = self.pvs.get(pv_name)
         if pv is None:
-            raise InvalidManifest(
+            raise VolumeNotResolved(
                 f"Pod {namespace}/{pod_name}: PersistentVolume {pv_name} (bound to PersistentVolumeClaim "
                 f"{namespace}/{claim_name}) is not in the input")
         found = self._pv_cache[pv_name] = self._pv_facts(pv)
@@ -592,9 +611,10 @@ class Cluster:
         pod: a cheap first pass that tells which pods share a volume at all. Unbound claims are left out."""
         return self.survey(pod)[0]
 
-    def survey(self, pod: dict) -> tuple[list[tuple[str, str]], int]:
-        """What the audit's first pass reads of every pod: its claimed volumes (`claimed_volumes`) and how many
-        containers it has, with the types of the fields read for them checked."""
+    def survey(self, pod: dict) -> tuple[list[tuple[str, str]], int, list[str]]:
+        """What the audit's first pass reads of every pod: its claimed volumes (`claimed_volumes`, with the inline
+        volumes CSI migration keys like PVs), how many containers it has, and why any of its volumes cannot be
+        followed (a claim, PV or StorageClass missing from the input), with the types of the fields read checked."""
         spec = pod.get("spec")
         if type(spec) is not dict:
             spec = _object(spec, _pod_where(pod), "spec")
@@ -613,35 +633,42 @@ class Cluster:
         if type(volumes) is not list:
             volumes = _objects(volumes, _pod_where(pod), "spec.volumes")
         if not volumes:
-            return [], count
+            return [], count, []
         meta = pod.get("metadata")
         if type(meta) is not dict:
             meta = _object(meta, "Pod", "metadata")
         namespace = meta.get("namespace") or "default"
         name = meta.get("name")
-        out = []
+        out, unresolved = [], []
         for volume in volumes:
             if type(volume) is not dict:
                 _objects(volumes, _pod_where(pod), "spec.volumes")
             vname = volume.get("name")
             if type(vname) is not str or not vname:
                 _volume_name(_pod_where(pod), volumes, volume)
-            if "persistentVolumeClaim" in volume:
-                reference = volume["persistentVolumeClaim"]
-                claim = reference.get("claimName") if type(reference) is dict else None
-                if type(claim) is str:
-                    key = self._claim_source(namespace, name, claim, None)[0] if claim else ""
+            try:
+                if "persistentVolumeClaim" in volume:
+                    reference = volume["persistentVolumeClaim"]
+                    claim = reference.get("claimName") if type(reference) is dict else None
+                    if type(claim) is str:
+                        key = self._claim_source(namespace, name, claim, None)[0] if claim else ""
+                    else:
+                        _volume_claim(pod, volumes, volume)  # raises for a malformed reference; none is skipped
+                        continue
+                elif "ephemeral" in volume:
+                    claim, template, template_path = _volume_claim(pod, volumes, volume)
+                    key = self._claim_source(namespace, name, claim, template, template_path)[0]
                 else:
-                    _volume_claim(pod, volumes, volume)  # raises for a malformed reference; none is skipped
-                    continue
-            elif "ephemeral" in volume:
-                claim, template, template_path = _volume_claim(pod, volumes, volume)
-                key = self._claim_source(namespace, name, claim, template, template_path)[0]
-            else:
+                    kind = next((key for key in volume if key in _POD_VOLUME_KIND_SET), None)
+                    if kind not in MIGRATED_TO_CSI:
+                        continue
+                    key = self._inline_volume(namespace, name, volumes, volume, vname, kind).unique_name
+            except VolumeNotResolved as err:
+                unresolved.append(str(err))  # reported with the pod; its other volumes still count
                 continue
             if key:
                 out.append((vname, key))
-        return out, count
+        return out, count, unresolved
 
     def _claim_source(self, namespace: str, pod_name, claim_name: str, template: dict | None,
                       template_path: str = "") -> tuple[str, str | None]:
@@ -663,7 +690,7 @@ class Cluster:
         spec = pv.get("spec")
         if type(spec) is not dict:
             spec = _pv_spec(pv, pv_name)
-        source, driver, handle = _pv_source(pv_name, spec)
+        source, driver, handle = _pv_source(pv, pv_name, spec)
         found = self._source_cache[pv_name] = (unique_volume_name(pv_name, source, driver, handle), driver)
         return found
 
@@ -688,9 +715,12 @@ class Cluster:
             self._options_cache[key] = options
         return options
 
-    def resolve_pod(self, pod: dict, only: set | None = None) -> PodFacts:
+    def resolve_pod(self, pod: dict, only: set | None = None, partial: bool = False) -> PodFacts:
         """The pod's facts. With `only`, the volumes not named there are checked just the same but left out of
-        `volumes`: the audit needs facts only for the volumes a pod may share."""
+        `volumes`: the audit needs facts only for the volumes a pod may share. With `partial`, a volume that
+        cannot be followed (VolumeNotResolved) is left out and named in `unresolved`, as upstream's controller
+        goes on with the pod's other volumes (syncPod: `continue` after CreateVolumeSpec fails); without it, it
+        is an error (explain answers for each volume of one pod)."""
         # Each field is read, then type-checked once; the helpers (_object, _string) run only for a field that
         # is absent or malformed, to give {} or "" or to raise.
         meta = pod.get("metadata")
@@ -712,14 +742,20 @@ class Cluster:
                 f"Pod {ref}: spec.securityContext.seLinuxChangePolicy {change_policy!r} is not Recursive or "
                 "MountOption")
         uses = self._container_uses(spec, pod_options, ref, only)
-        volumes = []
+        volumes, unresolved = [], []
         entries = spec.get("volumes")
         if type(entries) is not list:
             entries = _objects(entries, f"Pod {ref}", "spec.volumes")
         for volume in entries:
             if type(volume) is not dict:
                 _objects(entries, f"Pod {ref}", "spec.volumes")
-            facts = self._volume_facts(pod, entries, volume, namespace, name, uses, only)
+            try:
+                facts = self._volume_facts(pod, entries, volume, namespace, name, uses, only)
+            except VolumeNotResolved as err:
+                if not partial:
+                    raise
+                unresolved.append(str(err))
+                continue
             if facts is not None:
                 volumes.append(facts)
 
@@ -740,7 +776,7 @@ class Cluster:
             namespace=namespace, name=name, uid=uid, phase=pod_phase(pod), node_name=node_name,
             change_policy=change_policy, os_name=os_name, volumes=tuple(volumes),
             owners=owner_references(meta.get("ownerReferences"), f"Pod {ref}"), pod_options=pod_options,
-            labels=dict(labels),
+            labels=dict(labels), unresolved=tuple(unresolved),
         )
 
     def _container_uses(self, spec: dict, pod_options: SELinuxOptions | None, ref: str,
@@ -839,12 +875,26 @@ class Cluster:
                 raise InvalidManifest(f"{where}: volume {vname}: csi.driver is missing")
             csi = self.csi_driver(driver)
         elif source in MIGRATED_TO_CSI:
-            csi = self.csi_driver(MIGRATED_TO_CSI[source])
+            # Translated like a PV (TranslateInTreeInlineVolumeToCSI), so kubelet and the controller see a volume
+            # spec with a PersistentVolume: keyed by its handle and judged by the translated access modes.
+            pv = self._inline_volume(namespace, pod_name, entries, volume, vname, source)
+            csi = self.csi_driver(pv.csi_driver)
         else:
             in_tree = source
         if not wanted:
             return None
         return VolumeFacts(vname, source, tuple(uses.get(vname, ())), pv, claim, csi, in_tree)
+
+
+    def _inline_volume(self, namespace: str, pod_name, entries: list, volume: dict, vname: str,
+                       kind: str) -> PersistentVolumeFacts:
+        """An inline volume of an in-tree plugin migrated to CSI, as the PV its translation gives."""
+        where = f"Pod {namespace}/{pod_name}"
+        source = _object(volume[kind], where, f"spec.volumes[{_position(entries, volume)}].{kind}")
+        translated = translate_inline(kind, source, vname, namespace, f"{where}: volume {vname}")
+        return PersistentVolumeFacts(
+            name=f"{translated.driver}-{translated.handle}", access_modes=translated.access_modes, source=kind,
+            csi_driver=translated.driver, volume_handle=translated.handle, inline=True)
 
 
 def _volume_name(where: str, entries: list, volume: dict) -> str:

@@ -58,8 +58,11 @@ class VolumeUse:
     enforced: bool  # a different label blocks the second pod on this version (VolumeSupportsSELinuxMount)
     single_pod_access: bool  # ReadWriteOncePod: the scheduler never runs two pods with the same claim
     privileged: bool  # a privileged or spc_t container mounts it
-    multiple_labels: str | None = None  # the pod's own containers disagree (MultipleSELinuxLabels event)
+    multiple_labels: str | None = None  # the pod's own containers disagree on the kubelet label
     claim: str = ""  # the claim (in the pod's namespace) the pod uses it through
+    # The pod's containers give the controller different raw labels: GetMountSELinuxLabel fails with
+    # MultipleSELinuxLabelsError and syncPod skips the volume (`continue`), so the use is in no conflict.
+    controller_skipped: bool = False
 
 
 @dataclass(frozen=True)
@@ -125,7 +128,7 @@ def volume_use(pod: PodFacts, volume: VolumeFacts, gates: FeatureGates,
     plugin_ok, _ = plugin_supports_context_mount(volume)
     policy_field = pod.change_policy if gates.change_policy else None
 
-    raw = {controller_label(use.options) for use in mounts if use.options is not None}
+    raw = controller_labels(mounts)
     kubelet = {}
     for use in mounts:
         if use.options is None:
@@ -155,7 +158,30 @@ def volume_use(pod: PodFacts, volume: VolumeFacts, gates: FeatureGates,
                      for use in mounts)
     single = bool(volume.pv) and volume.pv.access_modes == ("ReadWriteOncePod",)
     return VolumeUse(key, pod, label_text, policy, kubelet_label, enforced, single, privileged, multiple,
-                     volume.claim or "")
+                     volume.claim or "", len(raw) > 1)
+
+
+def controller_labels(mounts) -> set[str]:
+    """The raw labels the controller collects for one pod volume: one per container that mounts it with
+    effective seLinuxOptions (GetPodVolumeNames skips nil options; empty options add "")."""
+    return {controller_label(use.options) for use in mounts if use.options is not None}
+
+
+def multiple_labels_volumes(pod: PodFacts) -> list[str]:
+    """The pod's volumes, of any kind, that its containers mount with different raw labels: upstream's
+    controller posts a Warning `MultipleSELinuxLabels` event for each (syncPod, after GetMountSELinuxLabel
+    returns MultipleSELinuxLabelsError; the translator is ControllerSELinuxTranslator, so labels are not
+    defaulted)."""
+    return sorted(volume.name for volume in pod.volumes
+                  if len(controller_labels([use for use in volume.uses if not use.device])) > 1)
+
+
+MULTIPLE_LABELS_REASON = "MultipleSELinuxLabels"
+
+
+def multiple_labels_message(volume_name: str) -> str:
+    """The Warning event's text (selinux_warning_controller.go syncPod), the volume name quoted as Go's %q."""
+    return f"Volume {_json_string(volume_name)} is mounted twice with different SELinux labels inside this pod"
 
 
 def _groups(uses: list[VolumeUse], key) -> list[list[VolumeUse]]:
@@ -167,8 +193,14 @@ def _groups(uses: list[VolumeUse], key) -> list[list[VolumeUse]]:
 
 
 def controller_conflicts(uses: list[VolumeUse]) -> list[Conflict]:
-    """Every conflicting pair on one volume, both directions, in a stable order."""
+    """Every conflicting pair on one volume, both directions, in a stable order, as the newest
+    cache/volumecache.go AddVolume reports them: the change policies compared as text, and, independently, the
+    labels by ControllerSELinuxTranslator.ConflictsParsed. A Recursive pod's label is "" (GetMountSELinuxLabel
+    clears it, PR #130472), and since PR #133425 the level is strict, so "" against a MountOption pod with a level
+    is a SELinuxLabel conflict on top of the SELinuxChangePolicy one: what 1.36 and 1.37 report. Uses the
+    controller skipped (MultipleSELinuxLabels) take no part."""
     out = []
+    uses = [use for use in uses if not use.controller_skipped]
     groups = _groups(uses, lambda u: (u.controller_policy, u.controller_label))
     for i, group_a in enumerate(groups):
         for group_b in groups[i + 1:]:

@@ -18,8 +18,9 @@ from collections import defaultdict
 from datetime import datetime, timezone
 
 from agent.audit import FINISHED_PHASES
-from agent.cluster import Cluster, object_key, pod_phase
-from agent.conflicts import EVENT_REASONS, Conflict, VolumeUse, controller_conflicts, volume_use
+from agent.cluster import Cluster, PodFacts, object_key, pod_phase
+from agent.conflicts import (EVENT_REASONS, MULTIPLE_LABELS_REASON, Conflict, VolumeUse, controller_conflicts,
+                             multiple_labels_message, multiple_labels_volumes, volume_use)
 from agent.defaults import ContainerDefaults
 from agent.errors import InvalidInput
 from agent.gates import FeatureGates
@@ -75,7 +76,9 @@ class ConflictModel:
         self.uses: dict[str, dict[str, VolumeUse]] = defaultdict(dict)
         self.volumes_of: dict[str, set[str]] = {}
         self.conflicts: dict[str, list[Conflict]] = {}
-        self.unresolved: dict[str, str] = {}  # pod -> why it could not be evaluated (a claim not seen yet, ...)
+        self.unresolved: dict[str, str] = {}  # pod -> why it, or one of its volumes, could not be evaluated
+        # pod -> (its facts, its volumes mounted with different labels by its containers: MultipleSELinuxLabels)
+        self.multiple: dict[str, tuple[PodFacts, list[str]]] = {}
         self.needs: dict[str, set[tuple]] = {}  # pod -> storage keys (Cluster.storage_keys) it was evaluated with
         self.needed_by: dict[tuple, set[str]] = defaultdict(set)  # storage key -> pods
         self.evaluations = 0  # pod resolutions so far
@@ -149,6 +152,7 @@ class ConflictModel:
 
     def _forget(self, ref: str) -> set[str]:
         self.unresolved.pop(ref, None)
+        self.multiple.pop(ref, None)
         for key in self.needs.pop(ref, ()):
             dependents = self.needed_by[key]
             dependents.discard(ref)
@@ -173,7 +177,8 @@ class ConflictModel:
                 self.needed_by[key].add(ref)
             self.evaluations += 1
             try:
-                pod = self.cluster.resolve_pod(obj)
+                # Partial, as upstream's syncPod: a claim not seen yet leaves out that volume, not the pod.
+                pod = self.cluster.resolve_pod(obj, partial=True)
             except InvalidInput as err:
                 # Evaluated again when an object it needs changes (a claim not seen yet), or when it does.
                 self.unresolved[ref] = str(err)
@@ -184,6 +189,14 @@ class ConflictModel:
                 self.unresolved[ref] = f"cannot be evaluated: {err!r}"
                 log.error("pod %s cannot be evaluated", ref, exc_info=err)
                 continue
+            if pod.unresolved:
+                # Evaluated again when an object it needs appears (storage_keys names it).
+                self.unresolved[ref] = "; ".join(pod.unresolved)
+                if self.unresolved[ref] != before:
+                    log.info("pod %s: a volume is left out: %s", ref, self.unresolved[ref])
+            multiple = multiple_labels_volumes(pod)
+            if multiple:
+                self.multiple[ref] = (pod, multiple)
             keys = set()
             for volume in pod.volumes:
                 use = volume_use(pod, volume, self.gates, self.defaults)
@@ -222,15 +235,25 @@ def conflict_collector(model: ConflictModel, lock: threading.Lock) -> VolumeConf
 
 def event_for(conflict: Conflict, component: str = "selinux-mount-agent") -> dict:
     """A core/v1 Event on the pod that the conflict is reported to (type Normal, like upstream)."""
+    return _pod_event(conflict.pod, EVENT_REASONS[conflict.property], conflict.event_message(), "Normal", component)
+
+
+def multiple_labels_event(pod: PodFacts, volume_name: str, component: str = "selinux-mount-agent") -> dict:
+    """The Warning event upstream's controller posts when a pod's containers mount one volume with different
+    labels (selinux_warning_controller.go syncPod)."""
+    return _pod_event(pod, MULTIPLE_LABELS_REASON, multiple_labels_message(volume_name), "Warning", component)
+
+
+def _pod_event(pod: PodFacts, reason: str, message: str, event_type: str, component: str) -> dict:
     now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     return {
         "apiVersion": "v1", "kind": "Event",
-        "metadata": {"generateName": f"{conflict.pod.name}.", "namespace": conflict.pod.namespace},
-        "involvedObject": {"apiVersion": "v1", "kind": "Pod", "namespace": conflict.pod.namespace,
-                           "name": conflict.pod.name, "uid": conflict.pod.uid},
-        "reason": EVENT_REASONS[conflict.property],
-        "message": conflict.event_message(),
-        "type": "Normal",
+        "metadata": {"generateName": f"{pod.name}.", "namespace": pod.namespace},
+        "involvedObject": {"apiVersion": "v1", "kind": "Pod", "namespace": pod.namespace,
+                           "name": pod.name, "uid": pod.uid},
+        "reason": reason,
+        "message": message,
+        "type": event_type,
         "source": {"component": component},
         "reportingComponent": component,
         "firstTimestamp": now, "lastTimestamp": now, "count": 1,
@@ -248,6 +271,7 @@ class ConflictController:
         self.watch_timeout = watch_timeout
         self.lock = threading.Lock()
         self.emitted: set[tuple] = set()
+        self.emitted_multiple: set[tuple[str, str]] = set()  # (pod, volume name) of MultipleSELinuxLabels events
         self.synced = threading.Event()
         self._listed: set[str] = set()
         self._stop = threading.Event()
@@ -293,16 +317,21 @@ class ConflictController:
             new = [c for key, c in current.items() if key not in self.emitted]
             # A conflict that went away is reported again if it comes back.
             self.emitted = (self.emitted & set(current)) | {conflict_key(c) for c in new}
+            multiple = {(ref, name): pod for ref, (pod, names) in self.model.multiple.items() for name in names}
+            new_multiple = [(pod, key[1]) for key, pod in multiple.items() if key not in self.emitted_multiple]
+            self.emitted_multiple = set(multiple)
         if self.emit_events:
             for conflict in new:
-                self._post(conflict)
+                self._post(conflict.pod, event_for(conflict))
+            for pod, volume_name in new_multiple:
+                self._post(pod, multiple_labels_event(pod, volume_name))
 
-    def _post(self, conflict: Conflict) -> None:
+    def _post(self, pod: PodFacts, event: dict) -> None:
         try:
-            self.client.create(f"/api/v1/namespaces/{conflict.pod.namespace}/events", event_for(conflict))
+            self.client.create(f"/api/v1/namespaces/{pod.namespace}/events", event)
         except APIError as err:
             self.errors += 1
-            log.warning("cannot post event for %s: %s", conflict.pod.ref, err)
+            log.warning("cannot post event for %s: %s", pod.ref, err)
 
 
 def wait_synced(controller: ConflictController, timeout: float) -> bool:

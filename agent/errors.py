@@ -32,6 +32,12 @@ class InvalidManifest(InvalidInput):
     """A Kubernetes object that cannot be read, or a reference that does not resolve."""
 
 
+class VolumeNotResolved(InvalidManifest):
+    """A pod volume that cannot be followed to its volume: a claim, PV or StorageClass missing from the input, or
+    an in-tree source CSI migration cannot translate. Upstream's controller reports it and goes on with the pod's
+    other volumes, so the cluster-wide views report it with the pod instead of refusing the input."""
+
+
 class InvalidFeatureGates(InvalidInput):
     """A feature-gate setting kubelet itself would refuse (unknown gate, locked gate, bad version)."""
 

@@ -1,6 +1,7 @@
 """The three KEP-1710 feature gates, their defaults per Kubernetes version, and overrides.
 
-Pure code. Source: `pkg/features/kube_features.go` (v1.36.3) and the KEP's kep.yaml for 1.37.
+Pure code. Source: `pkg/features/kube_features.go` (v1.36.3) and the KEP's kep.yaml for 1.37; the names of the other
+gates each release knows: agent/gate_names.py.
 A gate that does not exist yet in a version, or a locked GA gate set to false, is refused the way kubelet
 refuses it at start-up, so `explain` never answers for a configuration no real node can have.
 """
@@ -12,6 +13,7 @@ import re
 from dataclasses import dataclass
 
 from agent.errors import InvalidFeatureGates
+from agent.gate_names import CHECKED_MINORS, FIRST_RELEASE, known_in
 
 RWOP = "SELinuxMountReadWriteOncePod"
 CHANGE_POLICY = "SELinuxChangePolicy"
@@ -110,7 +112,7 @@ def resolve(version: str = DEFAULT_VERSION, overrides: dict[str, bool] | None = 
                 # A misspelt SELinux gate: kubelet refuses a gate it does not know (component-base featuregate
                 # `Set`: "unrecognized feature gate"); ignoring it would answer for a node that cannot exist.
                 raise InvalidFeatureGates(f"unrecognized feature gate: {name} (did you mean {close[0]}?)")
-            # Other gates do not change any decision; kubelet knows most names given here.
+            _check_other_gate(name, minor)  # it changes no decision, but kubelet refuses a name it does not know
             continue
         stage = gate_stage(name, minor)
         if stage is None:
@@ -121,3 +123,19 @@ def resolve(version: str = DEFAULT_VERSION, overrides: dict[str, bool] | None = 
                 f"{str(stage[1]).lower()} in 1.{minor}")
         values[name] = value
     return FeatureGates(minor, values[RWOP], values[CHANGE_POLICY], values[MOUNT])
+
+
+def _check_other_gate(name: str, minor: int) -> None:
+    """Refuse a gate name kubelet 1.`minor` does not know (component-base featuregate `Set`: "unrecognized
+    feature gate"), with the closest name it knows; agent/gate_names.py says where the names come from."""
+    if minor not in CHECKED_MINORS:
+        return  # no list of names for that release: only the SELinux gates are checked
+    first = FIRST_RELEASE.get(name)
+    if first is not None and first <= minor:
+        return
+    if first is not None:
+        raise InvalidFeatureGates(f"unrecognized feature gate: {name} (it does not exist in 1.{minor}; it appears "
+                                  f"in 1.{first})")
+    close = difflib.get_close_matches(name, known_in(minor), n=1, cutoff=0.75)
+    hint = f" (did you mean {close[0]}?)" if close else f" (not a feature gate of Kubernetes 1.{minor})"
+    raise InvalidFeatureGates(f"unrecognized feature gate: {name}{hint}")

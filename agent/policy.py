@@ -135,6 +135,12 @@ def decide_volume(pod: PodFacts, volume: VolumeFacts, node: NodeFacts) -> Decisi
     if volume.pv is not None and volume.pv.volume_mode == "Block":
         reasons.append("the PersistentVolume has volumeMode Block: it is a device, not a filesystem")
         return decision(MountMode.SKIP)
+    if volume.pv is not None and volume.pv.inline:
+        # kubelet's desired_state_of_world_populator translates the inline source (CSI migration) before
+        # AddPodToVolume, so VolumeSupportsSELinuxMount sees a spec with a PersistentVolume and its access modes.
+        reasons.append(f"the inline {volume.source} volume is handed to CSI driver {volume.pv.csi_driver} by CSI "
+                       f"migration, which gives it a PersistentVolume with access modes "
+                       f"{','.join(volume.pv.access_modes)}: kubelet judges it like one")
     if volume.pv is not None and volume.pv.predicted_from:
         reasons.append(f"the claim is not bound yet: the volume is predicted from StorageClass "
                        f"{volume.pv.predicted_from}")

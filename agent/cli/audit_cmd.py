@@ -8,7 +8,9 @@ Contract (relied on elsewhere, keep stable):
 and says how many conflicts the controller reports for them (one per pod of each pair).
 Exit code: 0 nothing breaks on the target version, 1 something breaks, 2 bad input: unreadable or malformed
 objects (one line on stderr naming the object and field, nothing on stdout), or a file with no document at all.
-An empty List is a valid dump: exit 0 with an empty report.
+An empty List is a valid dump: exit 0 with an empty report. A claim, PV or StorageClass a pod names but the dump
+lacks is no bad input: an `UnresolvedVolume` finding with the pod, whose other volumes still count (as upstream's
+controller goes on with them).
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ def register(subparsers) -> None:
         description="Read a cluster dump (kubectl get pods,pvc,pv,csidrivers -A -o json) and report the conflicts "
                     "the upstream selinux-warning-controller would report, then say per workload whether it "
                     "breaks on the target Kubernetes version (pods stuck in ContainerCreating) or only conflicts "
-                    "in principle. Exit code 0: nothing breaks; 1: something breaks; 2: bad input (a malformed object, "
+                    "in principle. A volume whose claim or PV the dump lacks is reported with its pod. "
+                    "Exit code 0: nothing breaks; 1: something breaks; 2: bad input (a malformed object, "
                     "or a file with no document at all, such as the empty file a failed `kubectl get ... > FILE` "
                     "leaves; an empty List is a valid dump with nothing to report). Objects that appear more than "
                     "once (the same file given twice, overlapping dumps) count once: the last copy read wins.",
@@ -72,7 +75,7 @@ def _run(args) -> int:
         out.write("\n")
     elif args.output == "json":
         # Compact and written at once: reports can hold 100k pods.
-        out.write(report.json_text(censor=args.censor))
+        out.writelines(report.json_chunks(censor=args.censor))
         out.write("\n")
     elif args.output == "prometheus":
         out.write(prometheus_text(report, censor=args.censor))
@@ -143,6 +146,7 @@ def print_table(report: AuditReport, censor: bool) -> None:
     if report.findings:
         out.write("\nBeyond the upstream controller:\n")
         for finding in report.findings:
-            out.write(f"  {finding.kind} {finding.volume}: {finding.message}\n")
+            where = f" {finding.volume}" if finding.volume else ""
+            out.write(f"  {finding.kind}{where}: {finding.message}\n")
     verdict = ("something breaks" if report.breaks else "nothing breaks")
     out.write(f"\nResult: {verdict} on Kubernetes {report.gates.version}.\n")

@@ -442,3 +442,140 @@ def test_nothing_to_remediate_when_nothing_conflicts():
     report = run(shared_volume() + [pod(name="a"), pod(name="b")])
     for form in ("patches", "mutating-admission-policy", "kyverno"):
         assert documents(report, form) == []
+
+
+# --- parity with upstream (issue #19): each case names the upstream file and function it follows ----------
+
+def _inline(kind, source, name="disk"):
+    return [{"name": name, kind: source}]
+
+
+# csi-translation-lib plugins/*.go TranslateInTreeInlineVolumeToCSI, keyed as the CSI plugin's GetVolumeName
+# (driver^handle) by GetUniqueVolumeNameFromSpec in selinux_warning_controller.go syncVolume.
+INLINE_MIGRATED = [
+    ("aws_ebs.go", "awsElasticBlockStore", {"volumeID": "aws://us-east-1a/vol-0abc"},
+     {"volumeID": "vol-0abc"}, "kubernetes.io/csi/ebs.csi.aws.com^vol-0abc"),
+    ("gce_pd.go", "gcePersistentDisk", {"pdName": "pd1"}, {"pdName": "pd1", "readOnly": True},
+     "kubernetes.io/csi/pd.csi.storage.gke.io^projects/UNSPECIFIED/zones/UNSPECIFIED/disks/pd1"),
+    ("azure_disk.go", "azureDisk", {"diskName": "d", "diskURI": "/subscriptions/s/disks/d"},
+     {"diskName": "d", "diskURI": "/subscriptions/s/disks/d"},
+     "kubernetes.io/csi/disk.csi.azure.com^/subscriptions/s/disks/d"),
+    ("azure_file.go", "azureFile", {"secretName": "azure-storage-account-acct-secret", "shareName": "share"},
+     {"secretName": "acct", "shareName": "share"}, "kubernetes.io/csi/file.csi.azure.com^#acct#share#disk#ns"),
+    ("openstack_cinder.go", "cinder", {"volumeID": "c-1"}, {"volumeID": "c-1"},
+     "kubernetes.io/csi/cinder.csi.openstack.org^c-1"),
+    ("vsphere_volume.go", "vsphereVolume", {"volumePath": "[ds] v.vmdk"}, {"volumePath": "[ds] v.vmdk"},
+     "kubernetes.io/csi/csi.vsphere.vmware.com^[ds] v.vmdk"),
+    ("portworx.go", "portworxVolume", {"volumeID": "px-1"}, {"volumeID": "px-1"},
+     "kubernetes.io/csi/pxd.portworx.com^px-1"),
+]
+
+
+@pytest.mark.parametrize("upstream, kind, first, second, key", INLINE_MIGRATED,
+                         ids=[case[0] for case in INLINE_MIGRATED])
+def test_inline_volumes_of_migrated_plugins_are_shared_by_their_translated_handle(upstream, kind, first, second,
+                                                                                    key):
+    driver = key.split("/")[2].split("^")[0]
+    report = run([csidriver(driver)] + [
+        pod(name="a", volumes=_inline(kind, first)),
+        pod(name="b", volumes=_inline(kind, second), options={"level": "s0:c9"})])
+    assert report.shared_volumes == 1
+    assert pairs(report) == [("SELinuxLabel", "a", ":::s0:c1,c2", "b", ":::s0:c9"),
+                             ("SELinuxLabel", "b", ":::s0:c9", "a", ":::s0:c1,c2")]
+    assert {c.volume for c in report.conflicts} == {key}
+
+
+def test_an_inline_disk_and_a_pv_of_the_same_disk_are_one_volume():
+    # aws_ebs.go: TranslateInTreePVToCSI and TranslateInTreeInlineVolumeToCSI give the same handle.
+    objects = [csidriver("ebs.csi.aws.com"),
+               pv("pv-ebs", modes=["ReadWriteOnce"], source={"awsElasticBlockStore": {"volumeID": "vol-0abc"}}),
+               pvc(volume="pv-ebs", modes=["ReadWriteOnce"]),
+               pod(name="a"),
+               pod(name="b", volumes=_inline("awsElasticBlockStore", {"volumeID": "aws:///vol-0abc"}),
+                   options={"level": "s0:c9"})]
+    report = run(objects)
+    assert {c.volume for c in report.conflicts} == {"kubernetes.io/csi/ebs.csi.aws.com^vol-0abc"}
+    assert len(report.conflicts) == 2
+
+
+# csi-translation-lib TranslateInTreePVToCSI: two PVs that name one backend disk are one volume upstream.
+IN_TREE_PVS = [
+    ("aws_ebs.go", {"awsElasticBlockStore": {"volumeID": "aws://us-east-1a/vol-1"}},
+     {"awsElasticBlockStore": {"volumeID": "vol-1"}}, {}, "ebs.csi.aws.com^vol-1"),
+    ("gce_pd.go zonal", {"gcePersistentDisk": {"pdName": "pd1"}}, {"gcePersistentDisk": {"pdName": "pd1"}},
+     {"topology.kubernetes.io/zone": "europe-west1-b"},
+     "pd.csi.storage.gke.io^projects/UNSPECIFIED/zones/europe-west1-b/disks/pd1"),
+    ("gce_pd.go regional", {"gcePersistentDisk": {"pdName": "pd1"}}, {"gcePersistentDisk": {"pdName": "pd1"}},
+     {"failure-domain.beta.kubernetes.io/zone": "europe-west1-b__europe-west1-c"},
+     "pd.csi.storage.gke.io^projects/UNSPECIFIED/regions/europe-west1/disks/pd1"),
+    ("azure_disk.go", {"azureDisk": {"diskName": "d", "diskURI": "/s/d"}},
+     {"azureDisk": {"diskName": "d", "diskURI": "/s/d"}}, {}, "disk.csi.azure.com^/s/d"),
+    ("openstack_cinder.go", {"cinder": {"volumeID": "c"}}, {"cinder": {"volumeID": "c"}}, {},
+     "cinder.csi.openstack.org^c"),
+    ("vsphere_volume.go", {"vsphereVolume": {"volumePath": "p"}}, {"vsphereVolume": {"volumePath": "p"}}, {},
+     "csi.vsphere.vmware.com^p"),
+    ("portworx.go", {"portworxVolume": {"volumeID": "x"}}, {"portworxVolume": {"volumeID": "x"}}, {},
+     "pxd.portworx.com^x"),
+]
+
+
+@pytest.mark.parametrize("upstream, first, second, labels, key", IN_TREE_PVS, ids=[c[0] for c in IN_TREE_PVS])
+def test_in_tree_pvs_of_one_backend_disk_are_one_volume(upstream, first, second, labels, key):
+    driver = key.split("^")[0]
+    objects = [csidriver(driver)]
+    for index, source in enumerate((first, second)):
+        volume = pv(f"pv-{index}", modes=["ReadWriteOnce"], source=source)
+        volume["metadata"]["labels"] = dict(labels)
+        objects += [volume, pvc(name=f"claim-{index}", volume=f"pv-{index}", modes=["ReadWriteOnce"])]
+    objects += [pod(name="a", volumes=[{"name": "v", "persistentVolumeClaim": {"claimName": "claim-0"}}]),
+                pod(name="b", volumes=[{"name": "v", "persistentVolumeClaim": {"claimName": "claim-1"}}],
+                    options={"level": "s0:c9"})]
+    report = run(objects)
+    assert {c.volume for c in report.conflicts} == {f"kubernetes.io/csi/{key}"}
+
+
+def test_azure_file_pvs_are_keyed_per_pv_as_the_translation_puts_the_pv_name_in_the_handle():
+    # azure_file.go TranslateInTreePVToCSI: rg#account#share#<PV name>#<namespace>.
+    objects = [csidriver("file.csi.azure.com")]
+    for index in range(2):
+        volume = pv(f"pv-{index}", modes=["ReadWriteMany"], source={"azureFile": {
+            "secretName": "azure-storage-account-acct-secret", "shareName": "share", "secretNamespace": "ns"}})
+        objects += [volume, pvc(name=f"claim-{index}", volume=f"pv-{index}", modes=["ReadWriteMany"])]
+    objects += [pod(name="a", volumes=[{"name": "v", "persistentVolumeClaim": {"claimName": "claim-0"}}]),
+                pod(name="b", volumes=[{"name": "v", "persistentVolumeClaim": {"claimName": "claim-1"}}],
+                    options={"level": "s0:c9"})]
+    report = run(objects)
+    assert report.conflicts == () and report.shared_volumes == 0
+
+
+def test_multiple_labels_in_one_pod_skip_that_volume_for_the_controller():
+    # selinux_warning_controller.go syncPod: GetMountSELinuxLabel fails with MultipleSELinuxLabelsError, the
+    # Warning event is posted and the loop goes on (`continue`): the pod's use of the volume is never added.
+    mixed = pod(name="mixed", containers=[
+        {"name": "one", "volumeMounts": [{"name": "vol", "mountPath": "/a"}],
+         "securityContext": {"seLinuxOptions": {"level": "s0:c1,c2"}}},
+        {"name": "two", "volumeMounts": [{"name": "vol", "mountPath": "/b"}],
+         "securityContext": {"seLinuxOptions": {"level": "s0:c5"}}}])
+    report = run(shared_volume() + [mixed, pod(name="other", options={"level": "s0:c9"})])
+    assert report.conflicts == ()  # before: mixed as Recursive with "", conflicting on policy and label
+    assert [f.kind for f in report.findings if f.kind == "MultipleLabels"] == ["MultipleLabels"]
+    assert verdicts(report)["Pod ns/mixed"] == "breaks"  # kubelet still refuses it on an eligible volume
+
+
+def test_one_missing_claim_leaves_the_pods_other_volumes_in_the_report():
+    # selinux_warning_controller.go syncPod: CreateVolumeSpec fails for the missing claim, `continue`.
+    both = pod(name="b", options={"level": "s0:c9"}, volumes=[
+        {"name": "gone", "persistentVolumeClaim": {"claimName": "gone"}},
+        {"name": "vol", "persistentVolumeClaim": {"claimName": "claim"}}])
+    report = run(shared_volume() + [pod(name="a"), both])
+    assert len(report.conflicts) == 2
+    assert [(f.kind, f.pods) for f in report.findings if f.kind == "UnresolvedVolume"] == [
+        ("UnresolvedVolume", ("ns/b",))]
+
+
+def test_untranslatable_inline_volume_is_a_finding():
+    # aws_ebs.go KubernetesVolumeIDToEBSVolumeID refuses an aws:// ID without vol-: CreateVolumeSpec fails.
+    report = run([csidriver("ebs.csi.aws.com"),
+                  pod(name="a", volumes=_inline("awsElasticBlockStore", {"volumeID": "aws://zone/disk-1"}))])
+    assert [f.kind for f in report.findings] == ["UnresolvedVolume"]
+    assert "is not an EBS volume ID" in report.findings[0].message

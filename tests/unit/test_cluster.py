@@ -46,7 +46,8 @@ def test_claimed_volumes_name_the_volumes_resolution_finds():
     assert [name for name, _ in expected] == ["v-csi", "v-nohandle", "v-nfs", "v-ebs", "scratch"]
     assert dict(expected)["v-csi"] == f"kubernetes.io/csi/{DRIVER}^pv-csi"
     assert dict(expected)["v-nfs"] == "kubernetes.io/nfs/pv-nfs"
-    assert dict(expected)["v-ebs"] == "kubernetes.io/csi/ebs.csi.aws.com^pv-ebs"
+    # Keyed by the handle CSI migration translates the EBS volume ID to, not by the PV's name (issue #19 point 2).
+    assert dict(expected)["v-ebs"] == "kubernetes.io/csi/ebs.csi.aws.com^v"
 
 
 @pytest.mark.parametrize("only", [set(), {"v-csi"}, {"v-ebs", "config", "scratch"}, {"nothing-of-that-name"}])

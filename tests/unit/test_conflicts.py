@@ -71,3 +71,26 @@ def test_json_text_is_the_json_of_to_json(names, cross, censor, prop):
     volume, ns, a, b, other_ns, value, other_value = names
     conflict = Conflict(volume, prop, _pod(ns, a), value, _pod(other_ns if cross else ns, b), other_value)
     assert conflict.json_text(censor) == json.dumps(conflict.to_json(censor), separators=(",", ":"))
+
+
+# Point 5 of issue #19: a Recursive pod against a MountOption pod. selinux_warning_controller.go syncPod takes
+# mountInfo.SELinuxMountLabel, which pkg/volume/util/selinux.go GetMountSELinuxLabel clears for Recursive
+# (PR #130472, "selinux: Ignore pods with Recursive policy"); cache/volumecache.go AddVolume then compares the
+# policies and, independently, ConflictsParsed(labels), where the level is strict since PR #133425. So 1.36 and
+# 1.37 report a SELinuxLabel conflict ("" against the level) on top of the SELinuxChangePolicy one, and none
+# when the MountOption pod has no level.
+@pytest.mark.parametrize("recursive, mount_option, expected", [
+    ("", ":::s0:c1,c2", {CHANGE_POLICY, LABEL}),  # volumecache_test: label "" vs a level
+    ("", "system_u:system_r:label1", {CHANGE_POLICY}),  # volumecache_test "new conflicting policy"
+    ("", "", set()),  # two Recursive uses: the policies are equal, the labels ""
+])
+def test_recursive_against_mount_option_as_the_newest_volume_cache(recursive, mount_option, expected):
+    from agent.conflicts import VolumeUse, controller_conflicts
+
+    def use(name, label, policy):
+        return VolumeUse("v", _pod("ns", name), label, policy, None, False, False, False)
+
+    policy = "Recursive" if mount_option == "" else "MountOption"
+    found = controller_conflicts([use("r", recursive, "Recursive"), use("m", mount_option, policy)])
+    assert {c.property for c in found} == expected
+    assert len(found) == 2 * len(expected)  # both directions

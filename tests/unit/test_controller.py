@@ -393,3 +393,61 @@ def test_an_unreachable_api_is_one_warning_for_all_four_watches_and_one_line_whe
     [back] = [r.getMessage() for r in caplog.records if "working again" in r.getMessage()]
     assert back.startswith(f"API server {api.url}: working again after ")
     assert int(back.split("after ")[1].split()[0]) >= 12
+
+
+# --- parity with upstream's selinux_warning_controller.go syncPod (issue #19) ------------------------------
+
+def _mixed(name="mixed"):
+    """A pod whose two containers mount `vol` (a claim) and `scratch` (an emptyDir) with different labels."""
+    volumes = [{"name": "vol", "persistentVolumeClaim": {"claimName": "claim"}},
+               {"name": "scratch", "emptyDir": {}}]
+    mounts = [{"name": "vol", "mountPath": "/v"}, {"name": "scratch", "mountPath": "/s"}]
+    return pod(name=name, volumes=volumes, containers=[
+        {"name": "one", "volumeMounts": mounts, "securityContext": {"seLinuxOptions": {"level": "s0:c1,c2"}}},
+        {"name": "two", "volumeMounts": mounts, "securityContext": {"seLinuxOptions": {"level": "s0:c5"}}}])
+
+
+def test_multiple_labels_skip_the_volume_and_post_the_warning_event(api, kubeconfig):
+    # syncPod: on MultipleSELinuxLabelsError, Eventf(pod, Warning, "MultipleSELinuxLabels", "Volume %q is mounted
+    # twice with different SELinux labels inside this pod", mount), then `continue`: for every volume kind (the
+    # emptyDir too: GetMountSELinuxLabel runs before syncVolume drops plugins the controller lacks).
+    api.put(_mixed())
+    api.put(pod(name="other", options={"level": "s0:c9"}))
+    controller, thread = start(kubeconfig)
+    try:
+        assert wait_for(lambda: len(api.events) == 2)
+        time.sleep(0.3)
+        assert sorted((e["type"], e["reason"], e["message"], e["involvedObject"]["name"]) for e in api.events) == [
+            ("Warning", "MultipleSELinuxLabels", f'Volume "{name}" is mounted twice with different SELinux labels '
+             "inside this pod", "mixed") for name in ("scratch", "vol")]
+        assert controller.model.all_conflicts() == []
+    finally:
+        controller.stop()
+        thread.join(5)
+
+
+def test_a_missing_claim_leaves_out_that_volume_not_the_pod():
+    # syncPod: CreateVolumeSpec fails for the missing claim, the error is kept and the loop goes on.
+    model = _model()
+    model.replace("CSIDriver", [csidriver()])
+    model.replace("PersistentVolume", [pv(modes=["ReadWriteMany"])])
+    model.replace("PersistentVolumeClaim", [pvc(modes=["ReadWriteMany"])])
+    both = pod(name="b", options={"level": "s0:c9"}, volumes=[
+        {"name": "gone", "persistentVolumeClaim": {"claimName": "gone"}},
+        {"name": "vol", "persistentVolumeClaim": {"claimName": "claim"}}])
+    model.replace("Pod", [pod(name="a"), both])
+    assert {(c.pod.name, c.other.name) for c in model.all_conflicts()} == {("a", "b"), ("b", "a")}
+    assert model.unresolved == {"ns/b": "Pod ns/b: PersistentVolumeClaim ns/gone is not in the input"}
+    model.apply("PersistentVolumeClaim", "ADDED", pvc(name="gone", modes=["ReadWriteMany"]))
+    assert model.unresolved == {} and len(model.all_conflicts()) == 2  # both claims name pv1: one use
+
+
+def test_two_pods_naming_one_inline_disk_conflict_live():
+    # selinux_warning_controller.go syncPod -> CreateVolumeSpec translates the inline awsElasticBlockStore
+    # (csi-translation-lib aws_ebs.go) and syncVolume keys it by GetUniqueVolumeNameFromSpec: one volume.
+    model = _model()
+    model.replace("CSIDriver", [csidriver("ebs.csi.aws.com")])
+    disk = [{"name": "disk", "awsElasticBlockStore": {"volumeID": "aws://eu-west-1a/vol-1"}}]
+    model.replace("Pod", [pod(name="a", volumes=disk), pod(name="b", volumes=disk, options={"level": "s0:c9"})])
+    assert {c.volume for c in model.all_conflicts()} == {"kubernetes.io/csi/ebs.csi.aws.com^vol-1"}
+    assert len(model.all_conflicts()) == 2

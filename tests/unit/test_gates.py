@@ -46,8 +46,27 @@ def test_kubelet_refusals(version, overrides, words):
     assert words in str(info.value)
 
 
-def test_unrelated_gates_are_accepted():
-    assert resolve("1.36", {"SomethingElse": True}) == resolve("1.36")
+@pytest.mark.parametrize("version, name", [
+    ("1.36", "NodeSwap"), ("1.33", "KubeletPSI"), ("1.37", "UserNamespacesSupport"), ("1.35", "ContextualLogging"),
+    ("1.32", "SomethingElse"),  # no list of names for 1.32: only the SELinux gates are checked there
+])
+def test_gates_of_that_release_are_accepted_and_change_nothing(version, name):
+    assert resolve(version, {name: True}) == resolve(version)
+
+
+# Names from test/compatibility_lifecycle/reference/feature_list.md (agent/gate_names.py); kubelet refuses a name
+# it does not know (component-base featuregate Set: "unrecognized feature gate").
+@pytest.mark.parametrize("version, name, message", [
+    ("1.36", "SomethingElse", "unrecognized feature gate: SomethingElse (not a feature gate of Kubernetes 1.36)"),
+    ("1.37", "NodeSwapp", "unrecognized feature gate: NodeSwapp (did you mean NodeSwap?)"),
+    ("1.33", "UserNamespaceSupport", "unrecognized feature gate: UserNamespaceSupport (did you mean "
+                                     "UserNamespacesSupport?)"),
+    ("1.33", "EnvFiles", "unrecognized feature gate: EnvFiles (it does not exist in 1.33; it appears in 1.34)"),
+])
+def test_names_that_are_not_gates_of_that_release_are_refused(version, name, message):
+    with pytest.raises(InvalidFeatureGates) as info:
+        resolve(version, {name: True})
+    assert str(info.value) == message
 
 
 @pytest.mark.parametrize("text", ["1.27", "1.38", "2.0", "latest", "1.x"])

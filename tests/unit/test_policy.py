@@ -335,3 +335,25 @@ def test_malformed_level_is_refused_before_anything_else():
     with pytest.raises(InvalidLabel) as info:
         decide([csidriver(), pv(), pvc(), pod(options={"level": 's0:c1",ro'})])
     assert "Pod ns/p spec.securityContext" in str(info.value)
+
+
+# Inline volumes of CSI-migrated plugins: kubelet's desired_state_of_world_populator translates them
+# (csi-translation-lib TranslateInTreeInlineVolumeToCSI) before AddPodToVolume, so pkg/volume/util/selinux.go
+# VolumeSupportsSELinuxMount sees a spec with a PersistentVolume and the translated access modes. (A recursive
+# decision carries the label the runtime relabels with.)
+@pytest.mark.parametrize("version, se_linux_mount, mode, label", [
+    ("1.37", True, MountMode.CONTEXT, FULL),  # SELinuxMount on: every access mode is eligible
+    ("1.36", True, MountMode.RECURSIVE, FULL),  # RWOP only, and the translation gives ReadWriteOnce
+    ("1.37", False, MountMode.RECURSIVE, FULL),  # the driver does not support context mounts
+])
+def test_inline_migrated_volume_is_judged_as_its_translated_pv(version, se_linux_mount, mode, label):
+    volume = one([csidriver("ebs.csi.aws.com", se_linux_mount=se_linux_mount),
+                  pod(volumes=[{"name": "disk", "awsElasticBlockStore": {"volumeID": "vol-1"}}])], version=version)
+    assert volume.mode is mode
+    assert (volume.label.text if volume.label else None) == label
+    assert any("CSI migration" in reason and "ReadWriteOnce" in reason for reason in volume.reasons)
+
+
+def test_inline_volume_that_is_not_migrated_is_never_context_mounted():
+    volume = one([csidriver(), pod(volumes=[{"name": "inline", "csi": {"driver": DRIVER}}])], version="1.37")
+    assert volume.mode is MountMode.RECURSIVE
