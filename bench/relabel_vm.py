@@ -55,7 +55,7 @@ def command_line(args) -> str:
              f"--sizes {args.size_list[0]}"]
     if args.repeat != 1:
         words.append(f"--repeat {args.repeat}")
-    return " ".join(words) + " (as root; `make vm-bench` runs it)"
+    return " ".join(words)
 
 
 def main(args) -> int:

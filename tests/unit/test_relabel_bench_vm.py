@@ -93,7 +93,7 @@ def test_checks_give_the_issue_ratios_and_the_get_to_set_cost():
     text = relabel_guest.render(report, "python bench/relabel.py --vm")
     assert "| go-selinux / ours-N, relabel pass | 1.25 | >= 1.5x | **no** |" in text
     assert "| chcon -R | 12.000 | 8,342 | 3.00x | 12.000 | 8,342 |" in text
-    assert "Command: `python bench/relabel.py --vm`" in text and "Not measured: xfs: no image." in text
+    assert "Command: `python bench/relabel.py --vm` (as root" in text and "Not measured: xfs: no image." in text
 
 
 def test_the_guest_section_is_appended_once_then_replaced_in_place():
