@@ -10,7 +10,7 @@ APT_PACKAGES  := python3-venv python3-dev python3-selinux gcc make checkpolicy s
 SUDO          := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP         := $(VENV)/.installed
 
-.PHONY: deps run explain test test-unit vm-test bench clean
+.PHONY: deps run explain test test-unit vm-test vm-bench bench clean
 
 # Debian's python3-selinux holds the libselinux bindings; a --system-site-packages venv built from
 # the system interpreter sees them, so no bindings need compiling.
@@ -49,6 +49,11 @@ test-unit: $(STAMP)
 VM_POLICY     ?= c9s
 vm-test: $(STAMP)
 	$(SUDO) vm/run-enforcing-tests --policy $(VM_POLICY) $(VM_ARGS)
+
+# The relabel benchmark in the same guest (not part of vm-test: ~15 min under TCG), then on the host on the same
+# trees; writes the guest section of docs/relabel-benchmark.md. Extra options: make vm-bench BENCH_ARGS=...
+vm-bench: $(STAMP)
+	$(SUDO) $(PY) bench/relabel.py --vm --policy $(VM_POLICY) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

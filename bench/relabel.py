@@ -12,8 +12,10 @@ Every runner relabels the same tree in the same run, in its own process (so peak
 Two passes per runner: a relabel pass (every entry carries another label first) and an already-labelled pass.
 
 Usage: python bench/relabel.py [--sizes 100000,1000000] [--fs tmpfs,ext4] [--repeat N] [--quick] [--no-docs]
+       python bench/relabel.py --vm [--policy c9s] [--sizes 100000] [--fs ext4,xfs]   (make vm-bench)
 Needs root (tmpfs and loop mounts, security.* xattrs). Writes docs/relabel-benchmark.md and
-docs/relabel-threads.png unless --no-docs.
+docs/relabel-threads.png unless --no-docs; --vm (an SELinux-enforcing kernel: bench/relabel_vm.py) writes its
+section of docs/relabel-benchmark.md.
 """
 
 from __future__ import annotations
@@ -142,12 +144,14 @@ def rss_helper() -> str:
 
 
 def timed_rss(argv) -> tuple[float, float, str]:
-    """Run argv; (wall seconds, the child's own peak RSS in MB, stdout)."""
-    proc = subprocess.run([rss_helper(), *argv], capture_output=True)
+    """Run argv; (wall seconds, the child's own peak RSS in MB, stdout). Where there is no C compiler for the
+    wrapper (the enforcing guest) the RSS is not measured: NaN."""
+    measured = shutil.which("gcc") is not None
+    proc = subprocess.run([rss_helper(), *argv] if measured else argv, capture_output=True)
     err = proc.stderr.decode(errors="replace")
     if proc.returncode != 0:
         raise RuntimeError(f"{argv[0]} failed ({proc.returncode}): {err[-500:]}")
-    rss_kb = int(err.rsplit("maxrss_kb=", 1)[1].split()[0])
+    rss_kb = int(err.rsplit("maxrss_kb=", 1)[1].split()[0]) if measured else float("nan")
     return 0.0, rss_kb / 1024.0, proc.stdout.decode()
 
 
@@ -223,8 +227,9 @@ def runners(go_binary: str | None):
     return out
 
 
-def build_go() -> tuple[str | None, str]:
-    """Build bench/go against Debian's go-selinux (GOPATH mode, offline); (binary or None, reason)."""
+def build_go(static: bool = False) -> tuple[str | None, str]:
+    """Build bench/go against Debian's go-selinux (GOPATH mode, offline); (binary or None, reason). `static`:
+    CGO_ENABLED=0, a binary that runs in the enforcing guest, which has no Go."""
     src = "/usr/share/gocode/src/github.com/opencontainers/selinux/go-selinux"
     if not shutil.which("go") or not os.path.isdir(src):
         if os.geteuid() == 0 and shutil.which("apt-get"):
@@ -235,14 +240,15 @@ def build_go() -> tuple[str | None, str]:
     build = tempfile.mkdtemp(prefix="relabel-go-")
     binary = os.path.join(build, "relabel-go")
     env = {**os.environ, "GO111MODULE": "off", "GOPATH": f"{build}:/usr/share/gocode",
-           "GOCACHE": os.path.join(build, "cache"), "GOFLAGS": ""}
+           "GOCACHE": os.path.join(build, "cache"), "GOFLAGS": "", **({"CGO_ENABLED": "0"} if static else {})}
     proc = subprocess.run(["go", "build", "-o", binary, os.path.join(REPO, "bench", "go", "main.go")],
                           capture_output=True, env=env)
     if proc.returncode != 0:
         return None, "go build failed: " + proc.stderr.decode(errors="replace").strip()[-300:]
     version = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", "golang-github-opencontainers-selinux-dev"],
                              capture_output=True, text=True).stdout
-    return binary, f"go-selinux {version} (Debian), {subprocess.run(['go', 'version'], capture_output=True, text=True).stdout.strip()}"
+    go_version = subprocess.run(['go', 'version'], capture_output=True, text=True).stdout.strip()
+    return binary, f"go-selinux {version} (Debian), {go_version}{', static' if static else ''}"
 
 
 def reset(path: str) -> None:
@@ -255,10 +261,12 @@ def reset(path: str) -> None:
 # --- main ---------------------------------------------------------------------------------------------------
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", default="100000,1000000", help="entries per tree, comma separated")
-    parser.add_argument("--fs", default="tmpfs,ext4", help="filesystems: tmpfs, ext4 (loop image)")
+    parser.add_argument("--sizes", default=None,
+                        help="entries per tree, comma separated (default 100000,1000000; with --vm 100000)")
+    parser.add_argument("--fs", default=None, help="filesystems: tmpfs, ext4 (loop image); default tmpfs,ext4 "
+                                                   "(with --vm: ext4,xfs, the enforcing tests' volume images)")
     parser.add_argument("--shapes", default="dirs,flat")
     parser.add_argument("--threads", default=None, help="thread counts for the scaling plot (default 1,2,4,8)")
     parser.add_argument("--quick", action="store_true", help="20k and 100k entries, tmpfs and ext4")
@@ -266,14 +274,64 @@ def main(argv=None) -> int:
     parser.add_argument("--workdir", default="/var/tmp")
     parser.add_argument("--repeat", type=int, default=1,
                         help="rounds per runner and tree; the best round of each pass is kept (default 1)")
+    enforcing = parser.add_argument_group(
+        "enforcing kernel", "--vm boots the enforcing guest of `make vm-test` and benchmarks there (and on the host, "
+        "same trees and runners): ours, chcon -R, setfiles -F, go-selinux (bench/relabel_guest.py)")
+    enforcing.add_argument("--vm", action="store_true", help="run in the enforcing guest; one size (default 100000)")
+    enforcing.add_argument("--policy", default=os.environ.get("SMA_VM_POLICY", "c9s"),
+                           help="the guest's policy flavour (default c9s)")
+    enforcing.add_argument("--vm-keep", metavar="DIR", help="keep the guest's console log and results in DIR")
+    enforcing.add_argument("--no-host", action="store_true", help="with --vm: skip the host run on the same trees")
+    enforcing.add_argument("--guest-run", action="store_true", help=argparse.SUPPRESS)  # the guest's own step
+    enforcing.add_argument("--volume-dir", default=os.environ.get("SMA_VOLUME_DIR"), help=argparse.SUPPRESS)
+    enforcing.add_argument("--out", help=argparse.SUPPRESS)
+    enforcing.add_argument("--go-binary", help=argparse.SUPPRESS)
+    enforcing.add_argument("--go-note", default="", help=argparse.SUPPRESS)
+    return parser
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """Arguments, checked: bad ones exit 2 with one line (argparse's error)."""
+    parser = build_parser()
     args = parser.parse_args(argv)
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
+    sizes = args.sizes or ("100000" if args.vm or args.guest_run else "100000,1000000")
+    try:
+        args.size_list = [20_000, 100_000] if args.quick else [int(s) for s in sizes.split(",")]
+    except ValueError:
+        parser.error(f"--sizes takes comma-separated integers, not {sizes!r}")
+    if args.vm or args.guest_run:
+        if len(args.size_list) != 1:
+            parser.error("--vm takes one size (the file count of the guest's volume images)")
+        args.fs_list = (args.fs or "ext4,xfs").split(",")
+        unknown = sorted(set(args.fs_list) - {"ext4", "xfs"})
+        if unknown:
+            parser.error(f"--vm measures the enforcing tests' ext4 and xfs images, not {','.join(unknown)}")
+        if args.guest_run and not (args.volume_dir and args.out):
+            parser.error("--guest-run needs --volume-dir and --out")
+    else:
+        args.fs_list = (args.fs or "tmpfs,ext4").split(",")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     if os.geteuid() != 0:
         print("bench/relabel.py needs root (mounts, security.* xattrs)", file=sys.stderr)
         return 2
-    if args.repeat < 1:
-        parser.error("--repeat must be at least 1")
-    sizes = [20_000, 100_000] if args.quick else [int(s) for s in args.sizes.split(",")]
-    kinds = args.fs.split(",")
+    if args.guest_run:
+        import relabel_guest
+
+        report = relabel_guest.run(args.volume_dir, args.out, args.fs_list, args.size_list[0], args.repeat,
+                                   args.go_binary, args.go_note)
+        return 0 if report["rows"] else 1
+    if args.vm:
+        import relabel_vm
+
+        return relabel_vm.main(args)
+    sizes = args.size_list
+    kinds = args.fs_list
     shapes = args.shapes.split(",")
     scaling_threads = [int(t) for t in (args.threads or "1,2,4,8").split(",")]
     command = "python bench/relabel.py " + " ".join(argv if argv is not None else sys.argv[1:])

@@ -152,7 +152,8 @@ def _guest_tools(tools_dir: Path) -> list[str]:
 
 
 def project_disk(workdir: Path, image: Path, pytest_args: list[str], env: dict[str, str],
-                 build_extensions: bool = True) -> Path:
+                 build_extensions: bool = True, extra_files: dict[str, Path] | None = None) -> Path:
+    """The project disk; `extra_files` (name -> host path) are copied into its .vm-run/ as well."""
     tree = workdir / "project"
     for name in _project_files(PROJECT):
         destination = tree / name
@@ -167,6 +168,8 @@ def project_disk(workdir: Path, image: Path, pytest_args: list[str], env: dict[s
     if tools:
         print(f"== disks: tools for the guest: {', '.join(tools)}", flush=True)
     (run_dir / "pytest-args").write_text("".join(f"{arg}\n" for arg in pytest_args))
+    for name, source in (extra_files or {}).items():
+        shutil.copy2(source, run_dir / name)
     (run_dir / "env").write_text("".join(f"{key}={value}\n" for key, value in sorted(env.items())))
     used = sum(f.stat().st_size for f in tree.rglob("*") if f.is_file())
     size_mb = 64 + 2 * used // (1024 * 1024)

@@ -45,7 +45,8 @@ ROOT_SIZE = "3G"
 FLAVOURS = ("debian", "c9s", "f40")
 DEFAULT_FLAVOUR = "c9s"
 # Files whose content defines the image; any change gives a new cache key.
-RECIPE_FILES = ("image.py", "guest-packages.txt", "guest/init", "policy/smatest.te", "policy/debian-shims.te")
+RECIPE_FILES = ("image.py", "guest-packages.txt", "guest/init", "policy/smatest.te", "policy/smatest.fc",
+                "policy/debian-shims.te")
 # ... and the debootstrap tarball every flavour starts from.
 BASE_RECIPE_FILES = ("guest-packages.txt",)
 CONTAINER_MODULE_IN_SRC = "selinux-policy-src/policy/modules/services/container"
@@ -153,13 +154,16 @@ class _Steps:
 
 
 def _test_module(workdir: Path, name: str, source: str) -> Path:
-    """A module package from one of our .te files (checkmodule -M -m + semodule_package)."""
+    """A module package from one of our .te files (checkmodule -M -m + semodule_package), with the file
+    contexts of the .fc file of the same name if there is one."""
     directory = workdir / name
     directory.mkdir()
     shutil.copy(VM_DIR / "policy" / source, directory / f"{name}.te")
     # -M: the guest policy is MLS/MCS; a module built without it would not link.
     _run(["checkmodule", "-M", "-m", "-o", f"{name}.mod", f"{name}.te"], cwd=directory)
-    _run(["semodule_package", "-o", f"{name}.pp", "-m", f"{name}.mod"], cwd=directory)
+    contexts = VM_DIR / "policy" / source.replace(".te", ".fc")
+    file_contexts = ["-f", contexts] if contexts.exists() else []
+    _run(["semodule_package", "-o", f"{name}.pp", "-m", f"{name}.mod", *file_contexts], cwd=directory)
     return directory / f"{name}.pp"
 
 

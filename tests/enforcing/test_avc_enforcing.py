@@ -11,8 +11,8 @@ Two files are read from `container_t:s0:c1,c2` (the "pod" `enforce-test/reader`)
   store's copy of the module is the build just installed, not the previous one. The same denials
   also become a CIL domain in the udica form, installed with container-selinux's `base_container.cil`
   template (the guest's own from container-selinux on the c9s and f40 flavours, udica 0.2.2's on debian), and
-  a process of that domain reads the file. The guest's test module (vm/policy/smatest.te) lets kernel_t start
-  any container_domain from a container_file_t busybox; on debian, vm/policy/debian-shims.te declares
+  a process of that domain reads the file. The guest's test module (vm/policy/smatest.te) lets the tests' domain
+  (unconfined_service_t on c9s/f40, init_t on debian) start any container_domain from a container_file_t busybox; on debian, vm/policy/debian-shims.te declares
   svirt_sandbox_domain, which the template names and refpolicy lacks.
 
 Needs root, an enforcing kernel, runcon/chcon, checkmodule, semodule_package and semodule. The module is
