@@ -374,8 +374,10 @@ def attach_loop(image: str) -> str:
 def detach_loop(device: str, settle: float = 30.0) -> None:
     """Detach `device` and return once it is free. While another program holds it open (a probe such as blkid)
     the kernel only marks it for autoclear and frees it at the last close; the volume is not gone until then,
-    so wait up to `settle` seconds and otherwise fail, letting the CO retry."""
+    so wait up to `settle` seconds and otherwise fail, letting the CO retry. A device still mounted somewhere
+    (a bind the host made) is left to autoclear at that unmount: waiting for it would only stall the caller."""
     with _loop_lock:
+        number = device_number(device) if os.path.exists(device) else None
         result = subprocess.run(["losetup", "--detach", device], capture_output=True, text=True, timeout=60)
         if result.returncode != 0 and "No such device" not in result.stderr:
             raise MountFailed(f"losetup --detach {device}: {result.stderr.strip() or result.returncode}")
@@ -383,6 +385,9 @@ def detach_loop(device: str, settle: float = 30.0) -> None:
         deadline = time.monotonic() + settle
         pause = 0.005
         while os.path.exists(backing):
+            if number is not None and any(m.major_minor == number for m in mounts()):
+                log.info("%s is still mounted elsewhere: the kernel detaches it at that unmount", device)
+                return
             if time.monotonic() >= deadline:
                 raise MountFailed(f"{device} is still attached {settle:g} s after its detach: another program "
                                   f"holds it open; the kernel frees it when that program closes it")

@@ -2,7 +2,7 @@
 
 The project disk is an ext4 image made with `mkfs.ext4 -d` from a copy of the tree: the files git knows
 about (tracked, and untracked but not ignored) plus in-tree built extension modules (`*.so`, ignored by
-git), so that a C extension built on the host with /usr/bin/python3 travels with the project. The guest's
+git), so that a C extension built on the host with the venv's /usr/bin/python3 travels with the project. The guest's
 python3 is the same Debian 3.11, so such a module loads there. If setup.py declares extensions, they are
 built into the copy (never into the working tree) unless the run asks not to.
 
@@ -25,7 +25,6 @@ from pathlib import Path
 
 VM_DIR = Path(__file__).resolve().parent
 PROJECT = VM_DIR.parent
-SYSTEM_PYTHON = "/usr/bin/python3"
 RESULTS_MB = 64
 
 
@@ -48,26 +47,30 @@ def _project_files(project: Path) -> list[str]:
 
 
 def _build_extensions(tree: Path) -> None:
-    """Build setup.py's extensions in place in the copy, with the interpreter the guest also has."""
+    """Build setup.py's extensions in place in the copy, with the venv's interpreter: the guest's python3 is the
+    same Debian 3.11 (the venv is made from /usr/bin/python3), and the venv has the setuptools pyproject.toml
+    needs (Debian's 66 refuses its SPDX `license`). A failed build stops the run: without the walker the
+    guest would test less than it says."""
     setup = tree / "setup.py"
     if not setup.exists() or "Extension(" not in setup.read_text():
         return
     print("== disks: building C extensions into the project copy", flush=True)
-    result = subprocess.run([SYSTEM_PYTHON, "setup.py", "-q", "build_ext", "--inplace",
+    result = subprocess.run([str(venv_python()), "setup.py", "-q", "build_ext", "--inplace",
                              "--build-temp", str(tree.parent / "build-temp")],
                             cwd=tree, capture_output=True, text=True)
     if result.returncode != 0:
-        # Not fatal: tests that need the extension report it themselves; the rest still run.
-        print(f"== disks: extension build failed, continuing without it:\n{result.stderr[-2000:]}",
-              file=sys.stderr, flush=True)
+        raise ExtensionBuildFailed("the C extension build failed in the project copy (--no-build-ext skips it):\n"
+                                   + result.stderr[-2000:])
     shutil.rmtree(tree / "build", ignore_errors=True)
 
 
-# Python packages Debian's guest ships too old for the checked-in CSI stubs (protobuf >= 7, grpcio >= 1.85) and
-# for the audit reader (pyroute2 0.9's socket core; bookworm has 0.7), copied from the host's venv (same Python
-# 3.11, same glibc) into .vm-run/site, which run-tests puts first on PYTHONPATH. Module name -> directory below
-# site-packages.
-GUEST_SITE_PACKAGES = {"grpc": "grpc", "google.protobuf": "google/protobuf", "pyroute2": "pyroute2"}
+# Python packages Debian's guest ships too old for the checked-in CSI stubs (protobuf >= 7, grpcio >= 1.85), for
+# the audit reader (pyroute2 0.9's socket core; bookworm has 0.7) and the metrics (prometheus_client >= 0.19 for
+# disable_created_metrics; bookworm has 0.16), or not at all (msgspec, the audit's item reader), copied from the
+# host's venv (same Python 3.11, same glibc) into .vm-run/site, which run-tests puts first on PYTHONPATH. Module
+# name -> directory below site-packages.
+GUEST_SITE_PACKAGES = {"grpc": "grpc", "google.protobuf": "google/protobuf", "pyroute2": "pyroute2",
+                       "prometheus_client": "prometheus_client", "msgspec": "msgspec"}
 OPTIONAL_SITE_DIRS = ("google/_upb",)  # protobuf's C core, present in binary wheels
 UDICA_TEMPLATES = "usr/share/udica/templates"  # below site-packages: udica's absolute data_files land there
 # What the venv must hold, checked in one interpreter run: each module's import, pyroute2's version (the guest
@@ -94,6 +97,10 @@ print(json.dumps({"found": found, "missing": missing}))
 
 class VenvIncomplete(RuntimeError):
     """The venv lacks what the guest needs; the message names it and how to get it."""
+
+
+class ExtensionBuildFailed(RuntimeError):
+    """setup.py's extensions did not build for the guest; the message carries the compiler's last words."""
 
 
 def venv_python() -> Path:
