@@ -131,7 +131,8 @@ def _site_packages(site_dir: Path) -> None:
 
 
 def project_disk(workdir: Path, image: Path, pytest_args: list[str], env: dict[str, str],
-                 build_extensions: bool = True) -> Path:
+                 build_extensions: bool = True, run_files: tuple[Path, ...] = ()) -> Path:
+    """The project disk; `run_files` (built on the host for this run) go to .vm-run/ beside the arguments."""
     tree = workdir / "project"
     for name in _project_files(PROJECT):
         destination = tree / name
@@ -142,6 +143,8 @@ def project_disk(workdir: Path, image: Path, pytest_args: list[str], env: dict[s
     run_dir = tree / ".vm-run"
     run_dir.mkdir()
     _site_packages(run_dir / "site")
+    for path in run_files:
+        shutil.copy(path, run_dir / path.name)
     (run_dir / "pytest-args").write_text("".join(f"{arg}\n" for arg in pytest_args))
     (run_dir / "env").write_text("".join(f"{key}={value}\n" for key, value in sorted(env.items())))
     used = sum(f.stat().st_size for f in tree.rglob("*") if f.is_file())
