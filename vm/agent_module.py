@@ -3,12 +3,14 @@ Makefile and headers. For the targeted flavours those headers come from the same
 policy (refpolicy's `make install-headers`, what selinux-policy-devel ships); for debian they are Debian's
 selinux-policy-dev on the host, the same refpolicy release the guest runs.
 
-The headers of a targeted flavour take about half a minute to make, so they are cached beside the images,
-keyed like the policy they describe (pinned sources and vm/targeted.py's recipe files).
+The headers of a targeted flavour take about 40 s to make (minutes on a busy host), so they are cached beside
+the images, keyed like the policy they describe (pinned sources and vm/targeted.py's recipe files), and shared
+by vm-test and the host tests that build the module.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import shutil
 import subprocess
@@ -39,18 +41,27 @@ def devel_makefile(flavour: str, cache: Path) -> Path:
         return DEBIAN_DEVEL_MAKEFILE
     done = cache / f"devel-{flavour}-{headers_key(flavour)}"
     include = done / "usr/share/selinux" / targeted.POLICY_NAME / "include"
-    if not (include / "Makefile").is_file():
-        work = cache / f"{done.name}.build"
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(parents=True)
-        targeted.headers(flavour, work, cache / "policy-src")
-        shutil.rmtree(done, ignore_errors=True)
-        (work / "devel").rename(done)
-        shutil.rmtree(work)
-        for old in cache.glob(f"devel-{flavour}-*"):
-            if old != done and not old.name.endswith(".build"):
-                shutil.rmtree(old, ignore_errors=True)
+    cache.mkdir(parents=True, exist_ok=True)
+    # Its own lock: vm-test holds the cache's .lock while it calls this; the host tests build here too.
+    with open(cache / ".devel.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (include / "Makefile").is_file():
+            _build_headers(flavour, cache, done)
     return include / "Makefile"
+
+
+def _build_headers(flavour: str, cache: Path, done: Path) -> None:
+    """Headers into `done`, renamed into place whole; older keys' headers of the flavour are removed."""
+    work = cache / f"{done.name}.build"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    targeted.headers(flavour, work, cache / "policy-src")
+    shutil.rmtree(done, ignore_errors=True)
+    (work / "devel").rename(done)
+    shutil.rmtree(work)
+    for old in cache.glob(f"devel-{flavour}-*"):
+        if old != done and not old.name.endswith(".build"):
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def build(makefile: Path, out: Path, source_dir: Path = SOURCE_DIR) -> Path:

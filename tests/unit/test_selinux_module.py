@@ -15,6 +15,7 @@ VM_DIR = Path(__file__).resolve().parents[2] / "vm"
 sys.path.insert(0, str(VM_DIR))
 
 import agent_module  # noqa: E402
+import image  # noqa: E402
 import policy_sources  # noqa: E402
 
 BUILD_TOOLS = ("make", "m4", "checkmodule", "semodule_package")
@@ -54,7 +55,9 @@ def test_builds_with_the_targeted_devel_headers_of_the_pinned_sources(flavour, b
     if absent:
         pytest.skip(f"pinned policy sources absent from {policy_sources.local_dir()} ({' '.join(absent)}); "
                     "this test does not download them")
-    makefile = agent_module.devel_makefile(flavour, tmp_path / "cache")
+    # The harness's cache ($SMA_VM_CACHE or ~/.cache/selinux-mount-agent/vm): headers made once per pinned
+    # source and recipe serve these builds and vm-test's alike.
+    makefile = agent_module.devel_makefile(flavour, image.cache_root())
     assert (makefile.parent / "build.conf").read_text().count("DISTRO ?= redhat") == 1
     package = agent_module.build(makefile, tmp_path / "build")
     assert agent_module.NAME.encode() in package.read_bytes()
