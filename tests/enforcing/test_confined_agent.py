@@ -16,21 +16,21 @@ import os
 import shutil
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 import pytest
 
 from agent.avc.records import parse_lines
-from agent.label import Label
 from csi_shim.mounter import mounted_at
 from tests.enforcing.conftest import KernelLog
 from tests.polling import terminate, wait_for
 
 grpc = pytest.importorskip("grpc", reason="grpcio is not importable here (the CI guest gets the host's copy)")
 try:
-    from tests.enforcing.test_csi_shim_enforcing import OWN, label_of, other_pod_is_denied, pod_can_write_and_read
+    from tests.enforcing.test_csi_shim_enforcing import stage_seed_publish, volume_is_the_pods_own
     from tests.root.csi_backend import BackendNode, serve_backend
-    from tests.root.csi_helpers import LABEL_A, Client, cleanup, context_flag, loops_under, mounts_under
+    from tests.root.csi_helpers import Client, cleanup, loops_under, mounts_under
 except ImportError as err:  # protobuf older than the checked-in stubs need
     pytest.skip(f"the CSI stubs do not import here: {err}", allow_module_level=True)
 
@@ -151,32 +151,26 @@ def test_confined_agent_serves_the_whole_lifecycle_without_a_denial(agent_python
     shim = ConfinedShim(agent_python, workdir)
     backend = serve_backend(str(shim.backend_socket), BackendNode(mode=mode))
     client = None
-    output = ""
+    failure, output = None, ""
     try:
         shim.start()
         assert shim.context() == AGENT_CONTEXT
         client = Client(str(shim.socket), str(shim.kubelet))
         staging = client.staging_path("vol-1")
         target = client.target_path("pod-own")
-        flags = [context_flag(LABEL_A)]
-        client.stage("vol-1", staging, flags)
-        with open(os.path.join(staging, "seed"), "w", encoding="utf-8") as handle:
-            handle.write("from before the pod\n")  # a file the relabel (when needed) must reach
-        client.publish("vol-1", staging, target, flags, pod=("team-a", "web-0"))
+        stage_seed_publish(client, "vol-1", staging, target)
 
         published = mounted_at(target)
         assert published is not None
         assert (published.context is not None) == context_applied, published
-        assert label_of(os.path.join(target, "seed")) == Label.parse(LABEL_A)
-        seed = confined.run(OWN, "cat", os.path.join(target, "seed"))
-        assert seed.returncode == 0 and seed.stdout == "from before the pod\n", seed.stderr
-        pod_can_write_and_read(confined, OWN, target)
-        other_pod_is_denied(confined, target)
+        volume_is_the_pods_own(confined, target)
 
         client.unpublish("vol-1", target)
         client.unstage("vol-1", staging)
         assert mounted_at(target) is None and mounted_at(staging) is None
         assert shim.context() == AGENT_CONTEXT and shim.proc.poll() is None
+    except Exception as err:  # noqa: BLE001 - reported below together with the denials, which explain it
+        failure = "".join(traceback.format_exception(err))
     finally:
         if client:
             client.close()
@@ -185,5 +179,7 @@ def test_confined_agent_serves_the_whole_lifecycle_without_a_denial(agent_python
         backend.stop(0)
     denials = agent_denials(log.wait_for("avc:", timeout=1.0))
     log.close()
-    assert not denials, (f"{len(denials)} AVC denial(s) of {DOMAIN} during the lifecycle (a rule the module "
-                         "lacks):\n" + "\n".join(denials) + f"\n--- shim output ---\n{output}")
+    assert not denials and failure is None, (
+        f"{len(denials)} AVC denial(s) of {DOMAIN} during the lifecycle (each a rule the module lacks):\n"
+        + "\n".join(denials) + (f"\n--- the lifecycle failed ---\n{failure}" if failure else "")
+        + f"\n--- shim output ---\n{output}")
