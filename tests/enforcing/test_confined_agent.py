@@ -42,7 +42,8 @@ DOMAIN = "selinux_mount_agent_t"
 # The level deploy/proxy-sidecar sets (seLinuxOptions level s0).
 AGENT_CONTEXT = f"system_u:system_r:{DOMAIN}:s0"
 KUBELET_DIR = "system_u:object_r:container_var_lib_t:s0"
-SOCKET_DIR = "system_u:object_r:container_file_t:s0"
+# An image's files and a pod's emptyDir (here: the socket directory) at the pod's level.
+CONTAINER_FILE = "system_u:object_r:container_file_t:s0"
 STATE_DIR = f"system_u:object_r:{MODULE}_var_lib_t:s0"
 DEVEL_MAKEFILE = "/usr/share/selinux/devel/Makefile"
 
@@ -82,7 +83,7 @@ def agent_python(agent_module, tmp_path_factory):
     """The interpreter as the agent's entrypoint: a copy labelled container_file_t:s0, as an image's files are."""
     copy = tmp_path_factory.mktemp("agent-image") / "python3"
     shutil.copy(os.path.realpath(sys.executable), copy)
-    subprocess.run(["chcon", f"{SOCKET_DIR}", str(copy)], check=True)
+    subprocess.run(["chcon", CONTAINER_FILE, str(copy)], check=True)
     return copy
 
 
@@ -91,7 +92,7 @@ class ConfinedShim:
 
     def __init__(self, python: Path, work: Path):
         self.sockets, self.state, self.kubelet = work / "csi", work / "state", work / "kubelet"
-        for directory, label in ((self.sockets, SOCKET_DIR), (self.state, STATE_DIR), (self.kubelet, KUBELET_DIR)):
+        for directory, label in ((self.sockets, CONTAINER_FILE), (self.state, STATE_DIR), (self.kubelet, KUBELET_DIR)):
             directory.mkdir()
             subprocess.run(["chcon", label, str(directory)], check=True)
         self.socket, self.backend_socket = self.sockets / "csi.sock", self.sockets / "backend.sock"
