@@ -64,8 +64,9 @@ def _run(argv, **kwargs) -> None:
     subprocess.run([str(a) for a in argv], check=True, **kwargs)
 
 
-def build(flavour: str, workdir: Path, cache: Path, jobs: int = 2) -> tuple[Path, Path]:
-    """Build the flavour's base.pp and modules; returns (the policy tree, container-selinux's tree)."""
+def prepare(flavour: str, workdir: Path, cache: Path) -> tuple[Path, Path]:
+    """The flavour's policy tree configured as the spec files leave it before compiling (steps 1-4);
+    returns (the policy tree, container-selinux's tree)."""
     policy_src, container_src = policy_sources.FLAVOUR_SOURCES[flavour]
     tree = policy_sources.unpack(policy_src, policy_sources.fetch(policy_src, cache), workdir)
     container = policy_sources.unpack(container_src, policy_sources.fetch(container_src, cache), workdir)
@@ -82,8 +83,29 @@ def build(flavour: str, workdir: Path, cache: Path, jobs: int = 2) -> tuple[Path
     modules_conf = tree / "policy/modules.conf"
     modules_conf.write_text(select_modules(modules_conf.read_text(), module_list()))
     shutil.copy(VM_DIR / "policy" / "targeted-users", tree / "policy/users")
+    return tree, container
+
+
+def build(flavour: str, workdir: Path, cache: Path, jobs: int = 2) -> tuple[Path, Path]:
+    """Build the flavour's base.pp and modules; returns (the policy tree, container-selinux's tree)."""
+    tree, container = prepare(flavour, workdir, cache)
     _run(["make", "-s", f"-j{jobs}", *BUILD_OPTIONS, "base.pp", "modules"], cwd=tree)
     return tree, container
+
+
+def install_headers(tree: Path, destdir: Path) -> Path:
+    """The distribution's devel headers from a prepared tree (what selinux-policy-devel ships, from the same
+    sources the guest's policy is built from): returns the folder holding their Makefile, which builds a
+    module with `make -f <folder>/Makefile NAME.pp`."""
+    _run(["make", "-s", *BUILD_OPTIONS, f"DESTDIR={destdir}", "install-headers"], cwd=tree,
+         stdout=subprocess.DEVNULL)
+    return destdir / "usr/share/selinux" / POLICY_NAME / "include"
+
+
+def headers(flavour: str, workdir: Path, cache: Path) -> Path:
+    """The flavour's devel headers, built under `workdir` (about 10 s: no module is compiled)."""
+    tree, _ = prepare(flavour, workdir / "src", cache)
+    return install_headers(tree, workdir / "devel")
 
 
 def packages(tree: Path, flavour: str) -> list[Path]:

@@ -46,6 +46,25 @@ def other_pod_is_denied(confined, directory: str) -> None:
     assert result.returncode != 0 and "Permission denied" in result.stderr, result
 
 
+def stage_seed_publish(client, volume_id: str, staging: str, target: str) -> None:
+    """kubelet's stage and publish with context=, and between them a file that was there before the pod (the
+    relabel, when needed, must reach it)."""
+    flags = [context_flag(LABEL_A)]
+    client.stage(volume_id, staging, flags)
+    with open(os.path.join(staging, "seed"), "w", encoding="utf-8") as handle:
+        handle.write("from before the pod\n")
+    client.publish(volume_id, staging, target, flags, pod=("team-a", "web-0"))
+
+
+def volume_is_the_pods_own(confined, target: str) -> None:
+    """The seed carries the pod's label and its process reads it; the pod writes and reads; another is denied."""
+    assert label_of(os.path.join(target, "seed")) == Label.parse(LABEL_A)
+    seed = confined.run(OWN, "cat", os.path.join(target, "seed"))
+    assert seed.returncode == 0 and seed.stdout == "from before the pod\n", seed.stderr
+    pod_can_write_and_read(confined, OWN, target)
+    other_pod_is_denied(confined, target)
+
+
 @pytest.fixture
 def workdir(tmp_path):
     yield tmp_path
@@ -92,19 +111,11 @@ def test_proxy_makes_context_true_whatever_the_backend_does(workdir, confined, m
     try:
         staging = client.staging_path("vol-1")
         target = client.target_path("pod-own")
-        flags = [context_flag(LABEL_A)]
-        client.stage("vol-1", staging, flags)
-        with open(os.path.join(staging, "seed"), "w", encoding="utf-8") as handle:
-            handle.write("from before the pod\n")  # a file the relabel (when needed) must reach
-        client.publish("vol-1", staging, target, flags, pod=("team-a", "web-0"))
+        stage_seed_publish(client, "vol-1", staging, target)
 
         record = server.state.published[target]
         assert (record["verification"], record["action"]) == (verification, action)
-        assert label_of(os.path.join(target, "seed")) == Label.parse(LABEL_A)
-        seed = confined.run(OWN, "cat", os.path.join(target, "seed"))
-        assert seed.returncode == 0 and seed.stdout == "from before the pod\n", seed.stderr
-        pod_can_write_and_read(confined, OWN, target)
-        other_pod_is_denied(confined, target)
+        volume_is_the_pods_own(confined, target)
 
         client.unpublish("vol-1", target)
         client.unstage("vol-1", staging)

@@ -178,23 +178,10 @@ def test_node_rbac_grants_nothing_beyond_the_sidecar_and_the_agent():
     assert _rules(_role("selinux-mount-agent-node")) == PROVISIONER_NEEDS | NODE_AGENT_NEEDS
 
 
-@pytest.mark.skipif(not (shutil.which("checkmodule") and shutil.which("semodule_package")),
-                    reason="checkmodule/semodule_package are not installed (Debian: checkpolicy, semodule-utils)")
-def test_selinux_module_compiles(tmp_path):
-    source = DEPLOY / "selinux" / "selinux_mount_agent.te"
-    module_name = re.search(r"^module (\w+) ", source.read_text(), re.M).group(1)
-    assert module_name == source.stem
-    shutil.copy(source, tmp_path)
-    for command in (["checkmodule", "-M", "-m", "-o", f"{module_name}.mod", source.name],
-                    ["semodule_package", "-o", f"{module_name}.pp", "-m", f"{module_name}.mod"]):
-        result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
-        assert result.returncode == 0, result.stderr
-    assert (tmp_path / f"{module_name}.pp").stat().st_size > 1000
-
-
 def test_selinux_module_readme_has_the_install_commands():
     text = (DEPLOY / "selinux" / "README.md").read_text()
-    for command in ("checkmodule -M -m", "semodule_package -o", "semodule -i"):
+    for command in ("make -f /usr/share/selinux/devel/Makefile selinux_mount_agent.pp", "semodule -i",
+                    "restorecon -R /var/lib/selinux-mount-agent"):
         assert command in text
 
 
