@@ -9,7 +9,9 @@
  *     symlink swapped in during the walk is never followed (the link itself gets the label); directories are
  *     opened with O_NOATIME where allowed, so reading them does not write their atime;
  *   - xattrs of non-directories are read and written with getxattrat/setxattrat(dirfd, name,
- *     AT_SYMLINK_NOFOLLOW) (Linux 6.13+), falling back to l{get,set}xattr("/proc/self/fd/<dirfd>/<name>");
+ *     AT_SYMLINK_NOFOLLOW) (Linux 6.13+); before that, each walker thread has its own working directory
+ *     (unshare(CLONE_FS)) and uses fchdir(dirfd) + l{get,set}xattr(name), and where it cannot,
+ *     l{get,set}xattr("/proc/self/fd/<dirfd>/<name>");
  *     directories are labelled through their own (non-O_PATH) fd;
  *   - subdirectories are opened with openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS, and
  *     with one_file_system RESOLVE_NO_XDEV), so a directory that is a mount point, of the same filesystem (a
@@ -48,6 +50,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -291,6 +294,11 @@ static int proc_path(char *out, int dirfd, const char *name)
     memcpy(p, name, namelen + 1);
     return 0;
 }
+
+/* Set in each walker thread that has its own working directory (unshare(CLONE_FS)): such a thread reaches an
+ * entry by fchdir(dirfd) and the bare name, one component looked up from the directory it holds, instead of
+ * "/proc/self/fd/<dirfd>/<name>", whose four extra lookups per call cost about 40% of a get+set on ext4. */
+static __thread int own_cwd;
 
 /* Read the label of `name` in `dirfd` (never following a symlink). dirfd AT_FDCWD: name is a path. */
 static ssize_t xget_at(struct walk *w, int dirfd, const char *name, char *buf, size_t size)
@@ -808,6 +816,10 @@ static int label_entry_on(struct walk *w, struct tally *t, int dirfd, struct nod
 {
     if (w->flags & F_NO_LABEL)
         return 0;
+    /* `name` is one directory entry (no '/'), so from the directory itself it is the same single lookup the
+     * dirfd gives, never following a symlink (l*xattr). */
+    if (own_cwd && dirfd != AT_FDCWD && !w->use_xattrat && fchdir(dirfd) == 0)
+        dirfd = AT_FDCWD;
     if (!(w->flags & F_BLIND)) {
         char buf[w->label_len + 1];
         ssize_t len = xget_at(w, dirfd, name, buf, sizeof buf);
@@ -1265,6 +1277,8 @@ static void *worker(void *arg)
 {
     struct walk *w = arg;
     struct tally t = {0};
+    /* This thread's cwd becomes its own (the process's stays as it is); where that is refused, /proc paths. */
+    own_cwd = !(w->flags & F_FORCE_PROC) && unshare(CLONE_FS) == 0;
     char *dents = malloc(DENTS_BYTES);
     /* Only the pages a large directory touches become resident. */
     struct batch b = {.ents = malloc(BATCH_ENTRIES * sizeof *b.ents), .names = malloc(BATCH_BYTES)};
