@@ -10,7 +10,6 @@ import select
 import signal
 import subprocess
 import sys
-import time
 
 import grpc
 import pytest
@@ -31,9 +30,8 @@ def shim(tmp_path):
 
 @pytest.fixture
 def given_disk(shim, disk):
-    """disk(...) whose loop devices are detached before the shim's own clean-up checks that none is left. A
-    detach while another program has the device open (a short-lived probe) only marks it for autoclear, so
-    the wait for it to go is bounded by count, not by a timer."""
+    """disk(...) whose loop devices are detached before the shim's own clean-up checks that none is left
+    (detach_loop waits out a short-lived probe that still holds one open)."""
     made = []
 
     def attach(*args, **kwargs):
@@ -42,11 +40,7 @@ def given_disk(shim, disk):
 
     yield attach
     for name in made:
-        subprocess.run(["losetup", "--detach", name], capture_output=True)
-    for _ in range(200):
-        if not any(os.path.exists(f"/sys/block/{os.path.basename(name)}/loop/backing_file") for name in made):
-            break
-        time.sleep(0.05)
+        mounter.detach_loop(name)
 
 
 @contextlib.contextmanager
