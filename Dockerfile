@@ -56,8 +56,8 @@ COPY --from=build /opt/venv /opt/venv
 # Bytecode for the modules the commands and servers import, and no other (all of the standard library's and
 # the venv's is 20 MB): a start compiles nothing it needs, and the image stays small.
 RUN /opt/venv/bin/python -c "import sys, importlib, py_compile; from agent.cli.main import SUBCOMMANDS; \
-[importlib.import_module(name) for name in SUBCOMMANDS + ['agent.daemon', 'agent.kubeapi', 'agent.controller', \
- 'agent.avc.watcher', 'agent.avc.netlink', 'agent.relabel', 'csi_shim.server', 'csi_shim.proxy']]; \
+[importlib.import_module(name) for name in SUBCOMMANDS + ['agent.daemon', 'agent.apiclient.client', 'agent.conflict_watch', \
+ 'agent.avc.watcher', 'agent.avc.netlink', 'agent.relabel.volume', 'csi_shim.server', 'csi_shim.proxy']]; \
 [py_compile.compile(m.__file__, doraise=True) for m in list(sys.modules.values()) \
  if (getattr(m, '__file__', None) or '').startswith(('/usr/lib/python3', '/opt/venv/')) and m.__file__.endswith('.py')]"
 # Defaults for a container, under the one writable volume: state and the CSI socket at absolute paths, metrics

@@ -21,13 +21,13 @@ from dataclasses import dataclass, field
 import yaml
 from prometheus_client import CollectorRegistry
 
-from agent import host
+from agent.node import host
 from agent.avc.applied import AppliedLevels
 from agent.errors import InvalidInput
 from agent.http import MetricsServer, Request, Response, health_response, metrics_response
-from agent.kubeconfig import KUBE_API_CHOICES
+from agent.apiclient.kubeconfig import KUBE_API_CHOICES
 from agent.metrics import NodeMetrics
-from agent.numbers import ascii_decimal
+from agent.parsing.numbers import ascii_decimal
 
 log = logging.getLogger("selinux-mount-agent")
 ENV_PREFIX = "SELINUX_MOUNT_AGENT_"
@@ -339,9 +339,9 @@ class AVCComponent(Component):
         from agent.avc.attribution import Attributor
         from agent.avc.metrics import AvcMetrics
         from agent.avc.watcher import AvcWatcher, open_source
-        from agent.kubeapi import Client
-        from agent.kubeconfig import config_for
-        from agent.podwatch import PodWatch
+        from agent.apiclient.client import Client
+        from agent.apiclient.kubeconfig import config_for
+        from agent.avc.podwatch import PodWatch
 
         api = config_for(self.kube_api)
         if api is not None:

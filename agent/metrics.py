@@ -10,7 +10,7 @@ from typing import Callable, Iterable
 from prometheus_client import disable_created_metrics
 from prometheus_client.core import GaugeMetricFamily
 
-from agent.conflicts import Conflict
+from agent.kubelet.conflicts import Conflict
 
 # No `<counter>_created` / `<histogram>_created` series: they double the series count of every counter and
 # histogram and no alert or dashboard reads them. The switch is process-wide, read at each scrape.

@@ -173,12 +173,12 @@ PHASES = """
 import gc, json, sys, time
 gc.disable()
 start = time.perf_counter()
-from agent import gates
-from agent.audit import audit
-from agent.cluster import Cluster
-from agent.defaults import BUILTIN_DEFAULTS
+from agent.kubelet import gates
+from agent.audit.findings import audit
+from agent.k8s.cluster import Cluster
+from agent.kubelet.container_defaults import BUILTIN_DEFAULTS
 from agent.cli.main import build_parser
-from agent.manifests import load_files
+from agent.k8s.manifests import load_files
 build_parser()  # what the command imports before it runs: every subcommand's module
 marks = [("imports", time.perf_counter())]
 objects = load_files([sys.argv[1]])

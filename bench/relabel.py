@@ -1,12 +1,12 @@
 """Benchmark of the relabel walker against chcon -R, go-selinux Chcon, a pure-Python walk and the syscall floor.
 
 Every runner relabels the same tree in the same run, in its own process (so peak RSS is its own):
-  ours-1 / ours-N   agent.relabel.relabel(path, label, threads=1 / all CPUs)
+  ours-1 / ours-N   agent.relabel.volume.relabel(path, label, threads=1 / all CPUs)
   chcon -R          coreutils, with the full context (writes every entry, never reads first)
   go-selinux        selinux.Chcon(path, label, true) from Debian's golang-github-opencontainers-selinux-dev,
                     built from bench/go (the code CRI-O, containerd and podman run)
   python            os.walk + os.setxattr(follow_symlinks=False)
-  floor-1 / floor-N one setxattrat per pre-listed (directory, name), no walk (agent._relabel.floor)
+  floor-1 / floor-N one setxattrat per pre-listed (directory, name), no walk (agent.relabel._walker.floor)
   floor-N compare   one getxattrat per pre-listed name and a setxattrat where the label differs, no walk:
                     the least any compare-before-set walker has to do, so each target's best reachable value
 Two passes per runner: a relabel pass (every entry carries another label first) and an already-labelled pass.
@@ -39,7 +39,7 @@ LABEL_A = "system_u:object_r:container_file_t:s0:c10,c20"
 LABEL_B = "system_u:object_r:container_file_t:s0:c30,c40"
 PY = sys.executable
 CPUS = len(os.sched_getaffinity(0))
-FLOOR_SET, FLOOR_COMPARE = 0, 2  # agent._relabel.floor modes
+FLOOR_SET, FLOOR_COMPARE = 0, 2  # agent.relabel._walker.floor modes
 
 TARGETS = {
     "vs_chcon": 3.0,  # ours-N relabel pass at the largest size vs chcon -R
@@ -168,7 +168,7 @@ def internal(argv) -> tuple[float, float, str]:
     return float(text.split()[-1]), rss, text
 
 
-OURS = ("import sys; sys.path.insert(0, {repo!r}); from agent.relabel import relabel; "
+OURS = ("import sys; sys.path.insert(0, {repo!r}); from agent.relabel.volume import relabel; "
         "s = relabel({path!r}, {label!r}, threads={threads}, compare={compare}); "
         "assert s.errors == 0, s.error_samples; print(s.elapsed)")
 
@@ -186,7 +186,7 @@ print(time.perf_counter() - start)
 FLOOR = """
 import os, sys
 sys.path.insert(0, {repo!r})
-from agent import _relabel
+from agent.relabel import _walker
 # Names in inode order within each directory: the order in which the filesystem writes fastest (ext4's inode
 # tables and journal), so the floor is the least the syscalls can cost, whatever order a walker lists in.
 dirs, names, pending = [], [], [{path!r}.encode()]
@@ -197,7 +197,7 @@ while pending:
     dirs.append(directory)
     names.append([e.name for e in entries])
     pending.extend(e.path for e in entries if e.is_dir(follow_symlinks=False))
-done, errors, seconds = _relabel.floor(dirs, names, {label!r}.encode(), {threads}, {mode})
+done, errors, seconds = _walker.floor(dirs, names, {label!r}.encode(), {threads}, {mode})
 assert errors == 0
 print(seconds)
 """
@@ -253,7 +253,7 @@ def build_go(static: bool = False) -> tuple[str | None, str]:
 
 def reset(path: str) -> None:
     """Give every entry LABEL_A (untimed), so the next pass with LABEL_B rewrites everything."""
-    from agent.relabel import relabel
+    from agent.relabel.volume import relabel
 
     relabel(path, LABEL_A, threads=CPUS, compare=False)
 
@@ -521,7 +521,7 @@ def plot(scaling, path) -> None:
     ax.set_xlabel("threads")
     ax.set_ylabel("entries/s (relabel pass)")
     ax.set_xscale("log", base=2)
-    ax.set_title(f"agent.relabel: entries/s vs threads ({CPUS} CPUs)")
+    ax.set_title(f"agent.relabel.volume: entries/s vs threads ({CPUS} CPUs)")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -10,7 +10,7 @@ The trees are the volume images of the enforcing tests (tests/enforcing/volume_i
 own. In the guest they come from the volumes disk (a qemu snapshot: the relabels are thrown away); on the
 host from the same cached disk. Every runner labels the same tree in the same run:
 
-  ours-1 / ours-N      agent.relabel.relabel(path, label, threads=1 / all CPUs), compare before set
+  ours-1 / ours-N      agent.relabel.volume.relabel(path, label, threads=1 / all CPUs), compare before set
   ours-N no-compare    the same walker writing every entry blindly (the set cost without our get)
   chcon -R             coreutils, full context: a blind lsetxattr per entry
   setfiles -F          setfiles (restorecon -R -F's code, libselinux's selinux_restorecon) with a file_contexts

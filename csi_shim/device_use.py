@@ -14,7 +14,7 @@ import errno
 import os
 from dataclasses import dataclass
 
-from agent.mountinfo import read_mountinfo
+from agent.node.mountinfo import read_mountinfo
 
 SYS_DEV_BLOCK = "/sys/dev/block"
 PROC = "/proc"

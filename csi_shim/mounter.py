@@ -21,10 +21,10 @@ import threading
 import time
 from dataclasses import dataclass
 
-from agent import host
+from agent.node import host
 from agent.errors import LabelConflict, MountFailed
 from agent.label import Label, context_mount_option
-from agent.mountinfo import Mount, find_mount, parse_line, read_mount_at, read_mountinfo, split_options
+from agent.node.mountinfo import Mount, find_mount, parse_line, read_mount_at, read_mountinfo, split_options
 from csi_shim import fdpath
 from csi_shim.plan import MS_BIND, MS_REMOUNT
 

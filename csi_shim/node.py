@@ -22,7 +22,7 @@ import os
 
 from agent.errors import (ContextNotApplied, InvalidInput, MountFailed, VolumeAlreadyExists, VolumeInUse,
                           VolumeNotFound)
-from agent.mountinfo import Mount
+from agent.node.mountinfo import Mount
 from csi_shim import mounter as host_mounter
 from csi_shim import validate
 from csi_shim.config import ShimConfig

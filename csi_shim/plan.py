@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from agent.errors import AgentError, InvalidInput, LabelConflict
 from agent.label import CONTEXT_OPTION_KEYS, Label, go_quote, parse_context_option
-from agent.numbers import ascii_decimal
+from agent.parsing.numbers import ascii_decimal
 
 
 class TopologyUnsatisfiable(AgentError):

@@ -32,8 +32,8 @@ import os
 import grpc
 
 from agent.errors import BackendError, ContextNotApplied
-from agent.mountinfo import Mount
-from agent.system_paths import check_identity
+from agent.node.mountinfo import Mount
+from agent.node.system_paths import check_identity
 from csi_shim import mounter as host_mounter
 from csi_shim import validate
 from csi_shim.config import ShimConfig, socket_path

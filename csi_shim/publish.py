@@ -60,19 +60,19 @@ def check_publish_label(state: State, volume_id: str, label: Label | None, reque
 # ---- after the mount: relabel walker or fsGroup ------------------------------------------------------------
 
 def walker(name: str, what: str):
-    """`agent.relabel.<name>`, imported when first needed: a checkout whose C walker is not built still
+    """`agent.relabel.volume.<name>`, imported when first needed: a checkout whose C walker is not built still
     serves every volume that needs no walk."""
     try:
-        from agent import relabel
+        from agent.relabel import volume as relabel
     except ImportError as err:
-        raise ContextNotApplied(f"the {what} (agent.relabel) is not available: {err}") from None
+        raise ContextNotApplied(f"the {what} (agent.relabel.volume) is not available: {err}") from None
     return getattr(relabel, name)
 
 
 def apply_fs_group(path, gid: int, read_only: bool):
     """kubelet's fsGroup ownership (pkg/volume/volume_linux.go) for a volume the relabel walker does not visit:
     a context mount needs no relabel, and one without a label has none to apply. The walker's ownership-only
-    pass (`agent.relabel.apply_fs_group`): dirfd-relative, never following a symlink the pod swaps in, never
+    pass (`agent.relabel.volume.apply_fs_group`): dirfd-relative, never following a symlink the pod swaps in, never
     entering a mount, one filesystem only. `path` is a path or an open directory fd. Entries that failed are
     logged, as kubelet logs them; the volume is still published."""
     stats = walker("apply_fs_group", "fsGroup walker")(path, gid, read_only=read_only, policy="Always")

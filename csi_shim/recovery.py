@@ -24,7 +24,7 @@ import time
 
 from agent.errors import AgentError, MountFailed, StateInvalid
 from agent.label import context_mount_option
-from agent.mountinfo import Mount
+from agent.node.mountinfo import Mount
 from csi_shim import mounter
 from csi_shim.fdpath import KubeletRoot
 from csi_shim.journal import SNAPSHOT, JOURNAL_NAME, State, empty

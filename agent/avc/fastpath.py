@@ -22,7 +22,7 @@ or None, and the caller then uses the general parser. Cached parts are checked o
 general parser's own functions or by an expression at least as strict; the varying parts on every line.
 Anything unusual — ausearch output, USER_AVC, capability or network AVCs, hex-encoded strings, quotes left
 open, white space other than single spaces, fields out of the kernel's order — goes to the general
-parser. tests/unit/test_avc_fastpath.py holds both to this.
+parser. tests/unit/avc/test_fastpath.py holds both to this.
 """
 
 from __future__ import annotations

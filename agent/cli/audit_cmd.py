@@ -18,12 +18,12 @@ from __future__ import annotations
 import json
 import sys
 
-from agent.audit import AuditReport, audit
+from agent.audit.findings import AuditReport, audit
 from agent.cli.examples import examples
 from agent.cli.model_options import add_indent_argument, add_model_arguments, build_node
-from agent.cluster import Cluster
-from agent.manifests import batch_run, load_files
-from agent.remediation import FORMATS, bare_pods, documents
+from agent.k8s.cluster import Cluster
+from agent.k8s.manifests import batch_run, load_files
+from agent.audit.remediation import FORMATS, bare_pods, documents
 
 # yaml and prometheus_client are imported by the output modes that use them: together they are most of the
 # command's import time, which a JSON report of a large dump would otherwise pay for nothing.

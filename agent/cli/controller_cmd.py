@@ -14,15 +14,15 @@ import threading
 
 from prometheus_client import CollectorRegistry
 
-from agent import gates as gates_mod
+from agent.kubelet import gates as gates_mod
 from agent.cli.examples import examples
-from agent.controller import ConflictController, ConflictModel, conflict_collector
+from agent.conflict_watch import ConflictController, ConflictModel, conflict_collector
 from agent.daemon import split_address
 from agent.errors import InvalidInput
 from agent.http import MetricsServer, Request, Response, health_response, metrics_response
-from agent.defaults import load_node_defaults
-from agent.kubeapi import Client
-from agent.kubeconfig import controller_config
+from agent.node.contexts import load_node_defaults
+from agent.apiclient.client import Client
+from agent.apiclient.kubeconfig import controller_config
 
 
 def register(subparsers) -> None:
@@ -90,7 +90,7 @@ def run(args) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    logging.getLogger("selinux-mount-agent.controller").info(
+    logging.getLogger("selinux-mount-agent.conflict_watch").info(
         "watching %s (Kubernetes %s gates: %s)", config.server, gates.version, gates.describe())
     try:
         controller.run()

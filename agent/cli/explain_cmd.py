@@ -14,12 +14,12 @@ import dataclasses
 import json
 import sys
 
-from agent import host
+from agent.node import host
 from agent.cli.examples import examples
 from agent.cli.model_options import add_indent_argument, add_model_arguments, build_node
-from agent.cluster import Cluster
-from agent.manifests import batch_run, load_files
-from agent.policy import NodeFacts, decide_pod
+from agent.k8s.cluster import Cluster
+from agent.k8s.manifests import batch_run, load_files
+from agent.kubelet.decision import NodeFacts, decide_pod
 
 
 def register(subparsers) -> None:

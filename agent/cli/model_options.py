@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from agent import gates as gates_mod
-from agent.defaults import load_node_defaults
-from agent.policy import NodeFacts
+from agent.kubelet import gates as gates_mod
+from agent.node.contexts import load_node_defaults
+from agent.kubelet.decision import NodeFacts
 
 
 def add_model_arguments(parser, default_version: str = gates_mod.DEFAULT_VERSION) -> None:

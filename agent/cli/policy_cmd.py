@@ -9,7 +9,7 @@ Contract (keep stable):
 `generate` writes NAME.te and/or NAME.cil (and NAME.pp with --build) into the output directory (default: the
 current one) and prints their paths, one per line, on stdout; what it refused or skipped goes to stderr.
 The files are never written through a symbolic link planted under their names, and a file there that
-`generate` did not write (it marks its own) is not overwritten without --force (agent.outfiles).
+`generate` did not write (it marks its own) is not overwritten without --force (agent.sepolicy.outfiles).
 Exit code 0: files written; 1: no denial left to turn into a rule (nothing written); 2: bad input or a
 failed build. `install` exits 0 once the module is listed by semodule at its priority and the store's copy
 is the file given, 2 otherwise (including on a host without SELinux, which it says).
@@ -32,9 +32,9 @@ from agent.cli.avc_cmd import add_attribution_arguments, build_attributor
 from agent.cli.examples import examples
 from agent.cli.printable import printable
 from agent.errors import InvalidInput
-from agent.outfiles import Output, refuse_existing, write_outputs
-from agent.policybuild import DEFAULT_PRIORITY, TEMPLATE_DIR, compile_pp, install
-from agent.policygen import Denylist, generate, is_generated, validate_module_name
+from agent.sepolicy.outfiles import Output, refuse_existing, write_outputs
+from agent.sepolicy.build import DEFAULT_PRIORITY, TEMPLATE_DIR, compile_pp, install
+from agent.sepolicy.generate import Denylist, generate, is_generated, validate_module_name
 
 FORMATS = {"te": ("te",), "cil": ("cil",), "both": ("te", "cil")}
 

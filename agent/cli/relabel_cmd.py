@@ -15,8 +15,8 @@ import sys
 
 from agent.cli.examples import examples
 from agent.cli.printable import printable
-from agent.numbers import ascii_decimal
-from agent.relabel import FS_GROUP_POLICIES, RelabelProgress, RelabelStats, relabel
+from agent.parsing.numbers import ascii_decimal
+from agent.relabel.volume import FS_GROUP_POLICIES, RelabelProgress, RelabelStats, relabel
 
 
 def _positive_int(text: str) -> int:

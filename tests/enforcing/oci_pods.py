@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.mountinfo import read_mountinfo
+from agent.node.mountinfo import read_mountinfo
 
 CGROUP_ROOT = "/sys/fs/cgroup"
 PT_INTERP = 3

@@ -33,8 +33,8 @@ from agent.avc.attribution import Attributor, PodRef
 from agent.avc.netlink import AuditNetlinkSource
 from agent.avc.watcher import AvcWatcher
 from agent.errors import AuditUnavailable, PolicyBuildError
-from agent.policybuild import build_pp, install, installed_copy, installed_modules, remove
-from agent.policygen import build_ruleset, generate
+from agent.sepolicy.build import build_pp, install, installed_copy, installed_modules, remove
+from agent.sepolicy.generate import build_ruleset, generate
 
 CONTEXT = "system_u:system_r:container_t:s0:c1,c2"
 POD = PodRef("enforce-test", "reader", "00000000-0000-0000-0000-0000000000e1", "s0:c1,c2", "reader")

@@ -17,7 +17,7 @@ import time
 import pytest
 
 from agent.label import Label, context_mount_option
-from agent.mountinfo import find_mount, read_mountinfo
+from agent.node.mountinfo import find_mount, read_mountinfo
 from tests.enforcing.conftest import drop_caches
 from tests.enforcing.volume_images import FSTYPES, PROBE_NAME, expected_entries, file_counts, file_paths
 

@@ -75,7 +75,7 @@ def node_contexts_file() -> str:
 
 def kubelet_file_label(contexts_file: str, level: str) -> str:
     """What kubelet builds (go-selinux InitLabels): user, role and type of the file entry, the pod's level.
-    Read here with plain text handling, independent of agent.defaults, which the test is checking."""
+    Read here with plain text handling, independent of agent.node.contexts, which the test is checking."""
     with open(contexts_file, encoding="utf-8") as handle:
         for line in handle:
             key, _, value = line.partition("=")

@@ -2,7 +2,7 @@
 
 import pytest
 
-from agent import host
+from agent.node import host
 from agent.errors import InvalidLabel
 from agent.label import Label
 

@@ -13,7 +13,7 @@ import shutil
 import pytest
 
 from agent.label import Label
-from agent.mountinfo import parse_mountinfo
+from agent.node.mountinfo import parse_mountinfo
 from tests.enforcing.csi_steps import LEVEL_A as OWN, LEVEL_B as OTHER
 from tests.enforcing.csi_steps import (LABEL_A, SEED, label_of, mounts_at, proxy_in_front_of_hostpath,
                                        published_record, running_shim, stage_and_publish,

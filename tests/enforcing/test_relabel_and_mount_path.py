@@ -12,7 +12,7 @@ import pytest
 
 from agent.errors import LabelConflict
 from agent.label import Label, context_mount_option
-from agent.relabel import relabel
+from agent.relabel.volume import relabel
 from csi_shim import mounter
 from tests.enforcing.volume_images import PROBE_NAME, PROBE_TEXT, build_image
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 
 from agent.label import Label, context_mount_option
-from agent.mountinfo import read_mountinfo
+from agent.node.mountinfo import read_mountinfo
 from tests.enforcing.volume_images import FSTYPES, file_counts
 
 pytestmark = pytest.mark.enforcing

@@ -11,7 +11,7 @@ import time
 
 import grpc
 
-from agent.mountinfo import read_mountinfo
+from agent.node.mountinfo import read_mountinfo
 from csi_shim import mounter
 from csi_shim.config import ShimConfig
 from csi_shim.proto import csi_pb2 as pb

@@ -13,7 +13,7 @@ import os
 import grpc
 import pytest
 
-from agent import host
+from agent.node import host
 from agent.errors import InvalidInput
 from csi_shim import mounter
 from csi_shim.plan import MS_NOATIME
@@ -30,9 +30,9 @@ TOPOLOGY_KEY = "topology.local.selinux-mount-agent.io/node"
 
 def _walker_available() -> str | None:
     try:
-        from agent.relabel import relabel  # noqa: F401
+        from agent.relabel.volume import relabel  # noqa: F401
     except ImportError as err:
-        return f"the relabel walker (agent.relabel) is not importable yet: {err}"
+        return f"the relabel walker (agent.relabel.volume) is not importable yet: {err}"
     return None
 
 

@@ -25,9 +25,9 @@ C = grpc.StatusCode
 
 def _walker_missing() -> str | None:
     try:
-        from agent.relabel import relabel  # noqa: F401
+        from agent.relabel.volume import relabel  # noqa: F401
     except ImportError as err:
-        return f"the relabel walker (agent.relabel) is not importable yet: {err}"
+        return f"the relabel walker (agent.relabel.volume) is not importable yet: {err}"
     return None
 
 

@@ -1,4 +1,4 @@
-"""agent.relabel against real mounts, device nodes and permissions: needs root (and loop devices where marked).
+"""agent.relabel.volume against real mounts, device nodes and permissions: needs root (and loop devices where marked).
 
 Each test mounts what it needs below its own tmp_path and unmounts it again.
 """
@@ -18,7 +18,7 @@ import pytest
 
 from agent.cli.main import main as cli_main
 from agent.errors import RelabelFailed
-from agent.relabel import relabel
+from agent.relabel.volume import relabel
 
 XATTR = "security.selinux"
 LABEL = "system_u:object_r:container_file_t:s0:c7,c8"

@@ -17,7 +17,7 @@ import threading
 import pytest
 
 from agent.errors import PathOutsideRoot
-from agent.relabel import apply_fs_group, relabel
+from agent.relabel.volume import apply_fs_group, relabel
 from csi_shim import publish
 from test_relabel_fs import label_of, mounts  # noqa: F401 (mounts: a fixture)
 
@@ -87,7 +87,7 @@ def _swap_attack(tmp_path, one_pass) -> int:
         try:
             one_pass(os.fspath(vol))
         except (OSError, RecursionError):
-            pass  # a pass that fails is fine; one that reaches outside is not (depth: tests/unit/test_relabel.py)
+            pass  # a pass that fails is fine; one that reaches outside is not (depth: tests/unit/relabel/test_volume.py)
         finally:
             stop.set()
             thread.join()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agent.controller import RESOURCES
+from agent.conflict_watch import RESOURCES
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -171,7 +171,7 @@ PROVISIONER_NEEDS = {
     ("storage.k8s.io", r, v) for r in ("storageclasses", "csinodes") for v in ("get", "list", "watch")
 } | {("", "nodes", v) for v in ("get", "list", "watch")} | {
     ("", "events", v) for v in ("list", "watch", "create", "update", "patch")}
-NODE_AGENT_NEEDS = {("", "pods", "list"), ("", "pods", "watch")}  # agent.podwatch.PodWatch
+NODE_AGENT_NEEDS = {("", "pods", "list"), ("", "pods", "watch")}  # agent.avc.podwatch.PodWatch
 
 
 def test_node_rbac_grants_nothing_beyond_the_sidecar_and_the_agent():

@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from agent.errors import InvalidLabel
 from agent.label import (Label, Level, context_mount_option, go_quote, parse_context_option)
-from agent.mountinfo import split_options
+from agent.node.mountinfo import split_options
 
 
 @pytest.mark.parametrize("text, canonical", [
