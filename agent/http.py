@@ -28,9 +28,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from urllib.parse import parse_qs
-
 from typing import Callable
+from urllib.parse import parse_qs
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.exposition import choose_encoder
