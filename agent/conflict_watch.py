@@ -4,7 +4,7 @@ selinux-warning-controller's, and its metric.
 `ConflictModel` is the incremental form of `agent.audit.findings`: a pod change re-evaluates only that pod's volumes; a
 claim, PV or CSIDriver change re-evaluates the pods whose resolution read it (an index kept from
 `Cluster.storage_keys`). A malformed object is logged and left out, never the end of the watch.
-`ConflictController` feeds it from list+watch of Pods, PVCs, PVs and CSIDrivers and posts an Event for each new
+`ConflictWatch` feeds it from list+watch of Pods, PVCs, PVs and CSIDrivers and posts an Event for each new
 conflict, with upstream's reasons (`SELinuxLabelConflict`, `SELinuxChangePolicyConflict`) and texts, once per
 conflict (a pair that conflicts on two volumes is two conflicts).
 """
@@ -224,7 +224,7 @@ class ConflictModel:
 
 
 def conflict_collector(model: ConflictModel, lock: threading.Lock) -> VolumeConflictCollector:
-    """The upstream metric served from the live model (read under the controller's lock)."""
+    """The upstream metric served from the live model (read under the watch's lock)."""
 
     def current():
         with lock:
@@ -260,8 +260,9 @@ def _pod_event(pod: PodFacts, reason: str, message: str, event_type: str, compon
     }
 
 
-class ConflictController:
-    """list+watch of the four kinds, each in its own thread, feeding one model under one lock."""
+class ConflictWatch:
+    """list+watch of the four kinds, each in its own thread, feeding one model under one lock, and posting the
+    conflict warnings as Events (what the `controller` subcommand runs)."""
 
     def __init__(self, client: Client, model: ConflictModel, emit_events: bool = True, watch_timeout: int = 300,
                  backoff: Backoff = Backoff()):
@@ -334,9 +335,9 @@ class ConflictController:
             log.warning("cannot post event for %s: %s", pod.ref, err)
 
 
-def wait_synced(controller: ConflictController, timeout: float) -> bool:
+def wait_synced(watch: ConflictWatch, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if controller.synced.wait(0.1):
+        if watch.synced.wait(0.1):
             return True
     return False

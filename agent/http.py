@@ -11,7 +11,8 @@ with EMFILE. This server:
 - stops accepting for a moment when accept() fails with EMFILE or ENFILE instead of retrying at once;
 - treats a client that goes away (reset, broken pipe) as the end of its connection, not as an error.
 
-The answers come from a `handler(Request) -> Response` of the caller; this module knows HTTP, not metrics.
+`endpoints` answers /metrics, /healthz and /readyz for both `run` and `controller` (paths, codes and bodies are
+a contract); the server itself serves any `handler(Request) -> Response` and knows HTTP, not metrics.
 """
 
 from __future__ import annotations
@@ -27,10 +28,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 from http import HTTPStatus
+from typing import Callable
 from urllib.parse import parse_qs
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.exposition import choose_encoder
+
+from agent.errors import InvalidInput
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +145,30 @@ def health_response(problems: list[str]) -> Response:
     if not problems:
         return Response.text(200, "ok\n")
     return Response.text(503, "\n".join(problems) + "\n")
+
+
+def endpoints(registry, problems: Callable[[], list[str]], ready: Callable[[], bool], negotiate: bool = False):
+    """The handler of a process's /metrics (`metrics_response`), /healthz (`problems()`, one per line) and
+    /readyz (`ready()`); any other path is 404."""
+
+    def answer(request: Request) -> Response:
+        if request.path == "/metrics":
+            return metrics_response(registry, request, negotiate)
+        if request.path == "/healthz":
+            return health_response(problems())
+        if request.path == "/readyz":
+            return Response.text(200, "ready\n") if ready() else Response.text(503, "not ready\n")
+        return Response.text(404, "not found\n")
+
+    return answer
+
+
+def serve(address: tuple[str, int], handler, name: str) -> "MetricsServer":
+    """Start serving `handler` on `address`; an address that cannot be bound is bad input, named by `name`."""
+    try:
+        return MetricsServer(address, handler).start()
+    except OSError as err:
+        raise InvalidInput(f"{name}: {err.strerror or err}") from None
 
 
 @dataclass(eq=False)

@@ -247,12 +247,6 @@ class Label:
         parsed = Level.parse(level)
         return cls(user, role, type_, parsed, f"{user}:{role}:{type_}:{level}")
 
-    def with_parts(self, *, user: str | None = None, role: str | None = None,
-                   type_: str | None = None, level: str | None = None) -> "Label":
-        """A copy with some parts replaced (each validated), spelled as kubelet would join them."""
-        level_text = level if level is not None else (self.text.split(":", 3)[3] if self.level else None)
-        return Label.from_parts(user or self.user, role or self.role, type_ or self.type, level_text)
-
     def to_json(self) -> str:
         return self.text
 

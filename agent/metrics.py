@@ -16,6 +16,8 @@ from agent.kubelet.conflicts import Conflict
 # histogram and no alert or dashboard reads them. The switch is process-wide, read at each scrape.
 disable_created_metrics()
 
+# --- the conflict watch (`controller`) -------------------------------------------------------------------
+
 # kube-controller-manager's selinux-warning-controller (pkg/controller/volume/selinuxwarning/metrics.go).
 VOLUME_CONFLICT = "selinux_warning_controller_selinux_volume_conflict"
 VOLUME_CONFLICT_HELP = "Conflict between two Pods using the same volume"
@@ -47,7 +49,7 @@ class VolumeConflictCollector:
         yield family
 
 
-# --- the node agent -------------------------------------------------------------------------------------
+# --- the node agent (`run`) ----------------------------------------------------------------------------
 
 # kubelet's volume manager gauges (pkg/kubelet/volumemanager/cache/desired_state_of_world_selinux_metrics.go), by
 # name and labels: gauges that only go up, despite the _total suffix, so dashboards built on kubelet's read ours.
@@ -149,6 +151,3 @@ class NodeMetrics:
         name = ("volume_manager_selinux_volumes_admitted_total" if admitted else
                 "volume_manager_selinux_volume_context_mismatch_errors_total")
         self.kubelet[name].labels(volume_plugin, access_mode).inc()
-
-    def kubelet_gauge(self, name: str):
-        return self.kubelet[name]

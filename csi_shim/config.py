@@ -1,15 +1,15 @@
-"""Settings of one shim instance, as the `csi` subcommand (and later the `run` daemon) parse them."""
+"""Settings of one shim instance: the options `csi` and `run` share (`agent.config.ShimOptions`, declared
+there once, already resolved to absolute paths) and what only the shim sets."""
 
 from __future__ import annotations
 
 import os
-import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from agent.config import FALLBACKS, ShimOptions, shim_fields
 from agent.errors import InvalidInput
 
 DRIVER_NAME = "local.selinux-mount-agent.io"
-FALLBACKS = ("relabel", "fail")
 
 
 def socket_path(endpoint: str, flag: str) -> str:
@@ -26,21 +26,13 @@ def socket_path(endpoint: str, flag: str) -> str:
 
 
 @dataclass(frozen=True)
-class ShimConfig:
-    csi_endpoint: str
-    backend_endpoint: str | None = None
-    state_dir: str = "/var/lib/selinux-mount-agent/csi"
-    kubelet_root: str = "/var/lib/kubelet"
-    node_id: str = field(default_factory=socket.gethostname)
-    strip_context: bool = False
-    # What to do when a context= mount comes back without the context (see docs/csi-shim.md).
-    on_context_dropped: str = "relabel"
+class ShimConfig(ShimOptions):
     driver_name: str = DRIVER_NAME
     max_workers: int = 32
     relabel_threads: int | None = None
 
     def __post_init__(self):
-        socket_path(self.csi_endpoint, "--csi-endpoint")
+        socket_path(self.csi_endpoint or "", "--csi-endpoint")
         if self.backend_endpoint is not None:
             socket_path(self.backend_endpoint, "--backend-endpoint")
         if self.on_context_dropped not in FALLBACKS:
@@ -50,6 +42,11 @@ class ShimConfig:
         for flag, path in (("--state-dir", self.state_dir), ("--kubelet-root", self.kubelet_root)):
             if not os.path.isabs(path):
                 raise InvalidInput(f"{flag} {path!r} must be an absolute path")
+
+    @classmethod
+    def of(cls, options: ShimOptions, **shim) -> "ShimConfig":
+        """The shim's value from options `run` or `csi` resolved (`ShimOptions.resolved`), plus `shim`'s own."""
+        return cls(**shim_fields(options), **shim)
 
     @property
     def socket(self) -> str:

@@ -14,15 +14,15 @@ import threading
 
 from prometheus_client import CollectorRegistry
 
-from agent.kubelet import gates as gates_mod
-from agent.cli.examples import examples
-from agent.conflict_watch import ConflictController, ConflictModel, conflict_collector
-from agent.daemon import split_address
-from agent.errors import InvalidInput
-from agent.http import MetricsServer, Request, Response, health_response, metrics_response
-from agent.node.contexts import load_node_defaults
 from agent.apiclient.client import Client
 from agent.apiclient.kubeconfig import controller_config
+from agent.cli.examples import examples
+from agent.config import split_address
+from agent.conflict_watch import ConflictModel, ConflictWatch, conflict_collector
+from agent.http import endpoints, serve
+from agent.kubelet import gates as gates_mod
+from agent.logs import FORMATS, LEVELS, configure_logging
+from agent.node.contexts import load_node_defaults
 
 
 def register(subparsers) -> None:
@@ -50,50 +50,39 @@ def register(subparsers) -> None:
                         help="where /metrics, /healthz and /readyz are served (default %(default)s; empty to "
                              "disable)")
     parser.add_argument("--no-events", action="store_true", help="do not post Events, only serve the metric")
-    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
+    parser.add_argument("--log-level", default="info", choices=LEVELS,
                         help="least severe messages logged (default: info)")
+    parser.add_argument("--log-format", default="text", choices=FORMATS,
+                        help="text lines, or one JSON object per line for log collectors (default: text)")
     parser.set_defaults(func=run)
 
 
-def answer(registry, controller: ConflictController, request: Request) -> Response:
-    """/metrics as prometheus_client's own server answered it (OpenMetrics, gzip, name[] on request),
-    /healthz while the process serves, /readyz once every kind has been listed."""
-    if request.path == "/metrics":
-        return metrics_response(registry, request, negotiate=True)
-    if request.path == "/healthz":
-        return health_response([])
-    if request.path == "/readyz":
-        return Response.text(200, "ready\n") if controller.synced.is_set() else Response.text(503, "not ready\n")
-    return Response.text(404, "not found\n")
-
-
 def run(args) -> int:
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.log_format, args.log_level)
     gates = gates_mod.resolve(args.k8s_version, gates_mod.parse_overrides(args.feature_gates))
     config = controller_config(args.kubeconfig, args.context)
     model = ConflictModel(gates, load_node_defaults(args.defaults_file))
-    controller = ConflictController(Client(config), model, emit_events=not args.no_events)
+    watch = ConflictWatch(Client(config), model, emit_events=not args.no_events)
     server = None
     if args.metrics_address:
         registry = CollectorRegistry(auto_describe=True)
-        registry.register(conflict_collector(model, controller.lock))
-        host, port = split_address(args.metrics_address)
-        try:
-            server = MetricsServer((host, port), lambda request: answer(registry, controller, request)).start()
-        except OSError as err:
-            raise InvalidInput(f"--metrics-address {args.metrics_address}: {err.strerror or err}") from None
+        registry.register(conflict_collector(model, watch.lock))
+        # /metrics as prometheus_client's own server answered it (OpenMetrics, gzip, name[] on request),
+        # /healthz while the process serves, /readyz once every kind has been listed.
+        answer = endpoints(registry, problems=list, ready=watch.synced.is_set, negotiate=True)
+        server = serve(split_address(args.metrics_address), answer, f"--metrics-address {args.metrics_address}")
     stopping = threading.Event()
 
     def stop(signum, frame):
         stopping.set()
-        controller.stop()
+        watch.stop()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     logging.getLogger("selinux-mount-agent.conflict_watch").info(
         "watching %s (Kubernetes %s gates: %s)", config.server, gates.version, gates.describe())
     try:
-        controller.run()
+        watch.run()
     finally:
         if server is not None:
             server.stop()

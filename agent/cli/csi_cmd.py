@@ -5,7 +5,7 @@ Contract (relied on elsewhere, keep stable):
       [--kubelet-root DIR] [--node-id ID] [--strip-context] [--on-context-dropped relabel|fail]
       [--log-format text|json] [--log-level LEVEL] [--recover-state]
 Without --backend-endpoint it serves the built-in loop-device driver; with it, it proxies to that plugin.
-The defaults are `run`'s (agent.daemon.DaemonConfig): state in ./state, the socket csi.sock inside it.
+The defaults are `run`'s (agent.config.ShimOptions): state in ./state, the socket csi.sock inside it.
 Runs until SIGTERM or SIGINT; exit code 0 after a clean stop, 2 for bad flags or a state file it cannot trust
 (one line naming the file; the file is left as it is). --recover-state does not serve: it sets such files
 aside, rebuilds the state from the node, prints what it rebuilt and what it could not, and exits 0; it takes
@@ -14,12 +14,13 @@ the state directory's instance lock too, so it refuses (exit 2) while a shim ser
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 
 from agent.cli.examples import examples
-from agent.daemon import DaemonConfig, configure_logging, shim_config
+from agent.config import SHIM_OPTIONS, RunConfig, holds_state
+from agent.logs import configure_logging
+from csi_shim.config import ShimConfig
 
 
 def register(subparsers) -> None:
@@ -50,9 +51,9 @@ def register(subparsers) -> None:
 
 
 def add_csi_arguments(parser) -> None:
-    """The shim's flags (a contract, shared with `run`, with the same defaults: `DaemonConfig`). No flag has a
+    """The shim's flags (a contract, shared with `run`, with the same defaults: `RunConfig`). No flag has a
     default here, so `run`'s environment and config file can fill what the flags leave out."""
-    defaults = DaemonConfig()
+    defaults = RunConfig()
     parser.add_argument("--csi-endpoint", metavar="unix:///PATH.sock",
                         help="socket to serve CSI on (kubelet's plugin registration points here; default: "
                              "csi.sock in --state-dir)")
@@ -80,31 +81,21 @@ def add_csi_arguments(parser) -> None:
                         help=f"least severe messages logged (default: {defaults.log_level})")
 
 
-SHIM_OPTIONS = ("csi_endpoint", "backend_endpoint", "state_dir", "kubelet_root", "node_id", "strip_context",
-                "on_context_dropped", "log_format", "log_level")
+# The options `csi` takes: the shim's, and how it logs.
+CSI_OPTIONS = (*SHIM_OPTIONS, "log_format", "log_level")
 # `csi --state-dir`'s default before `csi` shared `run`'s defaults. A node whose shim kept its volumes there goes
 # on using it: starting empty elsewhere would leave kubelet's volumes without records and their loops attached.
 EARLIER_STATE_DIR = "/var/lib/selinux-mount-agent/csi"
 
 
-def options_from_args(args) -> DaemonConfig:
+def options_from_args(args) -> RunConfig:
     """The `csi` flags over `run`'s defaults (no environment or config file: `csi` takes flags only)."""
-    return DaemonConfig(**{name: getattr(args, name) for name in SHIM_OPTIONS if getattr(args, name) is not None})
+    return RunConfig(**{name: getattr(args, name) for name in CSI_OPTIONS if getattr(args, name) is not None})
 
 
-def config_from_args(args):
-    earlier = None
-    if args.state_dir is None and any(n.startswith("csi-state.") or n == "volumes"
-                                      for n in _names(EARLIER_STATE_DIR)):
-        earlier = EARLIER_STATE_DIR
-    return shim_config(options_from_args(args), state_dir=earlier)
-
-
-def _names(directory: str) -> list[str]:
-    try:
-        return os.listdir(directory)
-    except OSError:
-        return []
+def config_from_args(args) -> ShimConfig:
+    earlier = EARLIER_STATE_DIR if args.state_dir is None and holds_state(EARLIER_STATE_DIR) else None
+    return ShimConfig.of(options_from_args(args).resolved(state_dir=earlier))
 
 
 def run(args) -> int:

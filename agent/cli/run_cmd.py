@@ -1,5 +1,8 @@
 """`selinux-mount-agent run`: the node agent (CSI shim, metrics and health, and the watchers), as the
-DaemonSet runs it. Options: flags > environment (SELINUX_MOUNT_AGENT_<OPTION>) > --config file > defaults."""
+DaemonSet runs it. Options: flags > environment (SELINUX_MOUNT_AGENT_<OPTION>) > --config file > defaults.
+
+This is where `run`'s parts are wired: the CSI shim and the AVC denial watcher as `agent.daemon.Component`s,
+sharing the levels the shim applied to published volumes; the daemon runs them."""
 
 from __future__ import annotations
 
@@ -8,16 +11,20 @@ import os
 import signal
 import threading
 
+from agent.avc.applied import AppliedLevels
 from agent.cli.csi_cmd import add_csi_arguments
 from agent.cli.examples import examples
-from agent.daemon import Daemon, DaemonConfig, configure_logging, resolve_config
+from agent.config import RunConfig, resolve_config
+from agent.daemon import Component, Daemon
 from agent.errors import InvalidInput
+from agent.logs import configure_logging
+from csi_shim.config import ShimConfig
 
 log = logging.getLogger("selinux-mount-agent")
 
 
 def register(subparsers) -> None:
-    defaults = DaemonConfig()
+    defaults = RunConfig()
     parser = subparsers.add_parser(
         "run", help="run the node agent: the CSI shim, /metrics, /healthz and /readyz",
         description="Run the node agent. It serves the CSI node shim (the built-in local driver, or a proxy in "
@@ -47,7 +54,7 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def load(args) -> DaemonConfig:
+def load(args) -> RunConfig:
     flags = {name: value for name, value in vars(args).items() if name not in ("func", "command")}
     path = flags.get("config_file") or os.environ.get("SELINUX_MOUNT_AGENT_CONFIG_FILE")
     text = None
@@ -64,7 +71,7 @@ def load(args) -> DaemonConfig:
 def run(args) -> int:
     config = load(args)
     configure_logging(config.log_format, config.log_level)
-    daemon = Daemon(config)
+    daemon = node_agent(config)
     stop = threading.Event()
 
     def on_term(signum, frame):
@@ -86,3 +93,99 @@ def run(args) -> int:
     finally:
         daemon.stop()
     return 0
+
+
+def node_agent(config: RunConfig) -> Daemon:
+    """The daemon of `run`: the CSI shim, and the AVC watcher when `avc` is not off, on the shim's state
+    directory, which it holds exclusively (`csi_shim.instance_lock`) for as long as it runs."""
+    from csi_shim.instance_lock import InstanceLock
+
+    shim = ShimConfig.of(config.resolved())
+    return Daemon(config, lambda daemon: node_components(daemon, shim),
+                  take_lock=lambda: InstanceLock.acquire(shim.state_dir))
+
+
+def node_components(daemon: Daemon, shim: ShimConfig) -> list[Component]:
+    # The CSI shim's published volumes, as level -> pod hints for the AVC watcher (both run here).
+    levels = AppliedLevels()
+    parts: list[Component] = [CSIComponent(shim, daemon, levels)]
+    if daemon.config.avc != "off":
+        parts.append(AVCComponent(daemon, levels))
+    return parts
+
+
+class CSIComponent(Component):
+    """The CSI shim: the built-in driver, or a proxy when a backend endpoint is set."""
+
+    name = "csi"
+
+    def __init__(self, shim: ShimConfig, daemon: Daemon, levels: AppliedLevels):
+        self.shim_config = shim
+        self.socket = shim.socket
+        self.daemon = daemon
+        self.levels = levels
+        self.server = None
+
+    def start(self) -> None:
+        from csi_shim.server import build_server
+
+        server = build_server(self.shim_config, self.daemon.metrics, on_publish=self.levels.sync,
+                              instance_lock=self.daemon.instance_lock)
+        self.levels.watch(server.state)  # the records recovered from before a restart count too
+        self.server = server.start()
+
+    def stop(self, grace: float) -> None:
+        if self.server is not None:
+            self.server.stop(grace)
+            self.levels.watch(None)
+
+    def problem(self) -> str | None:
+        if self.server is not None and not os.path.exists(self.socket):
+            return f"socket {self.socket} is gone"
+        return None
+
+
+class AVCComponent(Component):
+    """The AVC denial watcher: kernel audit multicast (netlink) or an audit log, attributed to pods, counted in
+    selinux_avc_denials_total. With an API (`kube_api`), a watch of this node's pods turns UIDs into names;
+    the levels the CSI shim applied to published volumes name the pods of processes that have exited."""
+
+    name = "avc"
+
+    def __init__(self, daemon: Daemon, levels: AppliedLevels):
+        self.spec = daemon.config.avc
+        self.kube_api = daemon.config.kube_api
+        self.node = daemon.config.node_id
+        self.registry = daemon.registry
+        self.levels = levels
+        self.watcher = None
+        self.pod_watch = None
+
+    def start(self) -> None:
+        from agent.apiclient.client import Client
+        from agent.apiclient.kubeconfig import config_for
+        from agent.avc.attribution import Attributor
+        from agent.avc.metrics import AvcMetrics
+        from agent.avc.podwatch import PodWatch
+        from agent.avc.watcher import AvcWatcher, open_source
+
+        api = config_for(self.kube_api)
+        if api is not None:
+            self.pod_watch = PodWatch(Client(api), self.node).start()
+        else:
+            log.info("no Kubernetes API configured (kube_api=%s): denials name pods by UID", self.kube_api)
+        pods = self.pod_watch.pods if self.pod_watch is not None else None
+        attributor = Attributor(pods=pods)
+        self.levels.feed(attributor)  # levels the CSI shim applied, kept current as volumes come and go
+        self.watcher = AvcWatcher(open_source(self.spec), attributor, AvcMetrics(self.registry)).start()
+
+    def stop(self, grace: float) -> None:
+        if self.watcher is not None:
+            self.watcher.stop(grace)
+        if self.pod_watch is not None:
+            self.pod_watch.stop(grace)
+
+    def problem(self) -> str | None:
+        if self.watcher is not None and self.watcher.error is not None:
+            return f"watcher stopped: {self.watcher.error}"
+        return None

@@ -34,14 +34,6 @@ def selinux_enabled() -> bool:
     return os.path.exists(os.path.join(SELINUXFS, "enforce"))
 
 
-def selinux_enforcing() -> bool:
-    try:
-        with open(os.path.join(SELINUXFS, "enforce"), encoding="ascii") as handle:
-            return handle.read().strip() == "1"
-    except OSError:
-        return False
-
-
 def context_accepted(label: Label) -> bool | None:
     """Whether the loaded policy accepts the context; None when this node cannot tell (no SELinux)."""
     if not selinux_enabled():

@@ -1,6 +1,7 @@
 """agent/conflict_watch.py and `selinux-mount-agent controller`: the live model against a real HTTP API server."""
 
 import gzip
+import json
 import logging
 import os
 import signal
@@ -16,7 +17,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.kubelet import gates as gates_mod
-from agent.conflict_watch import ConflictController, ConflictModel, conflict_collector, wait_synced
+from agent.conflict_watch import ConflictModel, ConflictWatch, conflict_collector, wait_synced
 from agent.kubelet.container_defaults import BUILTIN_DEFAULTS
 from agent.errors import InvalidInput
 from agent.apiclient.client import Client
@@ -55,16 +56,16 @@ users: [{{name: u, user: {{token: secret-token}}}}]
 
 def start(kubeconfig):
     model = ConflictModel(gates_mod.resolve("1.37"), BUILTIN_DEFAULTS)
-    controller = ConflictController(Client(kubeconfig_config(kubeconfig)), model, watch_timeout=5)
-    thread = threading.Thread(target=controller.run, daemon=True)
+    watch = ConflictWatch(Client(kubeconfig_config(kubeconfig)), model, watch_timeout=5)
+    thread = threading.Thread(target=watch.run, daemon=True)
     thread.start()
-    assert wait_synced(controller, 10)
-    return controller, thread
+    assert wait_synced(watch, 10)
+    return watch, thread
 
 
-def series(controller):
+def series(watch):
     registry = CollectorRegistry()
-    registry.register(conflict_collector(controller.model, controller.lock))
+    registry.register(conflict_collector(watch.model, watch.lock))
     families = list(text_string_to_metric_families(generate_latest(registry).decode()))
     return {tuple(sorted(s.labels.items())) for f in families for s in f.samples}
 
@@ -72,7 +73,7 @@ def series(controller):
 def test_conflicts_become_events_and_metric_series_and_follow_changes(api, kubeconfig):
     api.put(pod(name="a"))
     api.put(pod(name="b", policy="Recursive"))
-    controller, thread = start(kubeconfig)
+    watch, thread = start(kubeconfig)
     try:
         assert wait_for(lambda: len(api.events) == 4)
         reasons = sorted((e["involvedObject"]["name"], e["reason"]) for e in api.events)
@@ -84,7 +85,7 @@ def test_conflicts_become_events_and_metric_series_and_follow_changes(api, kubec
                            'pod with SELinuxChangePolicy "Recursive". If both pods land on the same node, only one '
                            'of them may access the volume.')
         assert all(e["type"] == "Normal" and e["metadata"]["namespace"] == "ns" for e in api.events)
-        assert len(series(controller)) == 4
+        assert len(series(watch)) == 4
         assert all(h.get("Authorization") == "Bearer secret-token" for h in api.headers)
 
         # An update that changes nothing relevant posts nothing new.
@@ -96,20 +97,20 @@ def test_conflicts_become_events_and_metric_series_and_follow_changes(api, kubec
 
         # The Recursive pod goes away: no conflict is left.
         api.delete(pod(name="b", policy="Recursive"))
-        assert wait_for(lambda: series(controller) == set())
+        assert wait_for(lambda: series(watch) == set())
 
         # A pod with another level arrives: two label conflict events, one per pod.
         api.put(pod(name="c", options={"level": "s0:c7"}))
         assert wait_for(lambda: len(api.events) == 6)
         assert sorted(e["reason"] for e in api.events[4:]) == ["SELinuxLabelConflict"] * 2
-        assert len(series(controller)) == 2
+        assert len(series(watch)) == 2
 
         # The driver stops supporting context mounts: everyone is Recursive, nothing conflicts.
         api.put(csidriver(se_linux_mount=False), "MODIFIED")
-        assert wait_for(lambda: series(controller) == set())
-        assert controller.errors == 0
+        assert wait_for(lambda: series(watch) == set())
+        assert watch.errors == 0
     finally:
-        controller.stop()
+        watch.stop()
         thread.join(5)
 
 
@@ -118,12 +119,12 @@ def test_finished_pods_do_not_conflict(api, kubeconfig):
     done = pod(name="b", options={"level": "s0:c9"})
     done["status"] = {"phase": "Succeeded"}
     api.put(done)
-    controller, thread = start(kubeconfig)
+    watch, thread = start(kubeconfig)
     try:
         time.sleep(0.5)
-        assert api.events == [] and series(controller) == set()
+        assert api.events == [] and series(watch) == set()
     finally:
-        controller.stop()
+        watch.stop()
         thread.join(5)
 
 
@@ -132,13 +133,13 @@ def test_a_pod_waiting_for_its_claim_is_evaluated_when_the_claim_arrives(api, ku
     late = pod(name="b", options={"level": "s0:c9"}, volumes=[{"name": "vol", "persistentVolumeClaim":
                                                                 {"claimName": "late"}}])
     api.put(late)
-    controller, thread = start(kubeconfig)
+    watch, thread = start(kubeconfig)
     try:
-        assert "ns/b" in controller.model.unresolved and api.events == []
+        assert "ns/b" in watch.model.unresolved and api.events == []
         api.put(pvc(name="late", volume="pv1", modes=["ReadWriteMany"]))
         assert wait_for(lambda: len(api.events) == 2)
     finally:
-        controller.stop()
+        watch.stop()
         thread.join(5)
 
 
@@ -149,16 +150,16 @@ def test_cross_namespace_events_are_censored(api, kubeconfig):
     api.put(pvc(volume="pv2", modes=["ReadWriteMany"], namespace="other"))
     api.put(pod(name="a"))
     api.put(pod(name="z", namespace="other", options={"level": "s0:c9"}))
-    controller, thread = start(kubeconfig)
+    watch, thread = start(kubeconfig)
     try:
         assert wait_for(lambda: len(api.events) == 2)
         for event in api.events:
             assert "conflicts with another pod" in event["message"]
             assert "s0:c9" not in event["message"] or event["involvedObject"]["name"] == "z"
         # The metric is not censored, as upstream's is not.
-        assert any(dict(s)["pod2_namespace"] == "other" for s in series(controller))
+        assert any(dict(s)["pod2_namespace"] == "other" for s in series(watch))
     finally:
-        controller.stop()
+        watch.stop()
         thread.join(5)
 
 
@@ -185,7 +186,8 @@ def test_command_serves_metrics_and_stops_on_sigterm(api, kubeconfig):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     process = subprocess.Popen(
         [sys.executable, "-m", "agent", "controller", "--kubeconfig", kubeconfig, "--metrics-address",
-         f"127.0.0.1:{port}"], env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+         f"127.0.0.1:{port}", "--log-format", "json"], env=env, cwd=ROOT, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
     try:
         def scrape():
             try:
@@ -211,6 +213,10 @@ def test_command_serves_metrics_and_stops_on_sigterm(api, kubeconfig):
         process.send_signal(signal.SIGTERM)
         out, err = process.communicate(timeout=15)
     assert process.returncode == 0, err
+    # The same log lines as `run --log-format json` (agent/logs.py).
+    entries = [json.loads(line) for line in err.splitlines()]
+    assert any(e["logger"] == "selinux-mount-agent.conflict_watch" and e["msg"].startswith("watching ")
+               for e in entries)
 
 
 def test_live_model_agrees_with_the_offline_audit():
@@ -299,14 +305,14 @@ def test_a_malformed_pod_on_the_api_does_not_stop_the_controller(api, kubeconfig
         api.put(obj)
     api.put(pod(name="a"))
     api.put(pod(name="b", options={"level": "s0:c9"}))
-    controller, thread = start(kubeconfig)
+    watch, thread = start(kubeconfig)
     try:
         assert wait_for(lambda: len(api.events) == 2)
         assert sorted(e["involvedObject"]["name"] for e in api.events) == ["a", "b"]
-        assert set(controller.model.unresolved) == {"ns/s", "ns/e", "ns/c", "ns/t"}
-        assert controller.errors == 0
+        assert set(watch.model.unresolved) == {"ns/s", "ns/e", "ns/c", "ns/t"}
+        assert watch.errors == 0
     finally:
-        controller.stop()
+        watch.stop()
         thread.join(5)
 
 
@@ -319,16 +325,16 @@ def test_one_pair_on_two_volumes_is_two_conflicts_and_two_events(api, kubeconfig
                {"name": "vol2", "persistentVolumeClaim": {"claimName": "claim2"}}]
     api.put(pod(name="a", volumes=volumes))
     api.put(pod(name="b", volumes=volumes, options={"level": "s0:c9"}))
-    controller, thread = start(kubeconfig)
+    watch, thread = start(kubeconfig)
     try:
         assert wait_for(lambda: len(api.events) == 4)
         time.sleep(0.3)
         assert sorted(e["involvedObject"]["name"] for e in api.events) == ["a", "a", "b", "b"]
-        conflicts = controller.model.all_conflicts()
+        conflicts = watch.model.all_conflicts()
         assert len({conflict_key(c) for c in conflicts}) == len(conflicts) == 4
         assert len({c.volume for c in conflicts}) == 2
     finally:
-        controller.stop()
+        watch.stop()
         thread.join(5)
 
 
@@ -375,18 +381,18 @@ def test_an_unreachable_api_is_one_warning_for_all_four_watches_and_one_line_whe
     retry, and once more with the number of failed attempts when every watch works again."""
     api.tokens = set()  # every request refused
     model = ConflictModel(gates_mod.resolve("1.37"), BUILTIN_DEFAULTS)
-    controller = ConflictController(Client(kubeconfig_config(kubeconfig)), model, watch_timeout=5,
-                                    backoff=Backoff(base=0.01, cap=0.05))
-    thread = threading.Thread(target=controller.run, daemon=True)
+    watch = ConflictWatch(Client(kubeconfig_config(kubeconfig)), model, watch_timeout=5,
+                          backoff=Backoff(base=0.01, cap=0.05))
+    thread = threading.Thread(target=watch.run, daemon=True)
     with caplog.at_level(logging.INFO, logger="selinux-mount-agent.apiclient.client"):
         thread.start()
         try:
-            assert wait_for(lambda: controller.errors >= 12)
+            assert wait_for(lambda: watch.errors >= 12)
             api.tokens = {"secret-token"}
-            assert wait_synced(controller, 20)
+            assert wait_synced(watch, 20)
             assert wait_for(lambda: any("working again" in r.getMessage() for r in caplog.records))
         finally:
-            controller.stop()
+            watch.stop()
             thread.join(10)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "401 Unauthorized; retrying with backoff" in warnings[0]
@@ -413,16 +419,16 @@ def test_multiple_labels_skip_the_volume_and_post_the_warning_event(api, kubecon
     # emptyDir too: GetMountSELinuxLabel runs before syncVolume drops plugins the controller lacks).
     api.put(_mixed())
     api.put(pod(name="other", options={"level": "s0:c9"}))
-    controller, thread = start(kubeconfig)
+    watch, thread = start(kubeconfig)
     try:
         assert wait_for(lambda: len(api.events) == 2)
         time.sleep(0.3)
         assert sorted((e["type"], e["reason"], e["message"], e["involvedObject"]["name"]) for e in api.events) == [
             ("Warning", "MultipleSELinuxLabels", f'Volume "{name}" is mounted twice with different SELinux labels '
              "inside this pod", "mixed") for name in ("scratch", "vol")]
-        assert controller.model.all_conflicts() == []
+        assert watch.model.all_conflicts() == []
     finally:
-        controller.stop()
+        watch.stop()
         thread.join(5)
 
 

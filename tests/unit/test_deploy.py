@@ -160,7 +160,7 @@ def test_controller_rbac_grants_exactly_what_the_code_calls():
         group = "" if path.startswith("/api/v1/") else path.split("/")[2]
         resource = path.rstrip("/").split("/")[-1]
         used |= {(group, resource, "list"), (group, resource, "watch")}
-    used.add(("", "events", "create"))  # ConflictController._post
+    used.add(("", "events", "create"))  # ConflictWatch._post
     assert _rules(_role("selinux-mount-agent-controller")) == used
 
 
@@ -253,7 +253,7 @@ def expand(container, node="node-1"):
 def test_the_images_defaults_work_in_a_container():
     """State and socket at absolute paths under the image's volume, metrics on every address at the exposed
     port, and `run` accepts them as its environment."""
-    from agent.daemon import resolve_config
+    from agent.config import resolve_config
 
     instructions = _instructions()
     (env_instruction,) = [c for c in instructions if c.cmd.upper() == "ENV"]

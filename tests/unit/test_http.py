@@ -221,3 +221,56 @@ def test_query_is_split_from_the_path():
     request = parse_head(b"GET /metrics?name[]=a&name[]=b HTTP/1.1\r\nAccept: text/plain\r\n\r\n")
     assert (request.path, request.query, request.headers) == ("/metrics", {"name[]": ["a", "b"]},
                                                               {"accept": "text/plain"})
+
+
+def test_the_endpoints_of_run_and_controller(serve):
+    """One answer for both processes: /metrics (the text format, or negotiated as prometheus_client's server
+    does), /healthz with its problems, /readyz, and 404 elsewhere."""
+    import gzip
+
+    from prometheus_client import CollectorRegistry, Gauge
+
+    from agent.http import endpoints
+
+    registry = CollectorRegistry()
+    Gauge("selinux_mount_agent_selinux_enabled", "1 when SELinux is enabled.", registry=registry).set(1)
+    problems, ready = [], [False]
+    plain = endpoints(registry, lambda: problems, lambda: ready[0])
+    negotiated = endpoints(registry, list, lambda: True, negotiate=True)
+    for handler in (plain, negotiated):
+        server = MetricsServer(("127.0.0.1", 0), handler).start()
+        try:
+            port = server.server_address[1]
+            assert exchange(port, b"GET /nothing HTTP/1.0\r\n\r\n").endswith(b"\r\n\r\nnot found\n")
+            assert exchange(port, b"GET /healthz HTTP/1.0\r\n\r\n").endswith(b"\r\n\r\nok\n")
+            assert b"selinux_mount_agent_selinux_enabled 1.0\n" in exchange(port, b"GET /metrics HTTP/1.0\r\n\r\n")
+            openmetrics = exchange(port, b"GET /metrics HTTP/1.0\r\nAccept: application/openmetrics-text; "
+                                         b"version=1.0.0\r\nAccept-Encoding: gzip\r\n\r\n")
+            head, body = openmetrics.split(b"\r\n\r\n", 1)
+            if handler is negotiated:
+                assert b"Content-Encoding: gzip" in head and gzip.decompress(body).endswith(b"# EOF\n")
+            else:
+                assert b"Content-Type: text/plain; version=" in head and not body.endswith(b"# EOF\n")
+        finally:
+            server.stop()
+    server = MetricsServer(("127.0.0.1", 0), plain).start()
+    try:
+        port = server.server_address[1]
+        assert exchange(port, b"GET /readyz HTTP/1.0\r\n\r\n").startswith(b"HTTP/1.1 503 ")
+        ready[0] = True
+        got = exchange(port, b"GET /readyz HTTP/1.0\r\n\r\n")
+        assert got.startswith(b"HTTP/1.1 200 OK") and got.endswith(b"\r\n\r\nready\n")
+        problems.append("csi: socket gone")
+        got = exchange(port, b"GET /healthz HTTP/1.0\r\n\r\n")
+        assert got.startswith(b"HTTP/1.1 503 ") and got.endswith(b"\r\n\r\ncsi: socket gone\n")
+    finally:
+        server.stop()
+
+
+def test_an_address_that_cannot_be_bound_is_one_line_naming_the_option(serve):
+    from agent.errors import InvalidInput
+    from agent.http import serve as serve_on
+
+    taken = serve().server_address
+    with pytest.raises(InvalidInput, match=r"^--metrics-address 127\.0\.0\.1:\d+: Address already in use$"):
+        serve_on(taken, answer, f"--metrics-address 127.0.0.1:{taken[1]}")

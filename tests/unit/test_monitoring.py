@@ -169,3 +169,21 @@ def test_promtool_unit_tests_fire_each_alert(tmp_path):
                             text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
+
+
+def test_node_metrics_count_what_the_shim_reports():
+    registry = CollectorRegistry()
+    metrics = NodeMetrics(registry)
+    metrics.decided("recursive")
+    metrics.verified("dropped")
+    metrics.verified("applied")
+    metrics.context_mount(True, "kubernetes.io/csi/local.selinux-mount-agent.io", "RWOP")
+    metrics.observe_csi("NodeStageVolume", "OK", 0.002)
+    metrics.observe_csi("SomethingElse", "OK", 0.002)
+    text = generate_latest(registry).decode()
+    assert 'selinux_mount_agent_decisions_total{decision="recursive"} 1.0' in text
+    assert 'selinux_mount_agent_context_mount_verifications_total{result="failed"} 1.0' in text
+    assert 'selinux_mount_agent_context_mount_verifications_total{result="ok"} 1.0' in text
+    assert ('volume_manager_selinux_volumes_admitted_total{access_mode="RWOP",'
+            'volume_plugin="kubernetes.io/csi/local.selinux-mount-agent.io"} 1.0') in text
+    assert 'method="other"' in text  # unknown methods do not add label values

@@ -31,9 +31,11 @@ def test_bad_endpoints(endpoint):
         ShimConfig(csi_endpoint=endpoint)
 
 
-def test_relative_dirs_refused():
-    with pytest.raises(InvalidInput):
-        ShimConfig(csi_endpoint="unix:///x.sock", kubelet_root="kubelet")
+@pytest.mark.parametrize("flag, dirs", [("--state-dir", {"state_dir": "state"}),
+                                        ("--kubelet-root", {"state_dir": "/state", "kubelet_root": "kubelet"})])
+def test_relative_dirs_refused(flag, dirs):
+    with pytest.raises(InvalidInput, match=f"{flag} .* must be an absolute path"):
+        ShimConfig(csi_endpoint="unix:///x.sock", **dirs)
 
 
 def test_a_damaged_state_stops_csi_with_one_line_and_recover_state_rebuilds(tmp_path, capsys):
@@ -91,12 +93,12 @@ def test_csi_and_run_share_their_defaults(tmp_path, monkeypatch):
     csi.sock inside it, resolved against the working directory (csi once required --csi-endpoint and kept its
     state elsewhere)."""
     from agent.cli import csi_cmd
-    from agent.daemon import DaemonConfig, shim_config
+    from agent.config import RunConfig
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(csi_cmd, "EARLIER_STATE_DIR", str(tmp_path / "earlier"))
     from_csi = config_from_args(build_parser().parse_args(["csi"]))
-    from_run = shim_config(DaemonConfig())
+    from_run = ShimConfig.of(RunConfig().resolved())
     assert from_csi == from_run
     assert (from_csi.state_dir, from_csi.csi_endpoint) == (str(tmp_path / "state"), f"unix://{tmp_path}/state/csi.sock")
     moved = config_from_args(build_parser().parse_args(["csi", "--state-dir", "/srv/sma"]))

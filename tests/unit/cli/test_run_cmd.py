@@ -1,4 +1,6 @@
-"""`selinux-mount-agent run` for real: the CSI socket answers, /metrics shows the call, health, SIGHUP, SIGTERM."""
+"""`selinux-mount-agent run` for real: the CSI socket answers, /metrics shows the call, health, SIGHUP, SIGTERM;
+and its parts as the daemon runs them: the AVC watcher from an audit log, pods named by the node's pod watch and
+by the levels of volumes the CSI shim published."""
 
 import os
 import signal
@@ -11,7 +13,12 @@ import urllib.request
 from pathlib import Path
 
 import grpc
+import pytest
 
+from agent.avc.applied import AppliedLevels
+from agent.cli.run_cmd import AVCComponent, node_agent
+from agent.config import resolve_config
+from agent.daemon import Daemon
 from csi_shim.proto import csi_pb2, csi_pb2_grpc
 from tests.polling import wait_for
 
@@ -32,7 +39,6 @@ def get(url):
         return err.code, err.read().decode()
     except OSError:
         return 0, ""
-
 
 
 def test_run_serves_csi_and_metrics_and_stops_cleanly(tmp_path):
@@ -80,3 +86,111 @@ def test_run_refuses_bad_configuration(tmp_path):
                             text=True, timeout=30)
     assert result.returncode == 2 and "log_format must be text or json" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def feed_denials(log_file, seen, pid: int, level: str, timeout: float = 10.0) -> bool:
+    """The follower starts at the end of the log, like tail -F, once its thread has opened it: append one
+    denial (a read by `pid` at `level`) at a time until `seen()` says it was counted."""
+    deadline, serial = time.monotonic() + timeout, 456
+    while not seen() and time.monotonic() < deadline:
+        with open(log_file, "a") as handle:
+            handle.write(f'type=AVC msg=audit(1700000000.123:{serial}): avc:  denied  {{ read }} for  pid={pid} '
+                         f'comm="cat" name="secret" dev="loop0" ino=12 '
+                         f'scontext=system_u:system_r:container_t:{level} '
+                         'tcontext=system_u:object_r:container_file_t:s0:c3,c4 tclass=file permissive=0\n')
+        serial += 1
+        time.sleep(0.3)
+    return seen()
+
+
+def test_avc_watcher_runs_inside_the_daemon_from_an_audit_log(tmp_path):
+    log_file = tmp_path / "audit.log"
+    log_file.write_text("")
+    config = resolve_config({"avc": f"file:{log_file}", "metrics_address": "127.0.0.1:0",
+                             "state_dir": str(tmp_path / "state")}, {})
+    daemon = Daemon(config, components_factory=lambda d: [AVCComponent(d, AppliedLevels())])
+    daemon.start()
+    try:
+        def denied():
+            body = get(daemon.metrics_url + "/metrics")[1]
+            return 'permission="read"' in body and "selinux_avc_denials_total{" in body
+
+        assert feed_denials(log_file, denied, pid=4242, level="s0:c1,c2")
+        assert get(daemon.metrics_url + "/healthz") == (200, "ok\n")
+    finally:
+        daemon.stop()
+
+
+def test_avc_denials_name_pods_from_the_node_pod_watch(tmp_path):
+    """With kube_api, the daemon watches its node's pods: a denial at a pod's MCS level carries its name."""
+    from tests.fake_apiserver import FakeAPIServer
+
+    server = FakeAPIServer().start()
+    server.put({"kind": "Pod", "apiVersion": "v1",
+                "metadata": {"name": "web-1", "namespace": "shop", "uid": "u-1"},
+                "spec": {"nodeName": "node-1", "securityContext": {"seLinuxOptions": {"level": "s0:c7,c9"}},
+                         "containers": [{"name": "app"}]}})
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(f"""apiVersion: v1
+kind: Config
+clusters: [{{name: fake, cluster: {{server: "{server.url}"}}}}]
+users: [{{name: nobody, user: {{}}}}]
+contexts: [{{name: fake, context: {{cluster: fake, user: nobody}}}}]
+current-context: fake
+""")
+    log_file = tmp_path / "audit.log"
+    log_file.write_text("")
+    config = resolve_config({"avc": f"file:{log_file}", "metrics_address": "127.0.0.1:0", "node_id": "node-1",
+                             "kube_api": f"kubeconfig:{kubeconfig}", "state_dir": str(tmp_path / "state")}, {})
+    daemon = Daemon(config, components_factory=lambda d: [AVCComponent(d, AppliedLevels())])
+    daemon.start()
+    try:
+        def named():
+            return any('namespace="shop"' in line and 'pod="web-1"' in line
+                       for line in get(daemon.metrics_url + "/metrics")[1].splitlines()
+                       if line.startswith("selinux_avc_denials_total{"))
+
+        assert feed_denials(log_file, named, pid=999999, level="s0:c7,c9")
+    finally:
+        daemon.stop()
+        server.stop()
+
+
+@pytest.mark.root
+@pytest.mark.loop
+def test_daemon_attributes_denials_by_the_level_of_a_volume_it_published(tmp_path):
+    """The whole daemon: a real publish with pod info and context= (relabelled on a kernel without SELinux)
+    makes a denial at that level from an exited process name the pod; the unpublish forgets it."""
+    from tests.root.csi_helpers import Client, cleanup, context_flag
+
+    log_file = tmp_path / "audit.log"
+    log_file.write_text("")
+    config = resolve_config({"avc": f"file:{log_file}", "metrics_address": "127.0.0.1:0", "kube_api": "off",
+                             "state_dir": str(tmp_path / "state"), "csi_endpoint": f"unix://{tmp_path}/csi.sock",
+                             "kubelet_root": str(tmp_path / "kubelet")}, {})
+    (tmp_path / "kubelet").mkdir()
+    daemon = node_agent(config)
+    daemon.start()
+    client = Client(str(tmp_path / "csi.sock"), str(tmp_path / "kubelet"))
+    try:
+        volume = client.create("pvc-levels").volume_id
+        staging, target = client.staging_path(volume), client.target_path("pod-web-1")
+        flags = [context_flag("system_u:object_r:container_file_t:s0:c4,c9")]
+        client.stage(volume, staging, flags)
+        client.publish(volume, staging, target, flags, pod=("shop", "web-1"))
+
+        def named():
+            return any('namespace="shop"' in line and 'pod="web-1"' in line
+                       for line in get(daemon.metrics_url + "/metrics")[1].splitlines()
+                       if line.startswith("selinux_avc_denials_total{"))
+
+        assert feed_denials(log_file, named, pid=999999, level="s0:c4,c9")
+        attributor = next(c for c in daemon.components if c.name == "avc").watcher.attributor
+        client.unpublish(volume, target)
+        assert attributor.pod_at_level("s0:c4,c9") is None
+        client.unstage(volume, staging)
+        client.delete(volume)
+    finally:
+        client.close()
+        daemon.stop()
+        cleanup(str(tmp_path))

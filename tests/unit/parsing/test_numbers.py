@@ -7,7 +7,7 @@ import argparse
 import pytest
 
 from agent.cli.relabel_cmd import _gid, _positive_int
-from agent.daemon import split_address
+from agent.config import split_address
 from agent.errors import InvalidInput
 
 NOT_ASCII_DIGITS = ["\u00b2", "\u0663", "\uff11", " 1", "+1", "1_000", "1\n", ""]
