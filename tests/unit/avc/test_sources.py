@@ -412,7 +412,8 @@ def test_watcher_feeds_metrics_and_callback(tmp_path):
 
 def test_unattributed_reasons_are_counted(tmp_path):
     registry = CollectorRegistry()
-    watcher = AvcWatcher([(None, LOG[0])], attributor=Attributor(str(tmp_path)), metrics=AvcCounts(AvcMetrics(registry)))
+    watcher = AvcWatcher([(None, LOG[0])], attributor=Attributor(str(tmp_path)),
+                         metrics=AvcCounts(AvcMetrics(registry)))
     watcher.run()
     assert registry.get_sample_value("selinux_avc_unattributed_total", {"reason": "pid_gone"}) == 1
 
