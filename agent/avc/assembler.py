@@ -19,9 +19,9 @@ from agent.avc.fastpath import FastReader
 from agent.avc.record import (AVC_TYPES, COMPANION_TYPES, Record, finish_body, parse_fields, parse_record,
                               syscall_fields)
 
+# Denial(**values) without its __init__ where it runs for nearly every denial (see denial.make_denial).
 _new = object.__new__
 _set = object.__setattr__
-
 
 
 @dataclass
