@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from agent.errors import InvalidLabel
 
@@ -130,6 +131,11 @@ class Level:
             object.__setattr__(self, "high", None)
 
     def __str__(self) -> str:
+        return self.canonical
+
+    @cached_property
+    def canonical(self) -> str:
+        """The kernel's spelling, made once per value: denials of one pod share one Level and ask again."""
         return str(self.low) if self.high is None else f"{self.low}-{self.high}"
 
     @property
@@ -152,6 +158,19 @@ class Level:
         if not high.dominates(low):
             raise InvalidLabel(field_name, text, f"high level {high} does not dominate low level {low}")
         return cls(low, high)
+
+
+def canonical_level(level: Level | str | None) -> str | None:
+    """A level in the kernel's spelling (`s0:c2,c1` → `s0:c1,c2`), from a `Level` or its text; None when there
+    is none or the text does not parse. The one place a level is canonicalised for comparison as text."""
+    if level is None:
+        return None
+    if isinstance(level, str):
+        try:
+            level = Level.parse(level)
+        except InvalidLabel:
+            return None
+    return level.canonical
 
 
 def _check_characters(field_name: str, value, allow_comma: bool = False) -> None:

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import Callable, Iterable
 
-from prometheus_client import disable_created_metrics
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Counter, disable_created_metrics
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from agent.kubelet.conflicts import Conflict
 
@@ -151,3 +151,61 @@ class NodeMetrics:
         name = ("volume_manager_selinux_volumes_admitted_total" if admitted else
                 "volume_manager_selinux_volume_context_mismatch_errors_total")
         self.kubelet[name].labels(volume_plugin, access_mode).inc()
+
+
+# --- AVC denials ------------------------------------------------------------------------------------------
+
+# Names follow Prometheus conventions. Label values hold SELinux *types* only: MCS categories are never a
+# label (each pod has its own pair, so they would make one series per pod and per volume; SPO's
+# `selinux_profile_audit_total` carries full contexts and has exactly that problem). agent/avc/counting.py
+# keeps the number of denial series bounded and updates these objects.
+AVC_DENIALS = "selinux_avc_denials"
+AVC_DENIALS_HELP = "SELinux AVC denials, one per denied permission, by pod and types"
+AVC_DENIAL_LABELS = ("namespace", "pod", "container", "source_type", "target_type", "tclass", "permission",
+                     "permissive")
+AVC_DENIAL_OVERFLOW = "selinux_avc_denial_series_overflow"
+AVC_DENIAL_OVERFLOW_HELP = ("Denials counted in the 'other' series because selinux_avc_denials_total reached its "
+                            "series limit")
+
+
+class DenialCollector:
+    """`selinux_avc_denials_total` and its overflow counter, over counts kept in `counts` (label values →
+    a one-element list, so an updater that holds the list adds to it directly) and `overflow`."""
+
+    name = AVC_DENIALS
+    documentation = AVC_DENIALS_HELP
+
+    def __init__(self):
+        self.counts: dict[tuple, list[int]] = {}
+        self.overflow = 0
+
+    def describe(self):
+        return [CounterMetricFamily(AVC_DENIALS, AVC_DENIALS_HELP, labels=AVC_DENIAL_LABELS),
+                CounterMetricFamily(AVC_DENIAL_OVERFLOW, AVC_DENIAL_OVERFLOW_HELP)]
+
+    def collect(self):
+        family = CounterMetricFamily(AVC_DENIALS, AVC_DENIALS_HELP, labels=AVC_DENIAL_LABELS)
+        # list() copies under the GIL, so a watcher thread may go on counting during a scrape.
+        for key, cell in sorted(list(self.counts.items())):
+            family.add_metric(key, cell[0])
+        yield family
+        yield CounterMetricFamily(AVC_DENIAL_OVERFLOW, AVC_DENIAL_OVERFLOW_HELP, value=self.overflow)
+
+
+class AvcMetrics:
+    """The AVC watcher's metric objects. Nothing is registered until an instance is built with a registry."""
+
+    def __init__(self, registry: CollectorRegistry):
+        self.denials = DenialCollector()
+        registry.register(self.denials)
+        self.records = Counter(
+            "selinux_avc_records", "Audit records read, by record type", ("type",), registry=registry)
+        self.unattributed = Counter(
+            "selinux_avc_unattributed", "Denials that could not be tied to a pod, by reason", ("reason",),
+            registry=registry)
+        self.parse_errors = Counter(
+            "selinux_avc_parse_errors", "Lines or records that could not be read as audit records",
+            registry=registry)
+        self.netlink_drops = Counter(
+            "selinux_audit_netlink_enobufs", "Times the audit netlink socket overflowed (ENOBUFS); "
+            "records were lost", registry=registry)

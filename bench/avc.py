@@ -37,10 +37,12 @@ sys.path.insert(0, str(ROOT))
 
 from prometheus_client import CollectorRegistry  # noqa: E402
 
-from agent.avc.attribution import Attributor, PodDirectory, PodRef  # noqa: E402
-from agent.avc.metrics import AvcMetrics  # noqa: E402
-from agent.avc.records import EventAssembler  # noqa: E402
+from agent.avc.assembler import EventAssembler  # noqa: E402
+from agent.avc.attribution import Attributor  # noqa: E402
+from agent.avc.counting import AvcCounts  # noqa: E402
+from agent.avc.poddir import PodDirectory, PodRef  # noqa: E402
 from agent.avc.watcher import AvcWatcher  # noqa: E402
+from agent.metrics import AvcMetrics  # noqa: E402
 
 PODS = 200
 TARGETS = ("container_file_t", "etc_t", "user_home_t", "var_lib_t", "proc_t", "sysfs_t", "http_port_t",
@@ -166,7 +168,7 @@ def run_parse_only(count: int, pods, seed: int) -> tuple[float, float, Stream]:
 
 def run_full(count: int, pods, proc_root: str, seed: int):
     registry = CollectorRegistry()
-    metrics = AvcMetrics(registry)
+    metrics = AvcCounts(AvcMetrics(registry))
     directory = PodDirectory(pod for _pid, _level, pod in pods)
     attributor = Attributor(proc_root=proc_root, pods=directory)
     seen = [0]

@@ -1,48 +1,46 @@
-"""The MCS levels this agent applied to volumes, kept in an `Attributor` from the CSI shim's own records.
+"""The MCS levels this agent applied to volumes, kept in an `Attributor`.
 
 When a denial's process has exited, its source level is the only hint left of the pod it ran in. The agent
 knows which pod holds which level because it mounted (or relabelled) the pod's volumes at that level: the
-shim records each finished publish with its label and, when the CSIDriver has `podInfoOnMount: true`, the
-pod's namespace and name (csi_shim/journal.py, table `published`). `AppliedLevels.sync()` reads those records
-and gives the attributor the difference from last time, so a pod with two volumes at one level keeps it until
-both are unpublished, and two pods at one level make it ambiguous, as in `PodDirectory`.
+CSI shim records each finished publish with its label and, when the CSIDriver has `podInfoOnMount: true`, the
+pod's namespace and name. The code that wires `run` hands `AppliedLevels.watch` a callable that lists those
+publishes as `(label, (namespace, name))` pairs, so this package needs nothing of the shim's. `sync()` gives
+the attributor the difference from last time, so a pod with two volumes at one level keeps it until both are
+unpublished, and two pods at one level make it ambiguous, as in `PodDirectory`.
 
-The records carry no pod UID; the attributor takes UID and workload from its pod directory when that holds
+The publishes carry no pod UID; the attributor takes UID and workload from its pod directory when that holds
 the same pod at the same level.
 """
 
 from __future__ import annotations
 
-import functools
 import threading
-from typing import Mapping
+from typing import Callable, Iterable
 
-from agent.avc.attribution import PodRef
+from agent.avc.poddir import PodRef
 from agent.errors import InvalidLabel
-from agent.label import Label
-from csi_shim.records import DONE
+from agent.label import Label, canonical_level
+
+# (label, (namespace, name)) of each finished publish; either part may be missing (None).
+Publishes = Callable[[], Iterable[tuple]]
 
 
-@functools.lru_cache(maxsize=1024)
-def _level_of(label: str) -> str | None:
-    """The canonical level of a context, or None when it has none or names no pod (`s0` alone)."""
+def pod_level(label: str) -> str | None:
+    """The canonical level of a volume's context, or None when it has none or names no pod (`s0` alone)."""
     try:
-        level = Label.parse(label).level
+        level = canonical_level(Label.parse(label).level)
     except InvalidLabel:
         return None
-    text = str(level) if level is not None else ""
-    return text if ":" in text else None
+    return level if level is not None and ":" in level else None
 
 
-def levels_in_records(published: Mapping[str, dict]) -> dict[tuple, PodRef]:
-    """(level, namespace, name) → PodRef for each finished publish that has a label with categories and a
-    pod. Pure."""
+def levels_in_publishes(publishes: Iterable[tuple]) -> dict[tuple, PodRef]:
+    """(level, namespace, name) → PodRef for each publish that has a label with categories and a pod. Pure."""
     out: dict[tuple, PodRef] = {}
-    for record in published.values():
-        pod, label = record.get("pod"), record.get("label")
-        if record.get("status") != DONE or not label or not pod or len(pod) != 2:
+    for label, pod in publishes:
+        if not label or not pod or len(pod) != 2:
             continue
-        level = _level_of(label)
+        level = pod_level(label)
         if level is not None:
             namespace, name = pod
             out[(level, namespace, name)] = PodRef(namespace, name, level=level)
@@ -50,17 +48,17 @@ def levels_in_records(published: Mapping[str, dict]) -> dict[tuple, PodRef]:
 
 
 class AppliedLevels:
-    """Links the CSI state (`watch`) to an attributor (`feed`); `sync()` may be called from any thread."""
+    """Links the publishes (`watch`) to an attributor (`feed`); `sync()` may be called from any thread."""
 
     def __init__(self):
         self._lock = threading.Lock()
-        self._state = None
+        self._publishes: Publishes | None = None
         self._attributor = None
         self._given: dict[tuple, PodRef] = {}
 
-    def watch(self, state) -> None:
-        """Read the records of this `csi_shim.journal.State` (None to stop)."""
-        self._state = state
+    def watch(self, publishes: Publishes | None) -> None:
+        """Read the publishes this callable lists (None to stop)."""
+        self._publishes = publishes
         self.sync()
 
     def feed(self, attributor) -> None:
@@ -70,12 +68,10 @@ class AppliedLevels:
 
     def sync(self) -> None:
         with self._lock:
-            state, attributor = self._state, self._attributor
-            if state is None or attributor is None:
+            publishes, attributor = self._publishes, self._attributor
+            if publishes is None or attributor is None:
                 return
-            with state.lock:
-                published = dict(state.published)  # records are replaced, never edited: a shallow copy holds
-            wanted = levels_in_records(published)
+            wanted = levels_in_publishes(publishes())
             for key in self._given.keys() - wanted.keys():
                 attributor.remove_level(key[0], self._given[key])
             for key in wanted.keys() - self._given.keys():
@@ -84,4 +80,3 @@ class AppliedLevels:
 
     def __len__(self) -> int:
         return len(self._given)
-

@@ -14,7 +14,7 @@ import logging
 import threading
 from collections import OrderedDict
 
-from agent.avc.attribution import PodDirectory, PodRef, pods_from_json
+from agent.avc.poddir import PodDirectory, PodRef, pods_from_json
 from agent.apiclient.client import Client, follow
 from agent.apiclient.retry import FailureStreak
 

@@ -14,10 +14,11 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
+from agent.avc.assembler import EventAssembler
 from agent.avc.attribution import Attribution, Attributor
+from agent.avc.counting import AvcCounts
+from agent.avc.denial import Denial
 from agent.avc.filesource import AuditLogFollower
-from agent.avc.metrics import AvcMetrics
-from agent.avc.records import Denial, EventAssembler
 from agent.errors import InvalidInput
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ class AvcWatcher:
     """Glue between a source and its consumers. `callback(AttributedDenial)` sees every AVC record,
     denials and granted ones; metrics count denials only."""
 
-    def __init__(self, source: Iterable, attributor: Attributor | None = None, metrics: AvcMetrics | None = None,
+    def __init__(self, source: Iterable, attributor: Attributor | None = None, metrics: AvcCounts | None = None,
                  callback: Callable[[AttributedDenial], None] | None = None,
                  assembler: EventAssembler | None = None, wall_clock: Callable[[], float] = time.time):
         self.source = source
@@ -171,10 +172,6 @@ class AvcWatcher:
         drops = getattr(self.source, "drops", 0)
         self.metrics.count_netlink_drops(drops - self._seen_drops)
         self._seen_drops = drops
-
-    def sync_metrics(self) -> None:
-        """Bring counters up to date now (a scrape handler may call this)."""
-        self._sync_counters()
 
 
 def open_source(spec: str, from_beginning: bool = False):

@@ -19,7 +19,8 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from agent.avc.attribution import Attributor, PodDirectory, pods_from_json
+from agent.avc.attribution import Attributor
+from agent.avc.poddir import PodDirectory, pods_from_json
 from agent.cli.examples import examples
 from agent.cli.printable import printable
 from agent.errors import InvalidInput

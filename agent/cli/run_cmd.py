@@ -114,6 +114,15 @@ def node_components(daemon: Daemon, shim: ShimConfig) -> list[Component]:
     return parts
 
 
+def finished_publishes(state) -> list[tuple]:
+    """(label, (namespace, name)) of each finished publish in the CSI shim's state, for `AppliedLevels`."""
+    from csi_shim.records import DONE
+
+    with state.lock:
+        records = list(state.published.values())  # records are replaced, never edited: a shallow copy holds
+    return [(record.get("label"), record.get("pod")) for record in records if record.get("status") == DONE]
+
+
 class CSIComponent(Component):
     """The CSI shim: the built-in driver, or a proxy when a backend endpoint is set."""
 
@@ -131,7 +140,7 @@ class CSIComponent(Component):
 
         server = build_server(self.shim_config, self.daemon.metrics, on_publish=self.levels.sync,
                               instance_lock=self.daemon.instance_lock)
-        self.levels.watch(server.state)  # the records recovered from before a restart count too
+        self.levels.watch(lambda: finished_publishes(server.state))  # the records recovered from before a restart count too
         self.server = server.start()
 
     def stop(self, grace: float) -> None:
@@ -165,9 +174,10 @@ class AVCComponent(Component):
         from agent.apiclient.client import Client
         from agent.apiclient.kubeconfig import config_for
         from agent.avc.attribution import Attributor
-        from agent.avc.metrics import AvcMetrics
+        from agent.avc.counting import AvcCounts
         from agent.avc.podwatch import PodWatch
         from agent.avc.watcher import AvcWatcher, open_source
+        from agent.metrics import AvcMetrics
 
         api = config_for(self.kube_api)
         if api is not None:
@@ -177,7 +187,8 @@ class AVCComponent(Component):
         pods = self.pod_watch.pods if self.pod_watch is not None else None
         attributor = Attributor(pods=pods)
         self.levels.feed(attributor)  # levels the CSI shim applied, kept current as volumes come and go
-        self.watcher = AvcWatcher(open_source(self.spec), attributor, AvcMetrics(self.registry)).start()
+        self.watcher = AvcWatcher(open_source(self.spec), attributor,
+                                  AvcCounts(AvcMetrics(self.registry))).start()
 
     def stop(self, grace: float) -> None:
         if self.watcher is not None:

@@ -154,10 +154,6 @@ class RuleSet:
     refused: tuple[Refusal, ...] = ()
     skipped: tuple[Skip, ...] = ()
 
-    @property
-    def source_types(self) -> tuple[str, ...]:
-        return tuple(sorted({rule.source for rule in self.rules}))
-
     def to_json(self) -> dict:
         return {
             "rules": [rule.__dict__ for rule in self.rules],

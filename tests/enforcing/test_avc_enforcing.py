@@ -29,8 +29,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.avc.attribution import Attributor, PodRef
+from agent.avc.attribution import Attributor
 from agent.avc.netlink import AuditNetlinkSource
+from agent.avc.poddir import PodRef
 from agent.avc.watcher import AvcWatcher
 from agent.errors import AuditUnavailable, PolicyBuildError
 from agent.sepolicy.build import build_pp, install, installed_copy, installed_modules, remove

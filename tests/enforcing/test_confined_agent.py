@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.avc.records import parse_lines
+from agent.avc.assembler import parse_lines
 from csi_shim.mounter import mounted_at
 from tests.enforcing.conftest import KernelLog
 from tests.polling import terminate, wait_for

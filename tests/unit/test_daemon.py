@@ -135,15 +135,16 @@ def test_levels_of_published_volumes_follow_the_csi_state(tmp_path):
     """AppliedLevels over a real shim State: publishes add their level, unpublishes remove it, a level shared
     by two pods names neither, and a pending or unlabelled publish counts for nothing."""
     from agent.avc.applied import AppliedLevels
+    from agent.avc.assembler import parse_lines
     from agent.avc.attribution import Attributor
-    from agent.avc.records import parse_lines
+    from agent.cli.run_cmd import finished_publishes
     from csi_shim.journal import State
 
     state = State(str(tmp_path / "csi" / "csi-state.json"))
     attributor = Attributor(proc_root=str(tmp_path / "proc"))
     levels = AppliedLevels()
     levels.feed(attributor)
-    levels.watch(state)
+    levels.watch(lambda: finished_publishes(state))
     [gone] = parse_lines([
         'type=AVC msg=audit(1700000000.123:1): avc:  denied  { read } for  pid=999999 comm="cat" '
         'scontext=system_u:system_r:container_t:s0:c4,c9 tcontext=system_u:object_r:etc_t:s0 tclass=file '

@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.errors import InvalidLabel
-from agent.label import (Label, Level, context_mount_option, go_quote, parse_context_option)
+from agent.label import (Label, Level, canonical_level, context_mount_option, go_quote, parse_context_option)
 from agent.node.mountinfo import split_options
 
 
@@ -199,3 +199,16 @@ def test_near_misses_are_refused_or_exact(text):
     except InvalidLabel:
         return
     assert Label.parse(label.canonical) == label
+
+
+@pytest.mark.parametrize("given,canonical", [
+    ("s0:c2,c1", "s0:c1,c2"), ("s0:c1.c3", "s0:c1.c3"), ("s0:c3,c2,c1", "s0:c1.c3"),
+    ("s0:c1,c2-s0:c1,c2", "s0:c1,c2"), ("s0-s0:c2,c1", "s0-s0:c1,c2"), ("s0", "s0"),
+    ("s0:c1,x", None), ("", None), (None, None),
+])
+def test_canonical_level_from_text_or_value(given, canonical):
+    assert canonical_level(given) == canonical
+    if canonical is not None:
+        level = Level.parse(given)
+        assert canonical_level(level) == str(level) == level.canonical == canonical
+        assert level == Level.parse(canonical) and hash(level) == hash(Level.parse(canonical))

@@ -12,8 +12,8 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 
-from agent.avc.metrics import AvcMetrics
-from agent.metrics import VOLUME_CONFLICT, NodeMetrics, VolumeConflictCollector
+from agent.avc.counting import AvcCounts
+from agent.metrics import VOLUME_CONFLICT, AvcMetrics, NodeMetrics, VolumeConflictCollector
 
 ROOT = Path(__file__).resolve().parents[2]
 MONITORING = ROOT / "deploy" / "monitoring"
@@ -30,7 +30,7 @@ def exported_registry() -> CollectorRegistry:
     """One registry with every metric object: the node agent's, the AVC watcher's, the controller's gauge."""
     registry = CollectorRegistry()
     metrics = NodeMetrics(registry)
-    avc = AvcMetrics(registry)
+    avc = AvcCounts(AvcMetrics(registry))
     registry.register(VolumeConflictCollector(lambda: []))
     metrics.observe_csi("NodePublishVolume", "OK", 0.01)
     metrics.relabelled(None, 0.5, fs_group=True)

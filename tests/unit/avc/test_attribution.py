@@ -1,93 +1,14 @@
-"""agent/avc/attribution.py: cgroup paths (pure), fake /proc trees for cgroupfs/systemd × CRI-O/containerd,
+"""agent/avc/attribution.py: attribution through fake /proc trees for cgroupfs/systemd × CRI-O/containerd,
 the (pid, start time) cache, and the MCS-level fallback."""
 
 import pytest
 
-from agent.avc.attribution import (
-    HOST_PROCESS,
-    NO_CATEGORIES,
-    PID_GONE,
-    RUNTIME_PROCESS,
-    UNKNOWN_LEVEL,
-    Attributor,
-    PodDirectory,
-    PodRef,
-    parse_cgroup_path,
-    parse_proc_cgroup,
-    parse_start_time,
-    pods_from_json,
-)
-from agent.avc.records import parse_lines
-from agent.errors import InvalidInput
-
-UID = "26ba375c-1234-4abc-9def-0123456789ab"
-UID_ = UID.replace("-", "_")
-CID = "a" * 40 + "0123456789abcdef01234567"
-assert len(CID) == 64
-
-LAYOUTS = {
-    "cgroupfs-crio": f"0::/kubepods/burstable/pod{UID}/crio-{CID}",
-    "cgroupfs-containerd": f"0::/kubepods/besteffort/pod{UID}/{CID}",
-    "systemd-crio": f"0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{UID_}.slice/crio-{CID}.scope",
-    "systemd-containerd": (f"0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{UID_}.slice/"
-                           f"cri-containerd-{CID}.scope"),
-    "systemd-guaranteed": f"0::/kubepods.slice/kubepods-pod{UID_}.slice/cri-containerd-{CID}.scope",
-    "v1-systemd-crio": "\n".join([
-        "12:pids:/", "11:memory:/system.slice",
-        f"4:cpu,cpuacct:/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{UID_}.slice/crio-{CID}.scope",
-        f"1:name=systemd:/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{UID_}.slice/crio-{CID}.scope",
-    ]),
-}
-EXPECTED = {
-    "cgroupfs-crio": ("cgroupfs", "crio"), "cgroupfs-containerd": ("cgroupfs", None),
-    "systemd-crio": ("systemd", "crio"), "systemd-containerd": ("systemd", "containerd"),
-    "systemd-guaranteed": ("systemd", "containerd"), "v1-systemd-crio": ("systemd", "crio"),
-}
-
-
-@pytest.mark.parametrize("layout", sorted(LAYOUTS))
-def test_cgroup_layouts(layout):
-    info = parse_proc_cgroup(LAYOUTS[layout])
-    assert info.pod_uid == UID
-    assert info.container_id == CID
-    assert (info.driver, info.runtime) == EXPECTED[layout]
-    assert info.in_pod and not info.monitor
-
-
-def test_conmon_names_a_container_but_is_not_in_it():
-    info = parse_cgroup_path(f"/system.slice/crio-conmon-{CID}.scope")
-    assert info.monitor and info.container_id == CID and info.pod_uid is None
-    inside_pod = parse_cgroup_path(f"/kubepods.slice/kubepods-pod{UID_}.slice/crio-conmon-{CID}.scope")
-    assert inside_pod.monitor and not inside_pod.in_pod
-
-
-def test_nested_runtime_takes_the_last_id():
-    outer, inner = "b" * 64, "c" * 64
-    info = parse_cgroup_path(f"/kubepods/pod{UID}/{outer}/docker/{inner}")
-    assert info.container_id == inner
-
-
-def test_host_cgroup_has_no_pod():
-    info = parse_proc_cgroup("0::/system.slice/sshd.service\n")
-    assert info.pod_uid is None and info.container_id is None and info.driver is None
-
-
-def test_start_time_survives_odd_comm():
-    fields = " ".join(["S"] + [str(n) for n in range(4, 22)] + ["987654"] + ["0"] * 30)
-    assert parse_start_time(f"123 (we ird) )name) {fields}") == 987654
-    assert parse_start_time("garbage") is None
-    assert parse_start_time("1 (x) S 1 2") is None
-
-
-# --- fake /proc ----------------------------------------------------------------------------------------
-
-
-def write_proc(root, pid, cgroup, start=1000):
-    directory = root / str(pid)
-    directory.mkdir(parents=True, exist_ok=True)
-    fields = ["S"] + ["0"] * 18 + [str(start)] + ["0"] * 30
-    (directory / "stat").write_text(f"{pid} (cat) {' '.join(fields)}\n")
-    (directory / "cgroup").write_text(cgroup + "\n")
+from agent.avc.assembler import parse_lines
+from agent.avc.attribution import HOST_PROCESS, NO_CATEGORIES, PID_GONE, RUNTIME_PROCESS, UNKNOWN_LEVEL, Attributor
+from agent.avc.poddir import PodDirectory, PodRef
+from tests.unit.avc.test_cgroup import CID, LAYOUTS, UID
+from tests.unit.avc.test_poddir import POD
+from tests.unit.avc.test_procfs import write_proc
 
 
 def denial(pid=4242, scontext="system_u:system_r:container_t:s0:c1,c2"):
@@ -105,9 +26,6 @@ class Clock:
 
     def __call__(self):
         return self.now
-
-
-POD = PodRef("shop", "web-7f9c-abcde", UID, "s0:c1,c2", "web", ((CID, "nginx"),))
 
 
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
@@ -213,48 +131,12 @@ def test_host_process_with_a_known_level_is_attributed_by_level(tmp_path):
     assert found.method == "mcs" and found.pod == POD.name
 
 
-def test_shared_level_is_ambiguous():
-    a = PodRef("ns", "a", "u1", "s0:c1,c2")
-    b = PodRef("ns", "b", "u2", "s0:c1,c2")
-    pods = PodDirectory([a, b])
-    assert pods.by_level("s0:c1,c2") is None
-    assert pods.by_uid("u2") == b
-
-
 def test_a_pod_added_later_to_an_empty_directory_is_found_by_level(tmp_path):
     directory = PodDirectory()
     attributor = Attributor(proc_root=str(tmp_path), pods=directory)
     assert attributor.attribute(denial(pid=999)).reason == PID_GONE
     directory.add(POD)
     assert attributor.attribute(denial(pid=999)).pod == POD.name
-
-
-def test_updating_a_pod_keeps_its_level():
-    pods = PodDirectory([POD])
-    updated = PodRef(POD.namespace, POD.name, POD.uid, POD.level, POD.workload, ((CID, "nginx"), ("b" * 64, "side")))
-    pods.add(updated)
-    assert pods.by_level(POD.level) is updated and pods.by_uid(UID) is updated and len(pods) == 1
-
-
-def test_a_changed_level_drops_the_old_mapping():
-    a = PodRef("ns", "a", "u1", "s0:c1,c2")
-    b = PodRef("ns", "b", "u2", "s0:c1,c2")
-    pods = PodDirectory([a, b])
-    assert pods.by_level("s0:c1,c2") is None
-    moved = PodRef("ns", "a", "u1", "s0:c3,c4")
-    pods.add(moved)
-    assert pods.by_level("s0:c3,c4") is moved
-    assert pods.by_level("s0:c1,c2") is b  # a no longer shares it
-    pods.remove(b)
-    assert pods.by_level("s0:c1,c2") is None and pods.by_uid("u2") is None and len(pods) == 1
-
-
-def test_pods_without_uid_are_told_apart_by_name():
-    pods = PodDirectory([PodRef("ns", "a", None, "s0:c1,c2")])
-    pods.add(PodRef("ns", "a", None, "s0:c1,c2", "web"))
-    assert pods.by_level("s0:c1,c2").workload == "web"
-    pods.add(PodRef("ns", "b", None, "s0:c1,c2"))
-    assert pods.by_level("s0:c1,c2") is None
 
 
 def test_applied_levels_are_counted_once_per_pod_and_forgotten(tmp_path):
@@ -264,7 +146,7 @@ def test_applied_levels_are_counted_once_per_pod_and_forgotten(tmp_path):
     attributor.add_level("s0:c2,c1", web)  # a second volume of the same pod
     first = attributor.attribute(denial(pid=999))
     assert first.method == "mcs" and first.pod == "web-1"
-    assert attributor.attribute(denial(pid=999)) is first  # one object per pod, for the metrics' memo
+    assert attributor.attribute(denial(pid=999)) is first  # built once per pod, not per denial
     attributor.add_level("s0:c1,c2", db)
     assert attributor.attribute(denial(pid=999)).reason == PID_GONE  # two pods: ambiguous
     attributor.remove_level("s0:c1,c2", web)
@@ -288,33 +170,3 @@ def test_cache_is_bounded(tmp_path):
     for pid in range(1, 100):
         attributor.attribute(denial(pid=pid))
     assert len(attributor._cache) <= 10
-
-
-KUBECTL = {
-    "apiVersion": "v1", "kind": "List", "items": [{
-        "kind": "Pod",
-        "metadata": {"name": "web-7f9c-abcde", "namespace": "shop", "uid": UID,
-                     "labels": {"pod-template-hash": "7f9c"},
-                     "ownerReferences": [{"kind": "ReplicaSet", "name": "web-7f9c"}]},
-        "spec": {"securityContext": {"seLinuxOptions": {"level": "s0:c2,c1"}}},
-        "status": {"containerStatuses": [{"name": "nginx", "containerID": f"cri-o://{CID}"}]},
-    }],
-}
-
-
-def test_pods_from_kubectl_json():
-    [pod] = pods_from_json(KUBECTL)
-    assert pod == POD
-
-
-def test_pods_from_short_form():
-    [pod] = pods_from_json([{"namespace": "shop", "name": "web-7f9c-abcde", "uid": UID, "level": "s0:c1,c2",
-                             "workload": "web", "containers": {f"containerd://{CID}": "nginx"}}])
-    assert pod == POD
-
-
-@pytest.mark.parametrize("document", [42, {"kind": "Service"}, [1], [{"name": "x"}],
-                                      [{"namespace": "a", "name": "b", "containers": []}]])
-def test_bad_pod_maps(document):
-    with pytest.raises(InvalidInput):
-        pods_from_json(document)

@@ -11,19 +11,30 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.avc import fastpath
-from agent.avc.records import MAX_LINE, BoundedCache, Denial, EventAssembler, _make_denial
+from agent.avc.assembler import EventAssembler
+from agent.avc.denial import Denial
+from agent.avc.fastpath import FastReader
+from agent.avc.record import MAX_LINE
 from agent.label import Label
 
-from tests.unit.avc.test_records import AVC_TEXT as AVC
-from tests.unit.avc.test_records import EVENT as RECORDS_EVENT
-from tests.unit.avc.test_records import RAW, SCON, TCON
+from tests.unit.avc.test_assembler import EVENT as ASSEMBLER_EVENT
+from tests.unit.avc.test_record import AVC_TEXT as AVC
+from tests.unit.avc.test_record import RAW, SCON, TCON
 
 
-def general_assembler(monkeypatch) -> EventAssembler:
-    with monkeypatch.context() as patch:
-        patch.setattr(fastpath, "read", lambda text, hint=None: None)
-        return EventAssembler()
+class GeneralOnly(FastReader):
+    """A reader that reads nothing itself: every line goes to the general parser."""
+
+    def read(self, text, hint=None):
+        return None
+
+
+def general_assembler(**options) -> EventAssembler:
+    return EventAssembler(reader=GeneralOnly(), **options)
+
+
+def fast_read(text, hint=None):
+    return FastReader().read(text, hint)
 
 
 def snapshot(denial: Denial) -> tuple:
@@ -45,10 +56,10 @@ def run(assembler: EventAssembler, items) -> tuple:
             stats.denials, stats.avc_unreadable)
 
 
-def assert_same(monkeypatch, items):
+def assert_same(items):
     items = [(item, None) if isinstance(item, str) else item for item in items]
     fast = run(EventAssembler(), items)
-    general = run(general_assembler(monkeypatch), items)
+    general = run(general_assembler(), items)
     assert fast[0] == general[0]
     assert fast[1] == general[1]
     assert fast[2:] == general[2:]
@@ -149,54 +160,54 @@ ODD = [
     "", "garbage 1", "type=AVC msg=audit(", "type=AVC msg=audit(1.1:2): avc: denied", "\x00\x01",
 ]
 
-# The test_avc_records event, with an AVC_PATH record before its end.
-EVENT = [*RECORDS_EVENT[:-1], "type=AVC_PATH msg=audit(1700000000.500:900): path=\"/work/x\"", RECORDS_EVENT[-1]]
+# The test_assembler event, with an AVC_PATH record before its end.
+EVENT = [*ASSEMBLER_EVENT[:-1], "type=AVC_PATH msg=audit(1700000000.500:900): path=\"/work/x\"", ASSEMBLER_EVENT[-1]]
 
 
 @pytest.mark.parametrize("line", COMMON)
-def test_common_layouts_take_the_fast_path_and_agree(monkeypatch, line):
-    assert fastpath.read(line) is not None
-    assert_same(monkeypatch, [line])
+def test_common_layouts_take_the_fast_path_and_agree(line):
+    assert fast_read(line) is not None
+    assert_same([line])
 
 
 @pytest.mark.parametrize("line", ODD)
-def test_odd_lines_agree(monkeypatch, line):
-    assert_same(monkeypatch, [line])
+def test_odd_lines_agree(line):
+    assert_same([line])
 
 
 def test_hex_and_open_quotes_are_left_to_the_general_parser():
-    assert fastpath.read(RAW.replace('comm="cat"', "comm=6D7920617070")) is None
-    assert fastpath.read(RAW.replace('name="x"', 'name="a')) is None
-    assert fastpath.read(RAW.replace(" ino=12 ", " ino=12 ioctlcmd=0x5401 ")) is None
-    assert fastpath.read(RAW.replace("type=AVC", "type=USER_AVC")) is None
+    assert fast_read(RAW.replace('comm="cat"', "comm=6D7920617070")) is None
+    assert fast_read(RAW.replace('name="x"', 'name="a')) is None
+    assert fast_read(RAW.replace(" ino=12 ", " ino=12 ioctlcmd=0x5401 ")) is None
+    assert fast_read(RAW.replace("type=AVC", "type=USER_AVC")) is None
 
 
 def test_fast_denial_fields():
-    [denial] = assert_same(pytest.MonkeyPatch(), [EVENT[0].replace("1700000000.500", "1700000000.123")])
+    [denial] = assert_same([EVENT[0].replace("1700000000.500", "1700000000.123")])
     assert denial.permissions == ("read",) and denial.pid == 4242 and denial.comm == "cat"
     assert denial.name == "x" and denial.dev == "loop0" and denial.ino == 12 and denial.path is None
     assert isinstance(denial.scontext, Label) and denial.scontext.text == SCON
     assert denial.permissive is False and denial.denied and denial.node is None and denial.extra == ()
 
 
-def test_events_with_companions_agree(monkeypatch):
-    denials = assert_same(monkeypatch, EVENT)
+def test_events_with_companions_agree():
+    denials = assert_same(EVENT)
     assert [d.permissions for d in denials] == [("read",), ("open",)]
     assert denials[0].exe == "/usr/bin/cat" and denials[0].cwd == "/work" and denials[0].path == "/work/x"
     assert denials[0].proctitle == "cat /work/x"
     # Companions first, interleaved events, an event pushed out of the window, records with node=.
-    assert_same(monkeypatch, EVENT[2:4] + EVENT[:2] + EVENT[4:])
+    assert_same(EVENT[2:4] + EVENT[:2] + EVENT[4:])
     other = [line.replace(":900)", ":901)").replace("pid=4242", "pid=5") for line in EVENT]
-    assert_same(monkeypatch, [x for pair in zip(EVENT, other) for x in pair])
-    assert_same(monkeypatch, ["node=n " + line for line in EVENT])
-    assert_same(monkeypatch, [line.replace("type=", "[ 1.5] audit: type=", 1) for line in EVENT])
-    assert_same(monkeypatch, EVENT[2:3] + [line.replace(":900)", f":{n})") for n in range(1000, 1070)
+    assert_same([x for pair in zip(EVENT, other) for x in pair])
+    assert_same(["node=n " + line for line in EVENT])
+    assert_same([line.replace("type=", "[ 1.5] audit: type=", 1) for line in EVENT])
+    assert_same(EVENT[2:3] + [line.replace(":900)", f":{n})") for n in range(1000, 1070)
                                            for line in EVENT[:1]] + EVENT)
     # The companion of an event whose AVC the general parser reads.
-    assert_same(monkeypatch, [EVENT[0].replace('comm="cat"', "comm=636174")] + EVENT[2:])
+    assert_same([EVENT[0].replace('comm="cat"', "comm=636174")] + EVENT[2:])
 
 
-def test_odd_companions_agree(monkeypatch):
+def test_odd_companions_agree():
     head = EVENT[0]
     for companion in [
         "type=SYSCALL msg=audit(1700000000.500:900): arch=c000003e syscall=257 success=no ppid=1 pid=2 "
@@ -219,13 +230,13 @@ def test_odd_companions_agree(monkeypatch):
         'exit=-13 ppid=3 pid=4 comm="z" exe="/z"',
         "type=EOE msg=audit(1700000000.500:901):",
     ]:
-        assert_same(monkeypatch, [head, companion, EVENT[-1]])
-        assert_same(monkeypatch, [companion, head])
+        assert_same([head, companion, EVENT[-1]])
+        assert_same([companion, head])
 
 
-def test_netlink_payloads_agree(monkeypatch):
+def test_netlink_payloads_agree():
     payload = f"audit(1700000000.123:456): {AVC}"
-    assert fastpath.read(payload, 1400) is not None
+    assert fast_read(payload, 1400) is not None
     items = [(payload, 1400),
              ("audit(1700000000.123:456): arch=c000003e syscall=257 success=no exit=-13 ppid=1 pid=4242 "
               'comm="cat" exe="/usr/bin/cat"', 1300),
@@ -236,11 +247,11 @@ def test_netlink_payloads_agree(monkeypatch):
              (f"type=AVC msg=audit(1700000000.123:460): {AVC}", 1400),
              (f"audit(1700000000.123:461): {AVC}", "AVC"),
              ("audit(1700000000.123:456): ", 1320)]
-    assert_same(monkeypatch, items)
+    assert_same(items)
 
 
-def test_max_pending_zero_loses_avcs_the_same_way(monkeypatch):
-    fast, general = EventAssembler(max_pending=0), general_assembler(monkeypatch)
+def test_max_pending_zero_loses_avcs_the_same_way():
+    fast, general = EventAssembler(max_pending=0), general_assembler()
     general.max_pending = 0
     assert run(fast, [(RAW, None)])[1:] == run(general, [(RAW, None)])[1:]
 
@@ -288,43 +299,33 @@ def avc_lines(draw):
 
 @settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(avc_lines(), min_size=1, max_size=6), st.sampled_from([None, 1400]))
-def test_generated_lines_agree(monkeypatch, lines, hint):
+def test_generated_lines_agree(lines, hint):
     if hint is not None:
         lines = [line.partition("audit(")[1] + line.partition("audit(")[2] if "audit(" in line else line
                  for line in lines]
-    assert_same(monkeypatch, [(line, hint) for line in lines])
+    assert_same([(line, hint) for line in lines])
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.text(max_size=200))
-def test_any_text_agrees(monkeypatch, text):
-    assert_same(monkeypatch, [text, "type=AVC msg=audit(1.100:1): " + text, RAW[:40] + text])
+def test_any_text_agrees(text):
+    assert_same([text, "type=AVC msg=audit(1.100:1): " + text, RAW[:40] + text])
 
 
 # --- the pieces -------------------------------------------------------------------------------------------
 
-def test_bounded_cache_keeps_at_most_its_limit():
-    cache = BoundedCache(8)
-    for n in range(100):
-        assert cache.put(n, n * 2) == n * 2
-        assert len(cache) <= 8
-    assert cache.get(99) == 198 and cache.get(0) is None
-
-
 def test_fast_path_caches_stay_bounded():
-    for n in range(fastpath._TAILS.limit + 10):
-        fastpath.read(RAW.replace("tclass=file", f"tclass=c{n}"))
-    assert len(fastpath._TAILS) <= fastpath._TAILS.limit
-    for n in range(fastpath._PREFIXES.limit + 10):
-        fastpath.read(f"node=n{n} " + RAW)
-    assert len(fastpath._PREFIXES) <= fastpath._PREFIXES.limit
+    reader = FastReader(contexts=64, prefixes=32, tails=16)
+    for n in range(100):
+        reader.read(RAW.replace("tclass=file", f"tclass=c{n}"))
+        reader.read(RAW.replace("container_t", f"t{n}_t"))
+        reader.read(f"node=n{n} " + RAW)
+    assert (len(reader.tails), len(reader.prefixes), len(reader.contexts)) <= (16, 32, 64)
+    assert len(reader.tails) > 1 and len(reader.prefixes) > 1 and len(reader.contexts) > 2
 
 
-def test_a_denial_made_from_some_fields_equals_one_made_by_init():
-    values = {"timestamp": 1.5, "serial": 7, "permissions": ("read",), "scontext": SCON, "tcontext": TCON,
-              "tclass": "file", "pid": 3}
-    built = _make_denial(dict(values))
-    assert built == Denial(**values)
-    assert repr(built) == repr(Denial(**values)) and hash(built) == hash(Denial(**values))
-    assert dataclasses.asdict(built) == dataclasses.asdict(Denial(**values))
-    assert built.extra == () and built.exe is None and built.denied is True
+def test_readers_keep_their_caches_apart():
+    first, second = FastReader(), FastReader()
+    assert first.read(RAW) == second.read(RAW)
+    assert first.read(RAW)[2]["scontext"] is first.read(RAW)[2]["scontext"]  # memoised within a reader
+    assert first.read(RAW)[2]["scontext"] is not second.read(RAW)[2]["scontext"]  # nothing shared

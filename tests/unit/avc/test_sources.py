@@ -1,5 +1,5 @@
-"""agent/avc/netlink.py (a real NETLINK_AUDIT socket), filesource.py (rotation, truncation), watcher.py and
-metrics.py."""
+"""agent/avc/netlink.py (a real NETLINK_AUDIT socket), filesource.py (rotation, truncation) and watcher.py
+(with the metrics it counts into)."""
 
 import asyncio
 import errno
@@ -16,14 +16,15 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from agent.avc.attribution import Attributor, PodDirectory, PodRef
+from agent.avc.attribution import Attributor
+from agent.avc.counting import AvcCounts
 from agent.avc.filesource import AuditLogFollower, read_lines
-from agent.avc.metrics import AvcMetrics
 from agent.avc.netlink import (AUDIT_NLGRP_READLOG, BATCH_DATAGRAMS, HAND_OVER_DELAY, NETLINK_AUDIT,
                                AuditNetlinkSource, AuditProtocol, ReaderCounters, split_datagram)
-from agent.avc.records import parse_lines
+from agent.avc.poddir import PodDirectory, PodRef
 from agent.avc.watcher import AvcWatcher
 from agent.errors import AuditUnavailable
+from agent.metrics import AvcMetrics
 
 AUDIT_USER_AVC = 1107
 SCON = "system_u:system_r:container_t:s0:c1,c2"
@@ -146,7 +147,7 @@ def test_netlink_ignores_messages_not_from_the_kernel():
 def test_netlink_overflow_reaches_the_enobufs_metric():
     source = open_or_skip(rcvbuf=1, tick=0.05, max_batches=1)
     registry = CollectorRegistry()
-    watcher = AvcWatcher(source, metrics=AvcMetrics(registry))
+    watcher = AvcWatcher(source, metrics=AvcCounts(AvcMetrics(registry)))
     for _ in range(300):
         inject_user_avc(avc_text(comm=f"flood{os.getpid()}"))
     watcher.start()
@@ -286,7 +287,7 @@ def test_enobufs_metric_gets_each_drop_once():
     value = registry.get_sample_value
     seen = []
     source = DroppingSource([(2, (None, LOG[0])), (0, None), (3, None), (0, (None, LOG[2])), (1, None)])
-    watcher = AvcWatcher(source, metrics=AvcMetrics(registry),
+    watcher = AvcWatcher(source, metrics=AvcCounts(AvcMetrics(registry)),
                          callback=lambda item: seen.append(value("selinux_audit_netlink_enobufs_total")))
     watcher.run()
     # Each denial is handed on at an idle tick, before that tick moves the drops: the first sees none, the
@@ -388,7 +389,7 @@ LOG = [
 
 def test_watcher_feeds_metrics_and_callback(tmp_path):
     registry = CollectorRegistry()
-    metrics = AvcMetrics(registry)
+    metrics = AvcCounts(AvcMetrics(registry))
     pods = PodDirectory([PodRef("shop", "web-1", "uid-1", "s0:c1,c2", "web")])
     seen = []
     watcher = AvcWatcher([(None, line) for line in LOG], attributor=Attributor(str(tmp_path), pods=pods),
@@ -411,34 +412,10 @@ def test_watcher_feeds_metrics_and_callback(tmp_path):
 
 def test_unattributed_reasons_are_counted(tmp_path):
     registry = CollectorRegistry()
-    watcher = AvcWatcher([(None, LOG[0])], attributor=Attributor(str(tmp_path)), metrics=AvcMetrics(registry))
+    watcher = AvcWatcher([(None, LOG[0])], attributor=Attributor(str(tmp_path)),
+                         metrics=AvcCounts(AvcMetrics(registry)))
     watcher.run()
     assert registry.get_sample_value("selinux_avc_unattributed_total", {"reason": "pid_gone"}) == 1
-
-
-def test_series_are_bounded_with_an_other_bucket():
-    registry = CollectorRegistry()
-    metrics = AvcMetrics(registry, max_series=3)
-    lines = [f"type=AVC msg=audit(1.000:{n}): {avc_text(target=f'system_u:object_r:t{n}_t:s0')}"
-             for n in range(10)]
-    denials, _ = parse_lines(lines)
-    for denial in denials:
-        metrics.count_denial(denial)
-    other = dict(namespace="other", pod="other", container="other", source_type="other", target_type="other",
-                 tclass="other", permission="other", permissive="0")
-    assert registry.get_sample_value("selinux_avc_denials_total", other) == 7
-    assert registry.get_sample_value("selinux_avc_denial_series_overflow_total") == 7
-    series = [s for f in registry.collect() if f.name == "selinux_avc_denials" for s in f.samples
-              if s.name.endswith("_total")]
-    assert len(series) == 4
-
-
-def test_no_global_registry_side_effects():
-    from prometheus_client import REGISTRY
-
-    before = set(REGISTRY._names_to_collectors)
-    AvcMetrics(CollectorRegistry())
-    assert set(REGISTRY._names_to_collectors) == before
 
 
 def test_callback_errors_do_not_stop_the_watcher():
@@ -464,66 +441,6 @@ def test_watcher_thread_over_a_file(tmp_path):
     item = seen.get(timeout=5)
     watcher.stop()
     assert item.denial.permissions == ("read", "open") and not watcher.running
-
-
-def reference_counts(items, max_series):
-    """selinux_avc_denials_total computed the plain way, one key at a time: what the memoised count must give."""
-    counts, overflow_keys, overflow = {}, set(), 0
-    for denial, attribution in items:
-        if not denial.denied:
-            continue
-        namespace = pod = container = ""
-        if attribution is not None and attribution.attributed:
-            namespace, pod = attribution.namespace or "", attribution.pod or attribution.pod_uid or ""
-            container = attribution.container or ""
-        permissive = "" if denial.permissive is None else ("1" if denial.permissive else "0")
-        for permission in denial.permissions:
-            key = (namespace, pod, container, denial.source_type or "", denial.target_type or "", denial.tclass,
-                   permission, permissive)
-            if key in counts:
-                counts[key] += 1
-            elif len(counts) - len(overflow_keys) < max_series:
-                counts[key] = 1
-            else:
-                other = ("other",) * 7 + (key[7],)
-                overflow_keys.add(other)
-                counts[other] = counts.get(other, 0) + 1
-                overflow += 1
-    return counts, overflow
-
-
-@pytest.mark.parametrize("max_series", [2000, 5])
-def test_memoised_counting_matches_counting_each_key(max_series):
-    from agent.avc.attribution import Attribution
-
-    lines = []
-    for n in range(60):
-        perms = ("read", "read open", "write", "read read")[n % 4]
-        line = (f"type=AVC msg=audit(1.{n:03d}:{n}): "
-                + avc_text(perms=perms, target=f"system_u:object_r:t{n % 3}_t:s0", permissive=n % 2))
-        if n % 7 == 0:
-            line = line.replace(" permissive=1", "").replace(" permissive=0", "")
-        if n % 11 == 0:
-            line = line.replace("denied", "granted")
-        lines.append(line)
-    denials, _ = parse_lines(lines)
-    pods = [Attribution(method="cgroup", namespace="a", pod="p1", container="c"),
-            Attribution(method="mcs", namespace="a", pod="p1"),  # same labels through another object
-            Attribution(method="cgroup", pod_uid="uid-2"), Attribution(reason="pid_gone"), None]
-    items = [(denial, pods[n % len(pods)]) for n, denial in enumerate(denials)] * 3
-    registry = CollectorRegistry()
-    metrics = AvcMetrics(registry, max_series=max_series)
-    for denial, attribution in items:
-        metrics.count_denial(denial, attribution)
-    counts, overflow = reference_counts(items, max_series)
-    got = {tuple(s.labels[k] for k in ("namespace", "pod", "container", "source_type", "target_type", "tclass",
-                                        "permission", "permissive")): s.value
-           for f in registry.collect() if f.name == "selinux_avc_denials" for s in f.samples
-           if s.name.endswith("_total")}
-    assert got == counts
-    assert registry.get_sample_value("selinux_avc_denial_series_overflow_total") == overflow
-    assert registry.get_sample_value("selinux_avc_unattributed_total", {"reason": "pid_gone"}) == sum(
-        1 for d, a in items if d.denied and a is not None and a.reason == "pid_gone")
 
 
 def test_a_callback_stopping_the_watcher_ends_it_after_the_record():

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.avc.records import parse_lines
+from agent.avc.assembler import parse_lines
 from agent.errors import InvalidInput, InvalidModuleName, PolicyBuildError, SELinuxUnavailable
 from agent.sepolicy.build import build_pp, install, module_name_of, parse_module_list
 from agent.sepolicy.generate import Denylist, generate

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from agent.avc.records import parse_lines
+from agent.avc.assembler import parse_lines
 from agent.errors import InvalidInput, InvalidModuleName
 from agent.sepolicy.generate import (
     Denylist,
