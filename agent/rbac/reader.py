@@ -13,6 +13,7 @@ from typing import BinaryIO, Iterator
 
 from agent.errors import InvalidInput, InvalidManifest
 from agent.k8s.manifests import load_files, parse_text
+from agent.k8s.stored_objects import decoded
 
 CHUNK = 1 << 20
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
@@ -109,7 +110,7 @@ def load_rbac_sources(paths: list[str]) -> list[dict]:
             found = load_files([path])
         else:
             raise InvalidInput(f"{path}: no such file or directory")
-        for obj in found:
+        for obj in map(decoded, found):  # a List's items may come back as their text
             meta = obj.get("metadata") if isinstance(obj, dict) else None
             key = (obj.get("kind"), meta.get("namespace"), meta.get("name")) if isinstance(meta, dict) else None
             if key is not None and key in seen:
