@@ -9,7 +9,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 from agent.errors import InvalidInput, InvalidManifest
 from agent.k8s.manifests import load_files, parse_text
@@ -21,14 +21,9 @@ KUSTOMIZATIONS = ("kustomization.yaml", "kustomization.yml", "Kustomization")
 KUSTOMIZE_TIMEOUT = 120
 
 
-def _lines_of(handle: BinaryIO, source: str) -> Iterator[tuple[str, int, bytes]]:
-    number = 0
-    for number, line in enumerate(handle, 1):
-        yield source, number, line
-
-
 def open_logs(paths: list[str]) -> list[tuple[str, BinaryIO]]:
-    """Open every log first, so that a missing file is refused before anything is read."""
+    """(name, file) of every log, opened before anything is read so that a missing file is refused first. A
+    file object yields its lines one at a time from a 1 MiB buffer: the log is streamed, never held whole."""
     opened = []
     try:
         for path in paths:
@@ -51,15 +46,6 @@ def close_logs(opened) -> None:
     for source, handle in opened:
         if source != "<stdin>":
             handle.close()
-
-
-def audit_lines(opened) -> Iterator[tuple[str, int, bytes]]:
-    """(source, line number, line) over every log in turn, streamed."""
-    for source, handle in opened:
-        try:
-            yield from _lines_of(handle, source)
-        except OSError as err:
-            raise InvalidInput(f"{source}: {err.strerror or err}") from None
 
 
 def kubectl() -> str | None:

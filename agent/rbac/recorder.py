@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from agent.rbac.attributes import Request
-from agent.rbac.events import FINAL_STAGES, NotAnEvent, acting_user, decode, request_of
+from agent.rbac.events import FINAL_STAGES, NotAnEvent, decode, request_of
 
 
 @dataclass(frozen=True)
@@ -38,32 +38,47 @@ class Recorder:
     bad: int = 0
     _in_flight: dict[str, Request] = field(default_factory=dict)
 
-    def feed(self, source: str, number: int, line: bytes) -> None:
-        self.lines += 1
-        if not line.strip():
-            return
+    def feed_all(self, sources: Iterable[tuple[str, Iterable[bytes]]]) -> "Recorder":
+        """Every line of every (source name, lines) in turn, numbered from 1 per source. One loop with
+        everything it touches in locals, over the lines as they come (a file object is iterated directly): at
+        a million lines, a method call, a generator step or an attribute lookup per line is a large share of
+        the time."""
+        username, namespace, on_bad = self.username, self.namespace, self.on_bad
+        requests, in_flight = self.requests, self._in_flight
+        count = requests.get
+        read = events = bad = 0
         try:
-            event = decode(line)
-        except NotAnEvent as err:
-            self.bad += 1
-            if self.on_bad is not None:
-                self.on_bad(BadLine(source, number, str(err)))
-            return
-        self.events += 1
-        if acting_user(event) != self.username:
-            return
-        request = request_of(event)
-        if self.namespace is not None and (not request.resource_request or request.namespace != self.namespace):
-            return
-        if event.stage in FINAL_STAGES:
-            self._in_flight.pop(event.auditID, None)
-            self.requests[request] = self.requests.get(request, 0) + 1
-        else:
-            self._in_flight[event.auditID] = request
-
-    def feed_all(self, lines: Iterable[tuple[str, int, bytes]]) -> "Recorder":
-        for source, number, line in lines:
-            self.feed(source, number, line)
+            for source, lines in sources:
+                number = 0
+                for line in lines:
+                    number += 1
+                    read += 1
+                    try:
+                        event = decode(line)
+                    except NotAnEvent as err:
+                        if not line.strip():
+                            continue
+                        bad += 1
+                        if on_bad is not None:
+                            on_bad(BadLine(source, number, str(err)))
+                        continue
+                    events += 1
+                    impersonated = event.impersonatedUser
+                    if (impersonated.username if impersonated is not None else event.user.username) != username:
+                        continue
+                    request = request_of(event)
+                    if namespace is not None and (not request.resource_request or request.namespace != namespace):
+                        continue
+                    if event.stage in FINAL_STAGES:
+                        if in_flight:
+                            in_flight.pop(event.auditID, None)
+                        requests[request] = count(request, 0) + 1
+                    else:
+                        in_flight[event.auditID] = request
+        finally:
+            self.lines += read
+            self.events += events
+            self.bad += bad
         return self
 
     def finish(self) -> dict[Request, int]:

@@ -33,4 +33,5 @@ def line(obj) -> bytes:
 
 
 def lines(*events) -> list:
-    return [("log", number, line(e) if isinstance(e, dict) else e) for number, e in enumerate(events, 1)]
+    """One source named `log` holding these events (dicts) or raw lines (bytes)."""
+    return [("log", [line(e) if isinstance(e, dict) else e for e in events])]

@@ -2,7 +2,7 @@
 
 from agent.rbac.attributes import non_resource_request as nr, resource_request as rr
 from agent.rbac.recorder import Recorder
-from audit_events import event, lines, ref
+from audit_events import event, line, lines, ref
 
 SA = "system:serviceaccount:shop:web"
 
@@ -60,3 +60,10 @@ def test_bad_lines_are_counted_and_named_by_line_number():
     assert (recorder.lines, recorder.events, recorder.bad) == (5, 2, 2)
     assert [(b.source, b.line) for b in bad] == [("log", 2), ("log", 4)]
     assert str(bad[0]).startswith("log:2: not JSON")
+
+
+def test_lines_are_numbered_per_source():
+    bad = []
+    recorder = Recorder(SA, None, bad.append).feed_all([("a.log", [line(event()), b"x\n"]), ("b.log", [b"y\n"])])
+    assert [str(b).split(": ")[0] for b in bad] == ["a.log:2", "b.log:1"]
+    assert recorder.lines == 3
