@@ -6,7 +6,6 @@ from hypothesis import given, settings, strategies as st
 from agent.rbac.attributes import non_resource_request as nr, resource_request as rr
 from agent.rbac.compaction import Options, compact, url_rule_path
 from agent.rbac.evaluator import allowed
-from agent.rbac.events import service_account_username
 from agent.rbac.policy_rule import PolicyRule
 from agent.rbac.rbac_objects import grants_for
 from agent.rbac.recorder import Recorder
