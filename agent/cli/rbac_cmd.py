@@ -115,7 +115,7 @@ def _record(args, subject, command: str) -> dict:
 
     opened = reader.open_logs(args.files)
     try:
-        recorder = Recorder(subject.username, args.namespace, report).feed_all(opened)
+        recorder = Recorder(subject.username, args.namespace, report).feed_all(reader.log_lines(opened))
     except OSError as err:
         raise InvalidInput(f"reading the audit log: {err.strerror or err}") from None
     finally:

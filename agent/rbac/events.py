@@ -68,12 +68,6 @@ def decode(line: bytes) -> Event:
     return event
 
 
-def acting_user(event: Event) -> str:
-    """Who the request was authorized as: the impersonated user when there is one (the API server authorizes
-    an impersonated request as that user)."""
-    return event.impersonatedUser.username if event.impersonatedUser is not None else event.user.username
-
-
 def request_of(event: Event) -> Request:
     """The attributes the authorizer saw for this event's request.
 

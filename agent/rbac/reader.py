@@ -9,21 +9,24 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Iterator
 
 from agent.errors import InvalidInput, InvalidManifest
 from agent.k8s.manifests import load_files, parse_text
 from agent.k8s.stored_objects import decoded
+from agent.rbac.recorder import LINE_TOO_LONG
 
 CHUNK = 1 << 20
+# Longer lines are skipped (and reported) without being held: only a RequestResponse-level Event of a very large
+# list comes near it, and RBAC needs the Metadata level alone.
+MAX_LINE = 64 << 20
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 KUSTOMIZATIONS = ("kustomization.yaml", "kustomization.yml", "Kustomization")
 KUSTOMIZE_TIMEOUT = 120
 
 
 def open_logs(paths: list[str]) -> list[tuple[str, BinaryIO]]:
-    """(name, file) of every log, opened before anything is read so that a missing file is refused first. A
-    file object yields its lines one at a time from a 1 MiB buffer: the log is streamed, never held whole."""
+    """(name, file) of every log, opened before anything is read so that a missing file is refused first."""
     opened = []
     try:
         for path in paths:
@@ -40,6 +43,28 @@ def open_logs(paths: list[str]) -> list[tuple[str, BinaryIO]]:
         close_logs(opened)
         raise
     return opened
+
+
+def log_lines(opened) -> list[tuple[str, Iterator[bytes]]]:
+    """(name, lines) of every opened log: read from a 1 MiB buffer one line at a time, never whole."""
+    return [(source, bounded_lines(handle)) for source, handle in opened]
+
+
+def bounded_lines(handle: BinaryIO, limit: int = MAX_LINE) -> Iterator[bytes]:
+    """The lines of a file, each read whole unless it is longer than `limit`: then the rest of it is read past
+    in `limit`-sized pieces and LINE_TOO_LONG stands for it."""
+    readline = handle.readline
+    while True:
+        line = readline(limit)
+        if not line:
+            return
+        if len(line) == limit and not line.endswith(b"\n"):
+            while True:
+                rest = readline(limit)
+                if not rest or rest.endswith(b"\n"):
+                    break
+            line = LINE_TOO_LONG
+        yield line
 
 
 def close_logs(opened) -> None:

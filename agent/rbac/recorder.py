@@ -15,6 +15,10 @@ from agent.rbac.attributes import Request
 from agent.rbac.events import FINAL_STAGES, NotAnEvent, decode, request_of
 
 
+# What a reader yields in place of a line too long to hold (it reads past it without keeping it).
+LINE_TOO_LONG = b"\x00"
+
+
 @dataclass(frozen=True)
 class BadLine:
     source: str
@@ -60,9 +64,11 @@ class Recorder:
                             continue
                         bad += 1
                         if on_bad is not None:
-                            on_bad(BadLine(source, number, str(err)))
+                            reason = "line too long, skipped unread" if line is LINE_TOO_LONG else str(err)
+                            on_bad(BadLine(source, number, reason))
                         continue
                     events += 1
+                    # An impersonated request is authorized as the impersonated user, so it is theirs.
                     impersonated = event.impersonatedUser
                     if (impersonated.username if impersonated is not None else event.user.username) != username:
                         continue

@@ -165,14 +165,11 @@ NODE = f"system:serviceaccount:{NAMESPACE}:selinux-mount-agent-node"
 
 
 def kubeconfig(path: Path, server: str, token: str) -> str:
-    path.write_text(f"""
-apiVersion: v1
-kind: Config
-current-context: test
-contexts: [{{name: test, context: {{cluster: c, user: u}}}}]
-clusters: [{{name: c, cluster: {{server: "{server}"}}}}]
-users: [{{name: u, user: {{token: {token}}}}}]
-""")
+    """A kubeconfig that authenticates with `token` (the test API server maps it to a service account)."""
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "test",
+        "contexts": [{"name": "test", "context": {"cluster": "c", "user": "u"}}],
+        "clusters": [{"name": "c", "cluster": {"server": server}}], "users": [{"name": "u", "user": {"token": token}}]}))
     return str(path)
 
 

@@ -5,10 +5,8 @@ import json
 import pytest
 
 from agent.rbac.attributes import non_resource_request as nr, resource_request as rr
-from agent.rbac.events import NotAnEvent, acting_user, decode, request_of
+from agent.rbac.events import NotAnEvent, decode, request_of
 from audit_events import event, line, ref
-
-SA = "system:serviceaccount:shop:web"
 
 CASES = [
     ("get named", event(verb="get", uri="/api/v1/namespaces/shop/pods/p", ref=ref("pods", "shop", "p")),
@@ -50,11 +48,6 @@ CASES = [
 @pytest.mark.parametrize("why,obj,expected", CASES, ids=[c[0] for c in CASES])
 def test_request_of(why, obj, expected):
     assert request_of(decode(line(obj))) == expected
-
-
-def test_impersonated_requests_are_the_impersonated_users():
-    assert acting_user(decode(line(event(user="jane", impersonated=SA)))) == SA
-    assert acting_user(decode(line(event(user="jane")))) == "jane"
 
 
 def test_bodies_and_unknown_fields_are_skipped():

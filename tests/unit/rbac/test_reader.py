@@ -7,6 +7,7 @@ import yaml
 
 from agent.errors import InvalidInput, InvalidManifest
 from agent.rbac import reader
+from agent.rbac.recorder import LINE_TOO_LONG
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -16,9 +17,9 @@ def test_logs_are_streamed_not_read_whole(tmp_path):
     log.write_bytes(b'{"line": 1}\n' + b"x" * (8 * reader.CHUNK) + b"\nlast\n")
     opened = reader.open_logs([str(log)])
     try:
-        source, lines = opened[0]
+        source, lines = reader.log_lines(opened)[0]
         assert (source, next(lines)) == (str(log), b'{"line": 1}\n')
-        assert lines.raw.tell() <= 2 * reader.CHUNK  # only the first buffer-full was read
+        assert opened[0][1].raw.tell() <= 2 * reader.CHUNK  # only the first buffer-full was read
         assert len(list(lines)) == 2
     finally:
         reader.close_logs(opened)
@@ -67,3 +68,14 @@ def test_a_kustomization_is_rendered(tmp_path):
     (tmp_path / "kustomization.yaml").write_text("resources: [missing.yaml]\n")
     with pytest.raises(InvalidManifest, match="kustomize failed"):
         reader.load_rbac_sources([str(tmp_path)])
+
+
+def test_a_line_too_long_is_read_past_not_held(tmp_path):
+    log = tmp_path / "audit.log"
+    log.write_bytes(b"short\n" + b"y" * 100 + b"\n" + b"z" * 99 + b"\nend")
+    with open(log, "rb") as handle:
+        lines = list(reader.bounded_lines(handle, limit=40))
+    assert lines == [b"short\n", LINE_TOO_LONG, LINE_TOO_LONG, b"end"]
+    with open(log, "rb") as handle:
+        assert list(reader.bounded_lines(handle, limit=101)) == [b"short\n", b"y" * 100 + b"\n", b"z" * 99 + b"\n",
+                                                                 b"end"]

@@ -1,7 +1,7 @@
 """Streaming the subject's requests out of audit lines: subject, stages, namespace, bad lines."""
 
 from agent.rbac.attributes import non_resource_request as nr, resource_request as rr
-from agent.rbac.recorder import Recorder
+from agent.rbac.recorder import LINE_TOO_LONG, Recorder
 from audit_events import event, line, lines, ref
 
 SA = "system:serviceaccount:shop:web"
@@ -67,3 +67,9 @@ def test_lines_are_numbered_per_source():
     recorder = Recorder(SA, None, bad.append).feed_all([("a.log", [line(event()), b"x\n"]), ("b.log", [b"y\n"])])
     assert [str(b).split(": ")[0] for b in bad] == ["a.log:2", "b.log:1"]
     assert recorder.lines == 3
+
+
+def test_a_line_too_long_is_reported_as_such():
+    bad = []
+    Recorder(SA, None, bad.append).feed_all([("a.log", [LINE_TOO_LONG])])
+    assert [str(b) for b in bad] == ["a.log:1: line too long, skipped unread"]
