@@ -243,6 +243,13 @@ def test_our_agent_needs_no_more_than_deploy_grants(agent_audit_log, tmp_path, c
     code, out, _ = run(["rbac", "check", "-f", log, "--serviceaccount", f"{NAMESPACE}:selinux-mount-agent-controller",
                         "--against", str(ROOT / "deploy" / "controller")], capsys)
     assert (code, out.split(":")[0]) == (0, "ok"), out
+    # The node agent lists and watches its node's pods (fieldSelector spec.nodeName: no name), nothing else.
+    code, out, _ = run(["rbac", "generate", "-f", log, "--serviceaccount", f"{NAMESPACE}:selinux-mount-agent-node"],
+                       capsys)
+    assert code == 0
+    assert [(o["kind"], o.get("rules")) for o in yaml.safe_load_all(out)] == [
+        ("ClusterRole", [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]}]),
+        ("ClusterRoleBinding", None)]
     # The node agent: nothing denied; what deploy/base grants beyond the agent's own calls is the
     # csi-provisioner sidecar's, each such grant explained in docs/rbac.md.
     code, out, _ = run(["rbac", "check", "-f", log, "--serviceaccount", f"{NAMESPACE}:selinux-mount-agent-node",
