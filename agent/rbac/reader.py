@@ -94,9 +94,19 @@ def _kustomize(directory: Path) -> list[dict]:
     return parse_text(result.stdout, f"{directory} (kustomize)")
 
 
+def _kustomization_kind(path: Path) -> str | None:
+    objects = [obj for obj in map(decoded, load_files([str(path)])) if isinstance(obj, dict)]
+    return objects[0].get("kind") if objects else None
+
+
 def _directory_objects(directory: Path) -> list[dict]:
-    """A kustomization is rendered; any other directory gives its manifest files and subdirectories, sorted."""
-    if any((directory / name).is_file() for name in KUSTOMIZATIONS):
+    """A kustomization is rendered; any other directory gives its manifest files and subdirectories, sorted.
+    A kustomize Component is left out: it renders only inside the overlay that lists it, so that overlay is
+    what to check."""
+    found = [directory / name for name in KUSTOMIZATIONS if (directory / name).is_file()]
+    if found:
+        if _kustomization_kind(found[0]) == "Component":
+            return []
         return _kustomize(directory)
     objects = []
     for entry in sorted(directory.iterdir()):

@@ -31,7 +31,9 @@ class BadLine:
 
 @dataclass
 class Recorder:
-    """Feeds on (source, line number, bytes); keeps the requests of `username`, in `namespace` when given."""
+    """Feeds on (source name, lines); keeps the requests of `username`, in `namespace` when given. The set of
+    requests is exact whatever the order of the lines; the counts assume each request's stages come in order
+    (an earlier stage read after its final one would count it twice)."""
 
     username: str
     namespace: str | None = None

@@ -65,6 +65,9 @@ def test_a_kustomization_is_rendered(tmp_path):
     kinds = {(o["kind"], o["metadata"]["name"]) for o in objects}
     assert ("ClusterRole", "selinux-mount-agent-controller") in kinds
     assert ("ClusterRoleBinding", "selinux-mount-agent-controller") in kinds
+    # deploy/ as a whole: each kustomization rendered, components (which render only inside an overlay) left out.
+    everything = {(o["kind"], o["metadata"]["name"]) for o in reader.load_rbac_sources([str(ROOT / "deploy")])}
+    assert kinds <= everything and ("ClusterRole", "selinux-mount-agent-node") in everything
     (tmp_path / "kustomization.yaml").write_text("resources: [missing.yaml]\n")
     with pytest.raises(InvalidManifest, match="kustomize failed"):
         reader.load_rbac_sources([str(tmp_path)])
