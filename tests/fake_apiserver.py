@@ -5,12 +5,20 @@ watches, and records created Events and request headers so tests can assert on t
 knows `spec.nodeName=<node>`, the one a node agent uses. With `tokens` it answers 401 to a request whose bearer
 token is not one of them; with `tls` (a server ssl.SSLContext) it serves HTTPS and records the common name of
 each client certificate (None without one) in `peers`.
+
+With `audit_log` (a path) it also writes an API-server audit log of the requests it serves: one
+audit.k8s.io/v1 Event per line at the Metadata level, as the API server's log backend writes them (a watch gets
+its ResponseStarted and its ResponseComplete; refused requests are not logged). The user is the one `tokens`
+maps the bearer token to when it is a dict, else the client certificate's common name, else system:anonymous;
+an Impersonate-User header is recorded as impersonatedUser.
 """
 
+import datetime
 import json
 import queue
 import threading
 import urllib.parse
+import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 def selected(obj, selector):
@@ -29,11 +37,24 @@ COLLECTIONS = {
     "PersistentVolume": "/api/v1/persistentvolumes",
     "CSIDriver": "/apis/storage.k8s.io/v1/csidrivers",
 }
+# What the audit log's objectRef says of each collection: (apiGroup, apiVersion, resource).
+AUDITED_COLLECTIONS = {
+    "/api/v1/pods": ("", "v1", "pods"),
+    "/api/v1/persistentvolumeclaims": ("", "v1", "persistentvolumeclaims"),
+    "/api/v1/persistentvolumes": ("", "v1", "persistentvolumes"),
+    "/apis/storage.k8s.io/v1/csidrivers": ("storage.k8s.io", "v1", "csidrivers"),
+}
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class FakeAPIServer:
-    def __init__(self, tokens=None, tls=None):
+    def __init__(self, tokens=None, tls=None, audit_log=None):
         self.tokens = tokens
+        self.audit_log = open(audit_log, "a", encoding="utf-8") if audit_log is not None else None
+        self.audit_lock = threading.Lock()
         self.peers = []
         self.tls = tls
         self.lock = threading.Lock()
@@ -68,20 +89,71 @@ class FakeAPIServer:
                 self._json(401, {"kind": "Status", "code": 401, "message": "Unauthorized"})
                 return True
 
+            def _audit(self, verb, ref, code, stage="ResponseComplete", audit_id=None, received=None):
+                """One audit Event for this request (see the module's docstring); the auditID it used."""
+                audit_id = audit_id or str(uuid.uuid4())
+                if server.audit_log is None:
+                    return audit_id
+                authorization = self.headers.get("Authorization", "")
+                token = authorization[len("Bearer "):] if authorization.startswith("Bearer ") else None
+                if isinstance(server.tokens, dict) and token in server.tokens:
+                    username = server.tokens[token]
+                elif server.tls is not None and server.peers and server.peers[-1] is not None:
+                    username = server.peers[-1]
+                else:
+                    username = "system:anonymous"
+                event = {"kind": "Event", "apiVersion": "audit.k8s.io/v1", "level": "Metadata", "auditID": audit_id,
+                         "stage": stage, "requestURI": self.path, "verb": verb,
+                         "user": {"username": username, "groups": ["system:authenticated"]},
+                         "sourceIPs": [self.client_address[0]], "userAgent": self.headers.get("User-Agent", "")}
+                impersonated = self.headers.get("Impersonate-User")
+                if impersonated:
+                    event["impersonatedUser"] = {"username": impersonated}
+                if ref is not None:
+                    event["objectRef"] = ref
+                event["responseStatus"] = {"metadata": {}, "code": code}
+                now = _now()
+                event["requestReceivedTimestamp"] = received or now
+                event["stageTimestamp"] = now
+                with server.audit_lock:
+                    if not server.audit_log.closed:  # a watch may end after stop()
+                        server.audit_log.write(json.dumps(event, separators=(",", ":")) + "\n")
+                        server.audit_log.flush()
+                return audit_id
+
+            @staticmethod
+            def _collection_ref(path, namespace=None):
+                group, version, resource = AUDITED_COLLECTIONS[path]
+                ref = {"resource": resource, "apiVersion": version}
+                if group:
+                    ref["apiGroup"] = group
+                if namespace:
+                    ref["namespace"] = namespace
+                return ref
+
             def do_GET(self):
                 if self._refused():
                     return
                 parsed = urllib.parse.urlsplit(self.path)
                 query = urllib.parse.parse_qs(parsed.query)
                 if parsed.path not in server.objects:
+                    self._audit("get", None, 404)
                     return self._json(404, {"kind": "Status", "code": 404, "message": f"{parsed.path} not found"})
                 selector = query.get("fieldSelector", [""])[0]
+                ref = self._collection_ref(parsed.path)
                 if query.get("watch") == ["1"]:
                     since = int(query.get("resourceVersion", ["0"])[0] or 0)
-                    return self._watch(parsed.path, float(query.get("timeoutSeconds", ["30"])[0]), since, selector)
+                    received = _now()
+                    audit_id = self._audit("watch", ref, 200, "ResponseStarted", received=received)
+                    try:
+                        return self._watch(parsed.path, float(query.get("timeoutSeconds", ["30"])[0]), since,
+                                           selector)
+                    finally:
+                        self._audit("watch", ref, 200, "ResponseComplete", audit_id, received)
                 with server.lock:
                     items = [obj for obj in server.objects[parsed.path].values() if selected(obj, selector)]
                     version = str(server.version)
+                self._audit("list", ref, 200)
                 return self._json(200, {"kind": "List", "apiVersion": "v1", "items": items,
                                         "metadata": {"resourceVersion": version}})
 
@@ -90,9 +162,14 @@ class FakeAPIServer:
                     return
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
                 if not self.path.endswith("/events"):
+                    self._audit("post", None, 404)
                     return self._json(404, {"kind": "Status", "code": 404, "message": "not found"})
                 with server.lock:
                     server.events.append(body)
+                parts = urllib.parse.urlsplit(self.path).path.strip("/").split("/")
+                namespace = parts[3] if len(parts) == 5 and parts[2] == "namespaces" else None
+                ref = {"resource": "events", "apiVersion": "v1", **({"namespace": namespace} if namespace else {})}
+                self._audit("create", ref, 201)
                 return self._json(201, body)
 
             def _json(self, status, body):
@@ -151,6 +228,9 @@ class FakeAPIServer:
         self.stopping.set()
         self.httpd.shutdown()
         self.httpd.server_close()
+        if self.audit_log is not None:
+            with self.audit_lock:
+                self.audit_log.close()
 
     def _key(self, obj):
         meta = obj["metadata"]

@@ -23,6 +23,7 @@ SUBCOMMANDS = [
     "agent.cli.relabel_cmd",
     "agent.cli.avc_cmd",
     "agent.cli.policy_cmd",
+    "agent.cli.rbac_cmd",
 ]
 
 
