@@ -36,7 +36,10 @@ run: $(STAMP)
 explain: $(STAMP)
 	$(VENV)/bin/selinux-mount-agent explain -f examples/cluster.yaml
 
+# The architecture's contracts first (layers, the pure core, the composition root, no cycles: pyproject.toml's
+# [tool.importlinter], docs/architecture.md), then the suite.
 test: $(STAMP)
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q
 
 test-unit: $(STAMP)
