@@ -1,5 +1,9 @@
 """What kubelet knows about a pod and its volumes, as frozen values: read from the API objects by
-agent/k8s/resolve.py, judged by agent/kubelet."""
+agent/k8s/resolve.py, judged by agent/kubelet.
+
+With slots (no __dict__ per value): the audit holds these for every PV of a dump and every pod that shares a
+volume (bench/audit.py, 100,000 pods).
+"""
 
 from __future__ import annotations
 
@@ -8,21 +12,8 @@ from dataclasses import dataclass, field
 from agent.k8s.plugins import unique_volume_name
 from agent.k8s.selinux_options import SELinuxOptions
 
-class _stored:
-    """A value computed on first access and kept on the instance, like functools.cached_property but without
-    the lock Python 3.11 takes on every first access: the audit asks each of ~40k pods for its ref."""
 
-    def __init__(self, func):
-        self.func, self.name = func, func.__name__
-
-    def __get__(self, instance, owner=None):
-        if instance is None:
-            return self
-        value = instance.__dict__[self.name] = self.func(instance)
-        return value
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ContainerUse:
     """One container's use of a volume, with the container's effective seLinuxOptions."""
 
@@ -34,7 +25,6 @@ class ContainerUse:
     read_only: bool = False
 
 
-# Slots: the audit's first pass keeps the facts of every claimed PV of a dump (100,000 at 100k pods) at once.
 @dataclass(frozen=True, slots=True)
 class PersistentVolumeFacts:
     name: str
@@ -57,14 +47,14 @@ class PersistentVolumeFacts:
                 self.name, self.source, self.csi_driver, self.volume_handle))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CSIDriverFacts:
     name: str
     se_linux_mount: bool | None  # None: field unset, or the object is missing
     present: bool = True
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class VolumeFacts:
     """What kubelet knows about one pod volume when it computes the SELinux mount label."""
 
@@ -88,14 +78,14 @@ class VolumeFacts:
         return self.pv.unique_name if self.pv else ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class OwnerRef:
     kind: str
     name: str
     controller: bool = False  # ownerReferences[].controller: the one owner that manages the object
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PodFacts:
     namespace: str
     name: str
@@ -109,7 +99,7 @@ class PodFacts:
     pod_options: SELinuxOptions | None = None
     labels: dict = field(default_factory=dict, compare=False, hash=False)
     unresolved: tuple[str, ...] = ()  # volumes left out by a partial resolution, and why (resolve_pod)
+    ref: str = field(init=False, compare=False, repr=False)  # namespace/name, what reports key pods by
 
-    @_stored
-    def ref(self) -> str:
-        return f"{self.namespace}/{self.name}"
+    def __post_init__(self):
+        object.__setattr__(self, "ref", f"{self.namespace}/{self.name}")

@@ -54,21 +54,12 @@ def boolean_field(value, where: str, path: str) -> bool:
 
 
 def list_field(value, where: str, path: str) -> list:
-    """An optional list whose items the caller checks, or only counts: absent or null reads as []."""
+    """An optional list, whose items the caller checks as it reads them: absent or null reads as []."""
     if isinstance(value, list):
         return value
     if value is None:
         return []
     raise shape_error(where, path, "a list", value)
-
-
-def objects_field(value, where: str, path: str) -> list:
-    """An optional list of objects: absent or null reads as []."""
-    items = list_field(value, where, path)
-    for index, item in enumerate(items):
-        if not isinstance(item, dict):
-            raise shape_error(where, f"{path}[{index}]", "an object", item)
-    return items
 
 
 def strings_field(value, where: str, path: str) -> tuple[str, ...]:
@@ -132,8 +123,13 @@ def pod_phase(pod: dict, where: str | None = None) -> str:
 def owner_references(raw, where: str, path: str = "metadata.ownerReferences") -> tuple[OwnerRef, ...]:
     """An object's ownerReferences, checked. `where` names the object, for messages."""
     out = []
-    for index, ref in enumerate(objects_field(raw, where, path)):
-        out.append(OwnerRef(string_field(ref.get("kind"), where, f"{path}[{index}].kind"),
-                            string_field(ref.get("name"), where, f"{path}[{index}].name"),
-                            boolean_field(ref.get("controller"), where, f"{path}[{index}].controller")))
+    for index, ref in enumerate(list_field(raw, where, path)):
+        if type(ref) is not dict:
+            raise shape_error(where, f"{path}[{index}]", "an object", ref)
+        kind, name, controller = ref.get("kind"), ref.get("name"), ref.get("controller")
+        if type(kind) is not str or type(name) is not str or (controller is not None and type(controller) is not bool):
+            at = f"{path}[{index}]"  # built only here: the audit reads the references of every pod it resolves
+            kind, name = string_field(kind, where, f"{at}.kind"), string_field(name, where, f"{at}.name")
+            controller = boolean_field(controller, where, f"{at}.controller")
+        out.append(OwnerRef(kind, name, controller is True))
     return tuple(out)

@@ -7,10 +7,11 @@ One path follows a pod volume (`_follow`), and one claim resolver (`claim_volume
 audit's first pass (`survey`), full and partial resolution (`resolve_pod`) and the storage objects a live model
 watches for a pod (`storage_keys`) all go through them.
 
-Every field is read once and checked as it is read, by agent/k8s/objects.py. On the paths every pod, volume and
-claim of a dump takes (`survey`, `_follow`, `claim_volume`, `_pv_facts`), the usual type is tested inline and the
-reader is called only for an absent or malformed value, its message built then: the audit takes these paths
-100,000 times (bench/audit.py), and calling the reader for each field costs a third of its analysis.
+Every field is read once and checked as it is read, by agent/k8s/objects.py. On the paths every pod, volume,
+container and claim of a dump takes (`survey`, `_follow`, `_container_uses`, `claim_volume`, `_pv_facts`), the
+usual type is tested inline and the reader called only for an absent or malformed value, its message built then:
+calling the reader for every field costs 7% of the audit's analysis (bench/audit.py's dump of 20,000 pods,
+in process: 0.61 s against 0.57 s).
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from agent.errors import InvalidManifest, VolumeNotResolved
 from agent.k8s.facts import ContainerUse, CSIDriverFacts, PersistentVolumeFacts, PodFacts, VolumeFacts
 from agent.k8s.index import ObjectIndex
 from agent.k8s.migration import MIGRATED_TO_CSI, gce_access_modes, translate_inline, translate_pv
-from agent.k8s.objects import (list_field, object_field, objects_field, owner_references, pod_phase, shape_error,
-                               string_field, strings_field, boolean_field)
+from agent.k8s.objects import (boolean_field, list_field, object_field, owner_references, pod_phase, shape_error,
+                               string_field, strings_field)
 from agent.k8s.plugins import MIGRATED_PROVISIONERS, POD_VOLUME_KINDS, PV_SOURCE_KINDS, source_kind
 from agent.k8s.selinux_options import SELinuxOptions
 
@@ -37,8 +38,8 @@ class Cluster(ObjectIndex):
         # Resolved values, shared by every pod that uses the same PV or driver.
         self._pv_cache: dict[str, PersistentVolumeFacts] = {}
         # One copy of each driver name, access mode list and volume mode the PVs' facts hold: the audit keeps the
-        # facts of every PV of a dump (100,000 at 100k pods) while it reads the pods, and decoding gives each PV
-        # its own copies (bench/audit.py: 20 MiB).
+        # facts of every PV of a dump while it reads the pods, and decoding gives each PV its own copies (with the
+        # kind names of plugins.py and a handle that repeats the PV's name, 27 MB of peak RSS at 100k pods).
         self._shared: dict = {}
         self._driver_cache: dict[str, CSIDriverFacts] = {}
         # seLinuxOptions by their four raw fields, parsed and validated once: most pods spell theirs like their
@@ -56,10 +57,9 @@ class Cluster(ObjectIndex):
     # --- pods -------------------------------------------------------------------------------------------------
 
     def resolve_pod(self, pod: dict, partial: bool = False) -> PodFacts:
-        """The pod's facts. With `partial`, a volume that
-        cannot be followed (VolumeNotResolved) is left out and named in `unresolved`, as upstream's controller
-        goes on with the pod's other volumes (syncPod: `continue` after CreateVolumeSpec fails); without it, it
-        is an error (explain answers for each volume of one pod)."""
+        """The pod's facts. With `partial`, a volume that cannot be followed (VolumeNotResolved) is left out and
+        named in `unresolved`, as upstream's controller goes on with the pod's other volumes (syncPod: `continue`
+        after CreateVolumeSpec fails); without it, it is an error (explain answers for each volume of one pod)."""
         meta = object_field(pod.get("metadata"), "Pod", "metadata")
         namespace = meta.get("namespace") or "default"
         name = meta.get("name")
@@ -148,22 +148,28 @@ class Cluster(ObjectIndex):
         """Each container's mounts and devices by volume name, with the container's effective options."""
         uses: dict[str, list[ContainerUse]] = {}
         for kind, key, path in _CONTAINER_LISTS:
-            for index, container in enumerate(objects_field(spec.get(key), where, path)):
-                at = f"{path}[{index}]"
-                cname = string_field(container.get("name"), where, at + ".name", "<unnamed>")
-                security = object_field(container.get("securityContext"), where, at + ".securityContext")
-                own = security.get("seLinuxOptions")
+            for index, container in enumerate(list_field(spec.get(key), where, path)):
+                if type(container) is not dict:
+                    raise shape_error(where, f"{path}[{index}]", "an object", container)
+                cname, security = container.get("name"), container.get("securityContext")
+                if type(cname) is not str:
+                    cname = string_field(cname, where, f"{path}[{index}].name", "<unnamed>")
+                if type(security) is not dict:
+                    security = object_field(security, where, f"{path}[{index}].securityContext")
+                own, privileged = security.get("seLinuxOptions"), security.get("privileged")
                 # A container's seLinuxOptions replace the pod's as a whole (DetermineEffectiveSecurityContext).
                 effective = pod_options if own is None else self._selinux_options(own, where, cname)
-                privileged = boolean_field(security.get("privileged"), where, at + ".securityContext.privileged")
+                if privileged is not True and privileged is not False:
+                    privileged = boolean_field(privileged, where, f"{path}[{index}].securityContext.privileged")
                 for field, device in (("volumeMounts", False), ("volumeDevices", True)):
-                    for item, entry in enumerate(objects_field(container.get(field), where, f"{at}.{field}")):
-                        volume = entry.get("name")
-                        if volume is not None and not isinstance(volume, str):
-                            raise shape_error(where, f"{at}.{field}[{item}].name", "a string", volume)
-                        read_only = None if device else entry.get("readOnly")
-                        if read_only is not None and read_only is not True and read_only is not False:
-                            raise shape_error(where, f"{at}.{field}[{item}].readOnly", "a boolean", read_only)
+                    entries = container.get(field)
+                    if type(entries) is not list:
+                        entries = list_field(entries, where, f"{path}[{index}].{field}")
+                    for item, entry in enumerate(entries):
+                        volume = entry.get("name") if type(entry) is dict else None
+                        read_only = None if device or volume is None else entry.get("readOnly")
+                        if type(volume) is not str or (read_only is not None and type(read_only) is not bool):
+                            _check_mount(entry, where, f"{path}[{index}].{field}[{item}]", device)
                         uses.setdefault(volume, []).append(ContainerUse(
                             cname, kind, effective, device=device, privileged=privileged, read_only=read_only is True))
         return uses
@@ -195,8 +201,6 @@ class Cluster(ObjectIndex):
         """One pod volume, `spec.volumes[index]`, followed to what serves it: (name, source kind, PV facts, claim
         name, CSIDriver facts, in-tree kind). `reads`, when given, collects the storage objects looked up
         (`storage_keys`)."""
-        # The fields read here are checked inline, their path formatted only for an error: the audit follows
-        # every volume of every pod (bench/audit.py: 100,000 pods, 200,000 volumes).
         if type(volume) is not dict:
             raise shape_error(where, f"spec.volumes[{index}]", "an object", volume)
         vname = volume.get("name")
@@ -318,6 +322,16 @@ class Cluster(ObjectIndex):
         if value is not None and not isinstance(value, bool):
             raise InvalidManifest(f"CSIDriver {name}: spec.seLinuxMount must be true or false")
         return CSIDriverFacts(name, value)
+
+
+def _check_mount(entry, where: str, path: str, device: bool) -> None:
+    """Raises for a volumeMounts or volumeDevices entry that is not an object, or whose name or readOnly has the
+    wrong type (a missing name is left to the API server: no volume has that name)."""
+    if not isinstance(entry, dict):
+        raise shape_error(where, path, "an object", entry)
+    string_field(entry.get("name"), where, f"{path}.name", None)
+    if not device:
+        boolean_field(entry.get("readOnly"), where, f"{path}.readOnly")
 
 
 def _pv_facts(pv: dict, name: str, share) -> PersistentVolumeFacts:

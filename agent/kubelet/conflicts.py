@@ -46,7 +46,7 @@ def controller_labels_conflict(a: str, b: str) -> bool:
     return parts_a[3] != parts_b[3]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class VolumeUse:
     """One pod's use of one shared volume, as both views see it."""
 
@@ -65,7 +65,7 @@ class VolumeUse:
     controller_skipped: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Conflict:
     """One direction of a conflicting pair, as the controller reports it (both directions are reported)."""
 
@@ -198,7 +198,7 @@ def controller_conflicts(uses: list[VolumeUse]) -> list[Conflict]:
     return out
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class KubeletClash:
     """A pair kubelet treats as conflicting on one node: different mount labels on a context-mountable plugin."""
 

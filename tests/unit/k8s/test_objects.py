@@ -5,7 +5,7 @@ import pytest
 
 from agent.errors import InvalidManifest
 from agent.k8s.facts import OwnerRef
-from agent.k8s.objects import (boolean_field, json_type, list_field, object_field, object_key, objects_field,
+from agent.k8s.objects import (boolean_field, json_type, list_field, object_field, object_key,
                                owner_references, pod_phase, string_field, strings_field)
 
 
@@ -20,7 +20,6 @@ def test_json_type_names_what_the_user_wrote(value, name):
     (string_field, None, ""), (string_field, "x", "x"),
     (boolean_field, None, False), (boolean_field, True, True), (boolean_field, False, False),
     (list_field, None, []), (list_field, [1, "a"], [1, "a"]),
-    (objects_field, None, []), (objects_field, [{}], [{}]),
     (strings_field, None, ()), (strings_field, ["a", "b"], ("a", "b")),
 ])
 def test_absent_and_well_formed_fields_read_as_given(reader, value, expected):
@@ -33,7 +32,6 @@ def test_absent_and_well_formed_fields_read_as_given(reader, value, expected):
     (boolean_field, "false", "spec.x must be a boolean, got string"),
     (boolean_field, 0, "spec.x must be a boolean, got number"),
     (list_field, "abc", "spec.x must be a list, got string"),
-    (objects_field, [{}, "b"], "spec.x[1] must be an object, got string"),
     (strings_field, ["a", 2], "spec.x[1] must be a string, got number"),
 ])
 def test_a_wrong_type_names_the_object_and_the_path(reader, value, message):

@@ -171,7 +171,7 @@ def test_malformed_storage_fields_are_named(mutate, message):
     obj = pod(volumes=[{"name": "vol", "persistentVolumeClaim": {"claimName": "csi"}}])
     with pytest.raises(InvalidManifest) as first_pass:
         cluster.survey(obj)[0]
-        cluster.resolve_pod(obj)  # a CSIDriver is read only here
+        cluster.resolve_pod(obj)
     assert str(first_pass.value) == message
 
 
