@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import json
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
-from agent.k8s.facts import PodFacts, VolumeFacts
+from agent.k8s.facts import PodFacts
 from agent.k8s.objects import pod_phase
 from agent.k8s.resolve import Cluster
 from agent.k8s.stored_objects import decoded
@@ -165,11 +165,10 @@ def audit(cluster: Cluster, gates: FeatureGates, defaults: ContainerDefaults) ->
     for stored, several, keys in candidates:
         if not several and shared_keys.isdisjoint(keys):
             continue
-        pod = cluster.resolve_pod(decoded(stored), partial=True)
-        if not several:
-            # One container only matters where it shares; the pod's facts stay in the report with each of its
-            # uses, so they keep only those volumes.
-            pod = replace(pod, volumes=_maybe_shared(pod.volumes, shared_keys))
+        # Several containers may disagree on any volume; one container only matters where it shares, and the
+        # pod's facts, which the report keeps with each of its uses, keep only those volumes.
+        pod = cluster.resolve_pod(decoded(stored), partial=True,
+                                  select=None if several else lambda claimed: _maybe_shared(claimed, shared_keys))
         for volume in pod.volumes:
             use = volume_use(pod, volume, gates, defaults)
             if use is None:
@@ -215,14 +214,12 @@ def _ref_of(obj: dict) -> str:
     return f"{meta.get('namespace') or 'default'}/{meta.get('name')}"
 
 
-def _maybe_shared(volumes: tuple[VolumeFacts, ...], shared_keys: set[str]) -> tuple[VolumeFacts, ...]:
-    """For a single-container pod that shares a volume: its volumes that can take part in a conflict, those that
-    another pod uses too or that two of its own volume entries name. Each of its other volumes would only add a
-    lone use."""
-    keys = [volume.unique_name for volume in volumes if volume.unique_name]
-    names = {volume.name for volume in volumes if volume.unique_name and (
-        volume.unique_name in shared_keys or keys.count(volume.unique_name) > 1)}
-    return tuple(volume for volume in volumes if volume.name in names)
+def _maybe_shared(claimed: list[tuple[str, str]], shared_keys: set[str]) -> set[str]:
+    """For a single-container pod that shares a volume, given (name, unique name) of the volumes it claims: the
+    names of those that can take part in a conflict, those that another pod uses too or that two of its own
+    volume entries name. Each of its other volumes would only add a lone use."""
+    keys = [key for _, key in claimed]
+    return {name for name, key in claimed if key in shared_keys or keys.count(key) > 1}
 
 
 class _Workloads:

@@ -56,10 +56,12 @@ class Cluster(ObjectIndex):
 
     # --- pods -------------------------------------------------------------------------------------------------
 
-    def resolve_pod(self, pod: dict, partial: bool = False) -> PodFacts:
+    def resolve_pod(self, pod: dict, partial: bool = False, select=None) -> PodFacts:
         """The pod's facts. With `partial`, a volume that cannot be followed (VolumeNotResolved) is left out and
         named in `unresolved`, as upstream's controller goes on with the pod's other volumes (syncPod: `continue`
-        after CreateVolumeSpec fails); without it, it is an error (explain answers for each volume of one pod)."""
+        after CreateVolumeSpec fails); without it, it is an error (explain answers for each volume of one pod).
+        `select`, given (volume name, unique name) of each volume the pod claims, names the volumes the facts
+        keep: every volume is checked just the same, and the audit keeps the facts of only those it judges."""
         meta = object_field(pod.get("metadata"), "Pod", "metadata")
         namespace = meta.get("namespace") or "default"
         name = meta.get("name")
@@ -72,17 +74,19 @@ class Cluster(ObjectIndex):
             raise InvalidManifest(
                 f"{where}: spec.securityContext.seLinuxChangePolicy {change_policy!r} is not Recursive or "
                 "MountOption")
-        uses = self._container_uses(spec, pod_options, where)
-        volumes, unresolved = [], []
+        followed, unresolved = [], []
         for index, volume in enumerate(list_field(spec.get("volumes"), where, "spec.volumes")):
             try:
-                vname, source, pv, claim, csi, in_tree = self._follow(volume, index, namespace, name, where)
+                followed.append(self._follow(volume, index, namespace, name, where))
             except VolumeNotResolved as err:
                 if not partial:
                     raise
                 unresolved.append(str(err))
-                continue
-            volumes.append(VolumeFacts(vname, source, tuple(uses.get(vname, ())), pv, claim, csi, in_tree))
+        only = None if select is None else select(
+            [(vname, pv.unique_name) for vname, _, pv, _, _, _ in followed if pv is not None and pv.unique_name])
+        uses = self._container_uses(spec, pod_options, where, only)
+        volumes = [VolumeFacts(vname, source, tuple(uses.get(vname, ())), pv, claim, csi, in_tree)
+                   for vname, source, pv, claim, csi, in_tree in followed if only is None or vname in only]
         os_name = string_field(object_field(spec.get("os"), where, "spec.os").get("name"), where, "spec.os.name")
         return PodFacts(
             namespace=namespace, name=name, uid=string_field(meta.get("uid"), where, "metadata.uid"),
@@ -143,9 +147,10 @@ class Cluster(ObjectIndex):
                 continue  # what it read so far is recorded; nothing else can make this volume resolve
         return reads
 
-    def _container_uses(self, spec: dict, pod_options: SELinuxOptions | None,
-                        where: str) -> dict[str, list[ContainerUse]]:
-        """Each container's mounts and devices by volume name, with the container's effective options."""
+    def _container_uses(self, spec: dict, pod_options: SELinuxOptions | None, where: str,
+                        only: set | None) -> dict[str, list[ContainerUse]]:
+        """Each container's mounts and devices by volume name (those named in `only`, when given), with the
+        container's effective options. Every container's options are checked."""
         uses: dict[str, list[ContainerUse]] = {}
         for kind, key, path in _CONTAINER_LISTS:
             for index, container in enumerate(list_field(spec.get(key), where, path)):
@@ -170,8 +175,10 @@ class Cluster(ObjectIndex):
                         read_only = None if device or volume is None else entry.get("readOnly")
                         if type(volume) is not str or (read_only is not None and type(read_only) is not bool):
                             _check_mount(entry, where, f"{path}[{index}].{field}[{item}]", device)
-                        uses.setdefault(volume, []).append(ContainerUse(
-                            cname, kind, effective, device=device, privileged=privileged, read_only=read_only is True))
+                        if only is None or volume in only:
+                            uses.setdefault(volume, []).append(ContainerUse(
+                                cname, kind, effective, device=device, privileged=privileged,
+                                read_only=read_only is True))
         return uses
 
     def _selinux_options(self, raw, where: str, container: str | None) -> SELinuxOptions | None:

@@ -1,6 +1,8 @@
 """agent/k8s/resolve.py: pod resolution, the cheap first pass over claims, partial resolution for the audit, the
 storage objects a pod reads, and the shape errors of every field resolution reads."""
 
+import dataclasses
+
 import pytest
 
 from agent.k8s.resolve import Cluster
@@ -72,11 +74,30 @@ def broken(problem):
 
 @pytest.mark.parametrize("problem", ["claim name", "inline driver", "driver object", "missing claim",
                                      "container options"])
-def test_a_malformed_or_missing_part_is_named(problem):
+def test_volumes_left_out_are_still_checked(problem):
     cluster, obj = broken(problem)
-    with pytest.raises(InvalidInput, match="csi.driver is missing|claimName is missing|seLinuxMount must be|"
-                                           "ns/gone is not in the input|seLinuxOptions"):
+    with pytest.raises(InvalidInput) as full:
         cluster.resolve_pod(obj)
+    cluster, obj = broken(problem)
+    with pytest.raises(InvalidInput) as selected:
+        cluster.resolve_pod(obj, select=lambda claimed: {"ok"})
+    assert str(selected.value) == str(full.value)
+
+
+@pytest.mark.parametrize("names", [set(), {"v-csi"}, {"v-ebs", "scratch"}, {"nothing-of-that-name"}])
+def test_selected_volumes_have_the_same_facts(names):
+    obj = many_volumes()
+    full = Cluster(storage()).resolve_pod(obj)
+    offered = []
+
+    def select(claimed):
+        offered.extend(claimed)
+        return names
+
+    selected = Cluster(storage()).resolve_pod(obj, select=select)
+    assert offered == [(v.name, v.unique_name) for v in full.volumes if v.unique_name]
+    assert selected.volumes == tuple(v for v in full.volumes if v.name in names)
+    assert selected == dataclasses.replace(full, volumes=selected.volumes)
 
 
 def test_options_are_parsed_once_per_spelling_and_errors_still_name_each_pod():
