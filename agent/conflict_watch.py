@@ -18,7 +18,9 @@ from collections import defaultdict
 from datetime import datetime, timezone
 
 from agent.audit.findings import FINISHED_PHASES
-from agent.k8s.cluster import Cluster, PodFacts, object_key, pod_phase
+from agent.k8s.facts import PodFacts
+from agent.k8s.objects import object_key, pod_phase
+from agent.k8s.resolve import Cluster
 from agent.kubelet.conflicts import (EVENT_REASONS, MULTIPLE_LABELS_REASON, Conflict, VolumeUse, controller_conflicts,
                              multiple_labels_message, multiple_labels_volumes, volume_use)
 from agent.kubelet.container_defaults import ContainerDefaults

@@ -15,79 +15,21 @@ which the controller and kubelet disagree because the controller does not fill i
 from __future__ import annotations
 
 import json
-import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
-from agent.k8s.cluster import Cluster, OwnerRef, PodFacts, owner_references, pod_phase, shape_error
-from agent.kubelet.conflicts import (CHANGE_POLICY, LABEL, Conflict, KubeletClash, VolumeUse, controller_conflicts,
-                             kubelet_clashes, volume_use)
+from agent.k8s.facts import PodFacts
+from agent.k8s.objects import pod_phase
+from agent.k8s.resolve import Cluster
+from agent.k8s.stored_objects import decoded
+from agent.k8s.workload import Workload, workload_of
+from agent.kubelet.conflicts import (LABEL, Conflict, KubeletClash, VolumeUse, controller_conflicts, kubelet_clashes,
+                                     volume_use)
 from agent.kubelet.container_defaults import ContainerDefaults
 from agent.kubelet.gates import FeatureGates
-from agent.k8s.stored_objects import decoded
 
 FINISHED_PHASES = ("Succeeded", "Failed")
-_CRONJOB_JOB = re.compile(r"^(?P<cronjob>.+)-\d{8,}$")
 _VERDICT_RANK = {"ok": 0, "conflicts": 1, "breaks": 2}
-
-
-@dataclass(frozen=True, order=True)
-class Workload:
-    kind: str
-    namespace: str
-    name: str
-    inferred: bool = field(default=False, compare=False)  # owner guessed from naming, object not in the dump
-
-    @property
-    def ref(self) -> str:
-        return f"{self.kind} {self.namespace}/{self.name}"
-
-
-def controlling_owner(owners: tuple[OwnerRef, ...]) -> OwnerRef | None:
-    """The owner reference with `controller: true`, the one that manages the object (the API allows at most one);
-    the first reference when none says so, as objects written by hand or by old tools do."""
-    for owner in owners:
-        if owner.controller:
-            return owner
-    return owners[0] if owners else None
-
-
-def workload_of(pod: PodFacts, cluster: Cluster) -> Workload:
-    """The top-level owner: Deployment (through its ReplicaSet), StatefulSet, DaemonSet, CronJob (through its
-    Job), Job, or the Pod itself. Uses the owner objects when the dump has them, their naming otherwise."""
-    owner = controlling_owner(pod.owners)
-    if owner is None:
-        return Workload("Pod", pod.namespace, pod.name)
-    if owner.kind == "ReplicaSet":
-        rs = cluster.other.get(f"ReplicaSet {pod.namespace}/{owner.name}")
-        if rs is not None:
-            top = _owner_of(rs, f"ReplicaSet {pod.namespace}/{owner.name}")
-            if top is not None and top.kind == "Deployment":
-                return Workload("Deployment", pod.namespace, top.name)
-            return Workload("ReplicaSet", pod.namespace, owner.name)
-        template_hash = pod.labels.get("pod-template-hash")
-        if template_hash is not None and not isinstance(template_hash, str):
-            raise shape_error(f"Pod {pod.ref}", "metadata.labels.pod-template-hash", "a string", template_hash)
-        if template_hash and owner.name.endswith("-" + template_hash):
-            return Workload("Deployment", pod.namespace, owner.name[: -len(template_hash) - 1], inferred=True)
-        return Workload("ReplicaSet", pod.namespace, owner.name)
-    if owner.kind == "Job":
-        job = cluster.other.get(f"Job {pod.namespace}/{owner.name}")
-        if job is not None:
-            top = _owner_of(job, f"Job {pod.namespace}/{owner.name}")
-            if top is not None and top.kind == "CronJob":
-                return Workload("CronJob", pod.namespace, top.name)
-            return Workload("Job", pod.namespace, owner.name)
-        match = _CRONJOB_JOB.match(owner.name)
-        if match:
-            return Workload("CronJob", pod.namespace, match.group("cronjob"), inferred=True)
-        return Workload("Job", pod.namespace, owner.name)
-    return Workload(owner.kind, pod.namespace, owner.name)
-
-
-def _owner_of(obj: dict, where: str) -> OwnerRef | None:
-    """The controlling owner of an owner object of the dump (its metadata is an object: the index checked it)."""
-    return controlling_owner(owner_references(obj["metadata"].get("ownerReferences"), where))
 
 
 @dataclass(frozen=True)
@@ -164,23 +106,15 @@ class AuditReport:
     def to_json(self, censor: bool = False) -> dict:
         return {"conflicts": [c.to_json(censor) for c in self.conflicts], **self._rest_json()}
 
-    def json_text(self, censor: bool = False) -> str:
-        """`json.dumps(self.to_json(censor), separators=(",", ":"))`, with the conflicts, most of a large report,
-        written out directly (`Conflict.json_text`)."""
-        return "".join(self.json_chunks(censor))
-
     def json_chunks(self, censor: bool = False):
-        """The pieces of `json_text`, in order: a writer that takes them one by one never holds the whole text
-        (at 100,000 pods, 40 MiB, which joining would copy twice)."""
+        """The pieces of `json.dumps(self.to_json(censor), separators=(",", ":"))`, in order, one per conflict: a
+        writer that takes them one by one never holds the whole text nor every conflict's dict (at 100,000 pods,
+        40 MiB of text)."""
         yield '{"conflicts":['
-        first = True
-        for conflict in self.conflicts:
-            if not first:
-                yield ","
-            first = False
-            yield conflict.json_text(censor)
+        for index, conflict in enumerate(self.conflicts):
+            yield ("," if index else "") + _compact(conflict.to_json(censor))
         yield "],"
-        yield json.dumps(self._rest_json(), separators=(",", ":"))[1:]  # {"workloads":...} without its brace
+        yield _compact(self._rest_json())[1:]  # {"workloads":...} without its brace
 
     def _rest_json(self) -> dict:
         return {
@@ -193,27 +127,24 @@ class AuditReport:
         }
 
 
+_compact = json.JSONEncoder(separators=(",", ":")).encode  # json.dumps(value, separators=(",", ":"))
+
+
 def audit(cluster: Cluster, gates: FeatureGates, defaults: ContainerDefaults) -> AuditReport:
     book = _Workloads(cluster)
     findings: list[Finding] = []
 
     # First pass, cheap: which persistent volumes does each running pod use? Only pods that share one with
-    # another pod, or whose several containers could disagree on a label, are resolved; a single-container pod
-    # only for the volumes it may share.
+    # another pod, or whose several containers could disagree on a label, are resolved; of a single-container
+    # pod only the volumes it may share are judged.
     checked, finished = 0, 0
-    # (pod as stored, has several containers, the keys of its claimed volumes); only what decides whether the pod
+    # (pod as stored, has several containers, the keys of its claimed volumes): only what decides whether the pod
     # is read again below, so that a dump of 100,000 pods keeps no more than that of each.
     candidates: list[tuple] = []
-    first_claim: dict[str, int] = {}  # volume -> the candidate that claimed it first
-    shared_keys: set[str] = set()
-    sharing = bytearray()  # per candidate: another pod claims one of its volumes
+    claimants: Counter = Counter()  # volume key -> how many pods claim it
     for stored in cluster.stored_pods():
         obj = decoded(stored)  # read twice at most: here, and below if it may share a volume
-        status = obj.get("status")
-        phase = status.get("phase") if type(status) is dict else None
-        if type(phase) is not str:
-            phase = pod_phase(obj)  # "" when unset, or the error that says what is malformed
-        if phase in FINISHED_PHASES:
+        if pod_phase(obj) in FINISHED_PHASES:
             finished += 1  # finished pods no longer conflict (issue #135628)
             continue
         checked += 1
@@ -223,30 +154,21 @@ def audit(cluster: Cluster, gates: FeatureGates, defaults: ContainerDefaults) ->
             # volumes (syncPod); it is a finding with the pod, not bad input.
             ref = _ref_of(obj)
             findings.extend(Finding("UnresolvedVolume", "", (ref,), message) for message in unresolved)
-        several = containers > 1
-        if not claimed and not several:
-            continue
-        index = len(candidates)
-        keys = tuple(key for _, key in claimed)
-        sharing.append(0)
-        for key in keys:
-            first = first_claim.setdefault(key, index)
-            if first != index:
-                shared_keys.add(key)
-                sharing[first] = sharing[index] = 1
-        candidates.append((stored, several, keys))
-    del first_claim
+        if claimed or containers > 1:
+            keys = tuple(key for _, key in claimed)
+            claimants.update(set(keys))
+            candidates.append((stored, containers > 1, keys))
+    shared_keys = {key for key, count in claimants.items() if count > 1}
+    del claimants
 
     uses_by_volume: dict[str, list[VolumeUse]] = defaultdict(list)
-    for index, (stored, several, keys) in enumerate(candidates):
-        if several:
-            obj, only = decoded(stored), None  # its containers may disagree on any volume
-        elif sharing[index]:
-            obj = decoded(stored)
-            only = _maybe_shared(cluster.claimed_volumes(obj), shared_keys)
-        else:
+    for stored, several, keys in candidates:
+        if not several and shared_keys.isdisjoint(keys):
             continue
-        pod = cluster.resolve_pod(obj, only, partial=True)
+        # Several containers may disagree on any volume; one container only matters where it shares, and the
+        # pod's facts, which the report keeps with each of its uses, keep only those volumes.
+        pod = cluster.resolve_pod(decoded(stored), partial=True,
+                                  select=None if several else lambda claimed: _maybe_shared(claimed, shared_keys))
         for volume in pod.volumes:
             use = volume_use(pod, volume, gates, defaults)
             if use is None:
@@ -263,7 +185,7 @@ def audit(cluster: Cluster, gates: FeatureGates, defaults: ContainerDefaults) ->
                                           "refuses to start the pod")
 
     # What the passes kept is not needed to judge the shared volumes: drop it before that adds its own.
-    del candidates, sharing, shared_keys
+    del candidates, shared_keys
     cluster.storage_changed()  # the index's caches of resolved claims and PVs
 
     all_conflicts: list[Conflict] = []
@@ -293,15 +215,11 @@ def _ref_of(obj: dict) -> str:
 
 
 def _maybe_shared(claimed: list[tuple[str, str]], shared_keys: set[str]) -> set[str]:
-    """For a single-container pod that shares a volume: the names of its volumes that can take part in a
-    conflict, those that another pod uses too or that two of its own volume entries name. Each of its other
-    volumes would only add a lone use."""
-    names = {name for name, key in claimed if key in shared_keys}
-    if len(claimed) > 1:
-        keys = [key for _, key in claimed]
-        if len(set(keys)) < len(keys):
-            names.update(name for name, key in claimed if keys.count(key) > 1)
-    return names
+    """For a single-container pod that shares a volume, given (name, unique name) of the volumes it claims: the
+    names of those that can take part in a conflict, those that another pod uses too or that two of its own
+    volume entries name. Each of its other volumes would only add a lone use."""
+    keys = [key for _, key in claimed]
+    return {name for name, key in claimed if key in shared_keys or keys.count(key) > 1}
 
 
 class _Workloads:
@@ -318,7 +236,8 @@ class _Workloads:
         """The report of the pod's workload, with the pod counted in."""
         report = self.report_of.get(pod.ref)
         if report is None:
-            workload = self.owner_of[pod.ref] = workload_of(pod, self.cluster)
+            workload = self.owner_of[pod.ref] = workload_of(pod.namespace, pod.name, pod.owners, pod.labels,
+                                                            self.cluster.other)
             key = (workload.kind, workload.namespace, workload.name)  # what Workload compares
             report = self.by_workload.get(key)
             if report is None:
@@ -423,11 +342,3 @@ def _privileged_sharing(volume: str, uses: list[VolumeUse]) -> list[Finding]:
         f"privileged (spc_t) pod(s) {', '.join(privileged)} share the volume with confined pod(s) "
         f"{', '.join(confined)}: a context mount gives the volume one label for all of them; the usual fix is "
         "seLinuxChangePolicy: Recursive on every pod that uses it")]
-
-
-def conflicts_by_property(report: AuditReport) -> dict[str, int]:
-    counts = {LABEL: 0, CHANGE_POLICY: 0}
-    for conflict in report.conflicts:
-        counts[conflict.property] += 1
-    return counts
-

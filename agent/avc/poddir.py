@@ -7,13 +7,12 @@ gives one level per namespace.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from agent.errors import InvalidInput
+from agent.k8s.objects import owner_references
+from agent.k8s.workload import workload_of
 from agent.label import canonical_level
-
-_HASH_SUFFIX = re.compile(r"-[a-z0-9]{5,10}\Z")
 
 
 @dataclass(frozen=True)
@@ -85,23 +84,15 @@ def _pod_from_object(pod: dict) -> PodRef:
     spec = pod.get("spec") or {}
     status = pod.get("status") or {}
     level = ((spec.get("securityContext") or {}).get("seLinuxOptions") or {}).get("level")
-    owners = meta.get("ownerReferences") or []
-    workload = None
-    if owners:
-        owner = owners[0]
-        workload = owner.get("name")
-        if owner.get("kind") == "ReplicaSet" and workload:
-            hash_label = (meta.get("labels") or {}).get("pod-template-hash")
-            if hash_label and workload.endswith("-" + hash_label):
-                workload = workload[: -len(hash_label) - 1]
-            else:
-                workload = _HASH_SUFFIX.sub("", workload)
+    namespace, name = meta.get("namespace", "default"), meta.get("name", "")
+    owners = owner_references(meta.get("ownerReferences"), f"Pod {namespace}/{name}")
+    workload = workload_of(namespace, name, owners, meta.get("labels") or {}).name if owners else None
     containers = []
     for key in ("initContainerStatuses", "containerStatuses", "ephemeralContainerStatuses"):
         for entry in status.get(key) or []:
             if entry.get("containerID") and entry.get("name"):
                 containers.append((_strip_runtime(entry["containerID"]), entry["name"]))
-    return PodRef(meta.get("namespace", "default"), meta.get("name", ""), meta.get("uid"),
+    return PodRef(namespace, name, meta.get("uid"),
                   canonical_level(level) if level else None, workload, tuple(sorted(containers)))
 
 

@@ -17,7 +17,7 @@ import sys
 from agent.node import host
 from agent.cli.examples import examples
 from agent.cli.model_options import add_indent_argument, add_model_arguments, build_node
-from agent.k8s.cluster import Cluster
+from agent.k8s.resolve import Cluster
 from agent.k8s.manifests import batch_run, load_files
 from agent.kubelet.decision import NodeFacts, decide_pod
 

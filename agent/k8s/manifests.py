@@ -12,7 +12,7 @@ import gc
 from contextlib import contextmanager
 
 from agent.parsing.bounded import load_json, load_yaml_documents
-from agent.k8s.cluster import json_type
+from agent.k8s.objects import json_type
 from agent.errors import InvalidManifest
 from agent.k8s.stored_objects import StoredObject, compact, read_list
 

@@ -18,8 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii as _json_string
 
-from agent.k8s.cluster import PodFacts, VolumeFacts
-from agent.kubelet.container_defaults import ContainerDefaults, file_label
+from agent.k8s.facts import PodFacts, VolumeFacts
+from agent.kubelet.container_defaults import ContainerDefaults, file_labels
 from agent.kubelet.gates import FeatureGates
 from agent.kubelet.decision import access_mode_supported, plugin_supports_context_mount
 
@@ -46,7 +46,7 @@ def controller_labels_conflict(a: str, b: str) -> bool:
     return parts_a[3] != parts_b[3]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class VolumeUse:
     """One pod's use of one shared volume, as both views see it."""
 
@@ -65,7 +65,7 @@ class VolumeUse:
     controller_skipped: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Conflict:
     """One direction of a conflicting pair, as the controller reports it (both directions are reported)."""
 
@@ -102,43 +102,22 @@ class Conflict:
             "message": self.event_message(),
         }
 
-    def json_text(self, censor: bool = False) -> str:
-        """`json.dumps(self.to_json(censor), separators=(",", ":"))`, written out directly: an audit prints tens
-        of thousands of conflicts, and building their dicts first costs as much as encoding them."""
-        if censor and self.cross_namespace:
-            other = '"namespace":"","name":"","value":""'
-        else:
-            other = (f'"namespace":{_json_string(self.other.namespace)},"name":{_json_string(self.other.name)},'
-                     f'"value":{_json_string(self.other_value)}')
-        return (f'{{"volume":{_json_string(self.volume)},"property":{_json_string(self.property)},'
-                f'"pod1":{{"namespace":{_json_string(self.pod.namespace)},"name":{_json_string(self.pod.name)},'
-                f'"value":{_json_string(self.value)}}},"pod2":{{{other}}},'
-                f'"eventReason":{_json_string(EVENT_REASONS[self.property])},'
-                f'"message":{_json_string(self.event_message())}}}')
-
 
 def volume_use(pod: PodFacts, volume: VolumeFacts, gates: FeatureGates,
                defaults: ContainerDefaults) -> VolumeUse | None:
     """Both views of a pod's use of a volume; None when the volume does not take part (not mounted, a block
     device, or a plugin the controller does not track)."""
     key = volume.unique_name
-    mounts = [use for use in volume.uses if not use.device]
+    mounts = volume.mounts
     if not key or not mounts or (volume.pv and volume.pv.volume_mode == "Block"):
         return None
     plugin_ok, _ = plugin_supports_context_mount(volume)
     policy_field = pod.change_policy if gates.change_policy else None
 
     raw = controller_labels(mounts)
-    kubelet = {}
-    for use in mounts:
-        if use.options is None:
-            continue
-        label = file_label(use.options, defaults)
-        text = label.text if label else ""
-        if label is not None and label.level is None:
-            # No level: go-selinux gives this pod a random one, which no other pod shares.
-            text = f"{text}:<random level of {pod.ref}>"
-        kubelet[text] = label
+    # A label without a level: go-selinux gives this pod a random one, which no other pod shares.
+    kubelet = {text if label is None or label.level is not None else f"{text}:<random level of {pod.ref}>": label
+               for text, label in file_labels(mounts, defaults).items()}
     multiple = None
     if len(kubelet) > 1:
         multiple = "multiple SELinux labels found: " + ",".join(sorted(kubelet))
@@ -172,8 +151,7 @@ def multiple_labels_volumes(pod: PodFacts) -> list[str]:
     controller posts a Warning `MultipleSELinuxLabels` event for each (syncPod, after GetMountSELinuxLabel
     returns MultipleSELinuxLabelsError; the translator is ControllerSELinuxTranslator, so labels are not
     defaulted)."""
-    return sorted(volume.name for volume in pod.volumes
-                  if len(controller_labels([use for use in volume.uses if not use.device])) > 1)
+    return sorted(volume.name for volume in pod.volumes if len(controller_labels(volume.mounts)) > 1)
 
 
 MULTIPLE_LABELS_REASON = "MultipleSELinuxLabels"
@@ -220,7 +198,7 @@ def controller_conflicts(uses: list[VolumeUse]) -> list[Conflict]:
     return out
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class KubeletClash:
     """A pair kubelet treats as conflicting on one node: different mount labels on a context-mountable plugin."""
 

@@ -19,11 +19,9 @@ BUILTIN_PROCESS = "system_u:system_r:container_t:s0"
 BUILTIN_FILE = "system_u:object_r:container_file_t:s0"
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True)
 class ContainerDefaults:
-    """The `process` and `file` labels containers get on this node, and where they came from.
-
-    Compared by identity: a node has one set, and label building is memoised per set."""
+    """The `process` and `file` labels containers get on this node, and where they came from."""
 
     process: Label
     file: Label
@@ -72,3 +70,15 @@ def file_label(options: SELinuxOptions | None, defaults: ContainerDefaults) -> L
     user = options.user or defaults.file.user
     level = options.level or None
     return Label.from_parts(user, defaults.file.role, defaults.file.type, level)
+
+
+def file_labels(mounts, defaults: ContainerDefaults) -> dict[str, Label | None]:
+    """The label set kubelet collects for one volume (GetMountSELinuxLabel), by label text: the file label of
+    each container that mounts it with effective seLinuxOptions. A container without options adds nothing;
+    options that are present but empty add "" (kubelet inserts the empty label into the set)."""
+    labels: dict[str, Label | None] = {}
+    for use in mounts:
+        if use.options is not None:
+            label = file_label(use.options, defaults)
+            labels.setdefault(label.text if label else "", label)
+    return labels

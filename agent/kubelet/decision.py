@@ -17,9 +17,9 @@ import enum
 import functools
 from dataclasses import dataclass
 
-from agent.k8s.cluster import (CONTEXT_MOUNT_IN_TREE, EMPTYDIR_FAMILY, NEVER_RELABELLED, PodFacts,
-                           VolumeFacts)
-from agent.kubelet.container_defaults import ContainerDefaults, file_label
+from agent.k8s.facts import PodFacts, VolumeFacts
+from agent.k8s.plugins import CONTEXT_MOUNT_IN_TREE, EMPTYDIR_FAMILY, NEVER_RELABELLED
+from agent.kubelet.container_defaults import ContainerDefaults, file_labels
 from agent.kubelet.gates import FeatureGates
 from agent.label import Label
 
@@ -105,10 +105,6 @@ def _access_mode_support(gates: FeatureGates, access_modes: tuple[str, ...] | No
                    f"eligible (access modes {','.join(access_modes) or '(none)'})")
 
 
-def _label_key(label: Label | None) -> str:
-    return label.text if label else ""
-
-
 def decide_volume(pod: PodFacts, volume: VolumeFacts, node: NodeFacts) -> Decision:
     gates = node.gates
     reasons: list[str] = []
@@ -124,7 +120,7 @@ def decide_volume(pod: PodFacts, volume: VolumeFacts, node: NodeFacts) -> Decisi
         reasons.append("Windows pod: SELinux does not apply")
         return decision(MountMode.SKIP)
 
-    mounts = [use for use in volume.uses if not use.device]
+    mounts = volume.mounts
     if not mounts:
         if volume.uses:
             reasons.append("used only as a raw block device (volumeDevices): no SELinux label is collected "
@@ -145,14 +141,7 @@ def decide_volume(pod: PodFacts, volume: VolumeFacts, node: NodeFacts) -> Decisi
         reasons.append(f"the claim is not bound yet: the volume is predicted from StorageClass "
                        f"{volume.pv.predicted_from}")
 
-    # Labels of every container that mounts the volume. A container with no effective seLinuxOptions adds
-    # nothing; options that are present but empty add "" (kubelet inserts the empty label into the set).
-    labels: dict[str, Label | None] = {}
-    for use in mounts:
-        if use.options is None:
-            continue
-        lbl = file_label(use.options, node.defaults)
-        labels.setdefault(_label_key(lbl), lbl)
+    labels = file_labels(mounts, node.defaults)
 
     supported, mode_reason = access_mode_supported(volume, gates)
 

@@ -223,7 +223,7 @@ def test_live_model_agrees_with_the_offline_audit():
     import random
 
     from agent.audit.findings import audit
-    from agent.k8s.cluster import Cluster
+    from agent.k8s.resolve import Cluster
     from agent.conflict_watch import conflict_key
 
     rng = random.Random(7)

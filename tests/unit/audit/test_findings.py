@@ -7,8 +7,8 @@ import json
 import pytest
 
 from agent.kubelet import gates as gates_mod
-from agent.audit.findings import audit, workload_of
-from agent.k8s.cluster import Cluster
+from agent.audit.findings import audit
+from agent.k8s.resolve import Cluster
 from agent.kubelet.container_defaults import BUILTIN_DEFAULTS
 from agent.audit.remediation import bare_pods, documents, targets
 from k8s_builders import DRIVER, csidriver, owned, pod, pv, pvc
@@ -208,10 +208,10 @@ def test_a_pod_read_again_under_another_name_with_its_uid_counts_once():
 
 
 @pytest.mark.parametrize("censor", [False, True])
-def test_json_text_is_the_json_of_to_json(censor):
+def test_json_chunks_are_the_json_of_to_json(censor):
     report = _conflicted_report_across_namespaces()
     assert report.conflicts and report.findings
-    assert report.json_text(censor) == json.dumps(report.to_json(censor), separators=(",", ":"))
+    assert "".join(report.json_chunks(censor)) == json.dumps(report.to_json(censor), separators=(",", ":"))
 
 
 def _conflicted_report_across_namespaces():
@@ -233,39 +233,6 @@ def test_pods_are_grouped_by_workload():
     web_report = next(w for w in report.workloads if w.workload.name == "web")
     assert len(web_report.pods) == 3 and web_report.workload.inferred
     assert "Deployment ns/web" in next(w for w in report.workloads if w.workload.name == "backup").remedy
-
-
-def test_owner_objects_in_the_dump_win_over_names():
-    rs = {"kind": "ReplicaSet", "metadata": {"name": "odd-name", "namespace": "ns",
-                                             "ownerReferences": [{"kind": "Deployment", "name": "api"}]}}
-    job = {"kind": "Job", "metadata": {"name": "once", "namespace": "ns",
-                                       "ownerReferences": [{"kind": "CronJob", "name": "nightly"}]}}
-    cluster = Cluster([rs, job])
-    facts = [cluster.resolve_pod(o) for o in (
-        owned(pod(volumes=[]), "ReplicaSet", "odd-name"), owned(pod(volumes=[]), "Job", "once"),
-        owned(pod(volumes=[]), "StatefulSet", "db"), owned(pod(volumes=[]), "DaemonSet", "agent"),
-        owned(pod(volumes=[]), "Job", "plain-job"), pod(volumes=[]))]
-    assert [workload_of(f, cluster).ref for f in facts] == [
-        "Deployment ns/api", "CronJob ns/nightly", "StatefulSet ns/db", "DaemonSet ns/agent", "Job ns/plain-job",
-        "Pod ns/p"]
-
-
-def test_the_controlling_owner_names_the_workload_not_the_first():
-    obj = pod(volumes=[], name="db-0")
-    obj["metadata"]["ownerReferences"] = [
-        {"apiVersion": "v1", "kind": "ConfigMap", "name": "db-config"},  # an owner for garbage collection only
-        {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "db", "controller": True}]
-    rs = {"kind": "ReplicaSet", "metadata": {"name": "api-5d", "namespace": "ns", "ownerReferences": [
-        {"kind": "Deployment", "name": "old-api", "controller": False},
-        {"kind": "Deployment", "name": "api", "controller": True}]}}
-    cluster = Cluster([rs])
-    facts = cluster.resolve_pod(obj)
-    assert workload_of(facts, cluster).ref == "StatefulSet ns/db"
-    assert workload_of(cluster.resolve_pod(owned(pod(volumes=[]), "ReplicaSet", "api-5d")), cluster).ref == \
-        "Deployment ns/api"
-    # Without any controller reference, the first one is taken, as before.
-    obj["metadata"]["ownerReferences"][1]["controller"] = False
-    assert workload_of(cluster.resolve_pod(obj), cluster).ref == "ConfigMap ns/db-config"
 
 
 # --- two PVs of one backend volume with different access modes ------------------------------------------

@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from agent.kubelet import gates
 from agent.audit.findings import audit
 from agent.cli.main import main
-from agent.k8s.cluster import Cluster
+from agent.k8s.resolve import Cluster
 from agent.node.contexts import load_node_defaults
 from agent.k8s.manifests import load_files
 from hostile_inputs import REFUSED, assert_refused, run_cli

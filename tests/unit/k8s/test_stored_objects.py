@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.k8s.cluster import Cluster
+from agent.k8s.resolve import Cluster
 from agent.errors import InvalidManifest
 from agent.k8s.manifests import load_files
 from agent.k8s.stored_objects import ObjectStore, StoredObject, compact, read_list

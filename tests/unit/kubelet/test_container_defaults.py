@@ -3,7 +3,8 @@
 import pytest
 
 from agent.k8s.selinux_options import SELinuxOptions
-from agent.kubelet.container_defaults import BUILTIN_DEFAULTS, file_label, parse_contexts
+from agent.k8s.facts import ContainerUse
+from agent.kubelet.container_defaults import BUILTIN_DEFAULTS, file_label, file_labels, parse_contexts
 from agent.node.contexts import load_node_defaults
 from agent.errors import InvalidInput, InvalidLabel
 
@@ -80,3 +81,25 @@ def test_load_node_defaults_falls_back_to_built_in(monkeypatch):
 
     monkeypatch.setattr(defaults_mod, "candidate_files", lambda: ["/nonexistent/contexts"])
     assert load_node_defaults() is BUILTIN_DEFAULTS
+
+
+def test_defaults_are_values():
+    # Two readings of one contexts file are one set of defaults, for label building and its memo alike.
+    first, second = parse_contexts(DEBIAN_LXC, "lxc_contexts"), parse_contexts(DEBIAN_LXC, "lxc_contexts")
+    assert first == second and hash(first) == hash(second) and first != BUILTIN_DEFAULTS
+    assert file_label(SELinuxOptions(level="s0:c1"), first) == file_label(SELinuxOptions(level="s0:c1"), second)
+
+
+def test_the_label_set_of_a_volume_like_kubelet():
+    def use(options):
+        return ContainerUse("c", "container", options)
+
+    labels = file_labels([use(None), use(SELinuxOptions(level="s0:c1")), use(SELinuxOptions(level="s0:c1")),
+                          use(SELinuxOptions()), use(SELinuxOptions(user="staff_u", level="s0:c1"))],
+                         BUILTIN_DEFAULTS)
+    # No options add nothing, empty options add "", equal labels are one.
+    assert list(labels) == ["system_u:object_r:container_file_t:s0:c1", "",
+                            "staff_u:object_r:container_file_t:s0:c1"]
+    assert labels[""] is None and labels["system_u:object_r:container_file_t:s0:c1"].text.endswith(":s0:c1")
+    assert file_labels([use(None)], BUILTIN_DEFAULTS) == {}
+

@@ -1,13 +1,13 @@
 """agent/kubelet/decision.py: the KEP-1710 truth table (reference §1.2) and the special cases (§1.3, §1.6).
 
-Objects go through agent/k8s/cluster.py as dicts, exactly as `explain` reads them, so these tests cover the
+Objects go through agent/k8s/resolve.py as dicts, exactly as `explain` reads them, so these tests cover the
 resolution of pods, claims, volumes and drivers too.
 """
 
 import pytest
 
 from agent.kubelet import gates as gates_mod
-from agent.k8s.cluster import Cluster
+from agent.k8s.resolve import Cluster
 from agent.kubelet.container_defaults import BUILTIN_DEFAULTS, parse_contexts
 from agent.errors import InvalidFeatureGates, InvalidLabel, InvalidManifest
 from agent.kubelet.decision import MountMode, NodeFacts, decide_pod

@@ -1,10 +1,11 @@
-"""agent/k8s/cluster.py: the index, the cheap first pass over claims, and partial resolution for the audit."""
+"""agent/k8s/resolve.py: pod resolution, the cheap first pass over claims, partial resolution for the audit, the
+storage objects a pod reads, and the shape errors of every field resolution reads."""
 
 import dataclasses
 
 import pytest
 
-from agent.k8s.cluster import Cluster
+from agent.k8s.resolve import Cluster
 from agent.errors import InvalidInput, InvalidManifest
 from k8s_builders import DRIVER, csidriver, pod, pv, pvc
 
@@ -37,27 +38,17 @@ def many_volumes():
     return pod(volumes=volumes)
 
 
-def test_claimed_volumes_name_the_volumes_resolution_finds():
+def test_survey_names_the_volumes_resolution_finds():
     cluster = Cluster(storage())
     obj = many_volumes()
     resolved = cluster.resolve_pod(obj)
     expected = [(v.name, v.unique_name) for v in resolved.volumes if v.unique_name]
-    assert cluster.claimed_volumes(obj) == expected
+    assert cluster.survey(obj)[0] == expected
     assert [name for name, _ in expected] == ["v-csi", "v-nohandle", "v-nfs", "v-ebs", "scratch"]
     assert dict(expected)["v-csi"] == f"kubernetes.io/csi/{DRIVER}^pv-csi"
     assert dict(expected)["v-nfs"] == "kubernetes.io/nfs/pv-nfs"
     # Keyed by the handle CSI migration translates the EBS volume ID to, not by the PV's name (issue #19 point 2).
     assert dict(expected)["v-ebs"] == "kubernetes.io/csi/ebs.csi.aws.com^v"
-
-
-@pytest.mark.parametrize("only", [set(), {"v-csi"}, {"v-ebs", "config", "scratch"}, {"nothing-of-that-name"}])
-def test_resolving_only_some_volumes_gives_the_same_facts_for_them(only):
-    cluster = Cluster(storage())
-    obj = many_volumes()
-    full = cluster.resolve_pod(obj)
-    partial = Cluster(storage()).resolve_pod(obj, only)
-    assert partial.volumes == tuple(v for v in full.volumes if v.name in only)
-    assert partial == dataclasses.replace(full, volumes=partial.volumes)
 
 
 def broken(problem):
@@ -88,9 +79,25 @@ def test_volumes_left_out_are_still_checked(problem):
     with pytest.raises(InvalidInput) as full:
         cluster.resolve_pod(obj)
     cluster, obj = broken(problem)
-    with pytest.raises(InvalidInput) as partial:
-        cluster.resolve_pod(obj, {"ok"})
-    assert str(partial.value) == str(full.value)
+    with pytest.raises(InvalidInput) as selected:
+        cluster.resolve_pod(obj, select=lambda claimed: {"ok"})
+    assert str(selected.value) == str(full.value)
+
+
+@pytest.mark.parametrize("names", [set(), {"v-csi"}, {"v-ebs", "scratch"}, {"nothing-of-that-name"}])
+def test_selected_volumes_have_the_same_facts(names):
+    obj = many_volumes()
+    full = Cluster(storage()).resolve_pod(obj)
+    offered = []
+
+    def select(claimed):
+        offered.extend(claimed)
+        return names
+
+    selected = Cluster(storage()).resolve_pod(obj, select=select)
+    assert offered == [(v.name, v.unique_name) for v in full.volumes if v.unique_name]
+    assert selected.volumes == tuple(v for v in full.volumes if v.name in names)
+    assert selected == dataclasses.replace(full, volumes=selected.volumes)
 
 
 def test_options_are_parsed_once_per_spelling_and_errors_still_name_each_pod():
@@ -107,16 +114,6 @@ def test_options_are_parsed_once_per_spelling_and_errors_still_name_each_pod():
 def test_pod_ref_is_kept():
     facts = Cluster(storage()).resolve_pod(pod(volumes=[], name="a", namespace="team"))
     assert facts.ref == "team/a" and facts.ref is facts.ref
-
-
-def test_index_keeps_an_empty_namespace_apart_from_default():
-    claim = pvc("csi", "pv-csi", ["ReadWriteMany"], namespace="")
-    cluster = Cluster([claim])
-    assert ("", "csi") in cluster.pvcs and ("default", "csi") not in cluster.pvcs
-    with pytest.raises(InvalidManifest, match="^Pod: metadata must be an object, got string$"):
-        Cluster([{"kind": "Pod", "metadata": "not an object"}])
-    with pytest.raises(InvalidManifest, match="without kind or metadata.name"):
-        Cluster([{"kind": "Pod", "metadata": {}}])
 
 
 # --- input shapes: a field of the wrong JSON type names the object and the field --------------------------
@@ -194,8 +191,8 @@ def test_malformed_storage_fields_are_named(mutate, message):
     cluster = Cluster(objects)
     obj = pod(volumes=[{"name": "vol", "persistentVolumeClaim": {"claimName": "csi"}}])
     with pytest.raises(InvalidManifest) as first_pass:
-        cluster.claimed_volumes(obj)
-        cluster.resolve_pod(obj)  # a CSIDriver is read only here
+        cluster.survey(obj)[0]
+        cluster.resolve_pod(obj)
     assert str(first_pass.value) == message
 
 
@@ -205,21 +202,7 @@ def test_a_volumes_string_is_not_read_as_its_letters():
     obj = pod()
     obj["spec"]["volumes"] = "vol"
     with pytest.raises(InvalidManifest, match="spec.volumes must be a list, got string"):
-        cluster.claimed_volumes(obj)
-
-
-@pytest.mark.parametrize("obj, message", [
-    ({"kind": "Pod", "metadata": {"name": ["p"]}}, "Pod: metadata.name must be a string, got list"),
-    ({"kind": "Pod", "metadata": {"name": "p", "namespace": 1}},
-     "Pod p: metadata.namespace must be a string, got number"),
-    ({"kind": ["Pod"], "metadata": {"name": "p"}}, "object: kind must be a string, got list"),
-    ({"kind": "Pod", "metadata": {"name": "p", "uid": 1}}, "Pod default/p: metadata.uid must be a string, got number"),
-    ("Pod", "expected a Kubernetes object, got string"),
-])
-def test_malformed_envelopes_are_named(obj, message):
-    with pytest.raises(InvalidManifest) as err:
-        Cluster([obj])
-    assert str(err.value) == message
+        cluster.survey(obj)[0]
 
 
 def test_well_formed_pods_read_as_before():
@@ -233,7 +216,35 @@ def test_well_formed_pods_read_as_before():
     assert [v.name for v in facts.volumes] == ["vol"]
 
 
-def test_duplicates_are_indexed_once_the_last_copy_in_the_first_place():
-    first, other, again = pod(name="a"), pod(name="b"), pod(name="a", policy="Recursive")
-    cluster = Cluster([first, other, again])
-    assert cluster.pods == [again, other]
+# --- the storage objects a pod's resolution reads ---------------------------------------------------------
+
+def test_storage_keys_name_what_resolution_reads_also_when_missing():
+    cluster = Cluster(storage())
+    obj = pod(volumes=[{"name": "a", "persistentVolumeClaim": {"claimName": "csi"}},
+                       {"name": "b", "persistentVolumeClaim": {"claimName": "gone"}},
+                       {"name": "c", "csi": {"driver": "inline.example.com"}},
+                       {"name": "d", "awsElasticBlockStore": {"volumeID": "v"}},
+                       {"name": "e", "configMap": {"name": "c"}}])
+    assert cluster.storage_keys(obj) == {
+        ("PersistentVolumeClaim", ("ns", "csi")), ("PersistentVolume", "pv-csi"), ("CSIDriver", DRIVER),
+        ("PersistentVolumeClaim", ("ns", "gone")), ("CSIDriver", "inline.example.com"),
+        ("CSIDriver", "ebs.csi.aws.com")}
+
+
+def test_storage_keys_read_what_they_can_of_a_malformed_pod():
+    cluster = Cluster(storage())
+    obj = pod(volumes=[{"name": "b", "persistentVolumeClaim": {"claimName": "nfs"}}])
+    obj["spec"]["volumes"][:0] = ["not an object", {"name": "a", "persistentVolumeClaim": "csi"}]
+    assert cluster.storage_keys(obj) == {("PersistentVolumeClaim", ("ns", "nfs")), ("PersistentVolume", "pv-nfs")}
+    obj["spec"]["volumes"] = "vol"
+    assert cluster.storage_keys(obj) == set()
+
+
+def test_a_pv_shared_by_pods_is_read_once():
+    cluster = Cluster(storage())
+    first, second = (cluster.resolve_pod(pod(name=name, volumes=[
+        {"name": "vol", "persistentVolumeClaim": {"claimName": "csi"}}])) for name in "ab")
+    assert first.volumes[0].pv is second.volumes[0].pv
+    cluster.storage_changed()
+    again = cluster.resolve_pod(pod(volumes=[{"name": "vol", "persistentVolumeClaim": {"claimName": "csi"}}]))
+    assert again.volumes[0].pv == first.volumes[0].pv and again.volumes[0].pv is not first.volumes[0].pv
