@@ -8,6 +8,12 @@ import os
 import shutil
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Property tests check results, never speed: on a loaded machine (CI, parallel builds) an example may take
+# longer than Hypothesis's default 200 ms deadline, or data generation may look slow. Neither is a failure.
+settings.register_profile("project", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("project")
 
 
 def _enforcing() -> bool:

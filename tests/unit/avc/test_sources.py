@@ -126,19 +126,23 @@ def test_netlink_ignores_messages_not_from_the_kernel():
     # A process may send to our port directly; only port 0 (the kernel) is trusted.
     source = open_or_skip(tick=0.05)
     port = source.port
+    marker = f"direct{os.getpid()}"
     sender = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_AUDIT)
     try:
         sender.bind((0, 0))
         try:
-            sender.sendto(nlmsg(1400, "audit(1.0:1): " + avc_text()), (port, 0))
+            sender.sendto(nlmsg(1400, "audit(1.0:1): " + avc_text(comm=marker)), (port, 0))
         except OSError as err:
             pytest.skip(f"cannot send between netlink audit sockets: {err}")
+        # The multicast group is the machine's: other processes' records may arrive too, so the check is that
+        # ours, which did not come from the kernel, is not among them. The first idle tick comes after it.
         got = []
         for item in source:
             if item is None:
                 break
             got.append(item)
-        assert got == [] and source.foreign == 1
+        assert not [item for item in got if marker in item[1]]
+        assert source.foreign == 1
     finally:
         sender.close()
         source.close()
@@ -151,12 +155,17 @@ def test_netlink_overflow_reaches_the_enobufs_metric():
     for _ in range(300):
         inject_user_avc(avc_text(comm=f"flood{os.getpid()}"))
     watcher.start()
-    deadline = time.monotonic() + 5
-    while source.drops == 0 and time.monotonic() < deadline:
+    # The kernel's audit thread may deliver late on a loaded machine, and the watcher may keep up with a late
+    # trickle: inject more until the tiny receive buffer overflows once (bounded, so a kernel that never
+    # reports ENOBUFS fails the test instead of hanging it).
+    give_up = time.monotonic() + 120
+    while source.drops == 0:
+        assert time.monotonic() < give_up, "no ENOBUFS on a 1-byte receive buffer in 120 s"
+        for _ in range(50):
+            inject_user_avc(avc_text(comm=f"flood{os.getpid()}"))
         time.sleep(0.05)
-    time.sleep(0.2)  # a few idle ticks: the watcher moves counters into the metrics on ticks
-    watcher.stop()
-    assert source.drops >= 1  # the reader held one batch and stopped reading: the kernel buffer overflowed
+    watcher.stop(timeout=None)  # the watcher moves the source's counters into the metrics as it ends
+    assert source.drops >= 1
     assert registry.get_sample_value("selinux_audit_netlink_enobufs_total") == source.drops
 
 
