@@ -264,3 +264,18 @@ def test_the_images_defaults_work_in_a_container():
     assert config.state_dir == volume
     assert config.csi_endpoint == f"unix://{volume}/csi.sock"
     assert config.metrics_address == f"0.0.0.0:{exposed}"
+
+
+def test_the_node_daemonset_reads_audit_pids_in_the_host_pid_namespace():
+    """Audit pids are host pids: the agent attributes them through its own /proc, so with the AVC watcher on
+    the pod must share the host's pid namespace (and its network namespace for the audit group)."""
+    from pathlib import Path
+
+    import yaml
+
+    manifest = Path(__file__).resolve().parents[2] / "deploy" / "base" / "daemonset.yaml"
+    spec = yaml.safe_load(manifest.read_text())["spec"]["template"]["spec"]
+    agent = next(c for c in spec["containers"] if c["name"] == "agent")
+    assert "--avc=netlink" in agent["args"]
+    assert spec.get("hostPID") is True and spec.get("hostNetwork") is True
+    assert not any(m["mountPath"] == "/proc" for m in agent["volumeMounts"])  # its own /proc is the host's

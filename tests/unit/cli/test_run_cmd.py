@@ -194,3 +194,59 @@ def test_daemon_attributes_denials_by_the_level_of_a_volume_it_published(tmp_pat
         client.close()
         daemon.stop()
         cleanup(str(tmp_path))
+
+
+LABEL_AT_C4_C9 = "system_u:object_r:container_file_t:s0:c4,c9"
+
+
+def published_record(label, pod, status="done"):
+    """A `published` record as the CSI node service writes it once NodePublishVolume has finished."""
+    return {"volume_id": "vol-1", "staging_path": "/staging", "label": label, "readonly": False,
+            "mount_flags": [f'context="{label}"'] if label else [], "pod": list(pod) if pod else None,
+            "status": status, "verification": "applied", "action": "nothing"}
+
+
+def test_levels_of_published_volumes_follow_the_csi_state(tmp_path):
+    """AppliedLevels over a real shim State: publishes add their level, unpublishes remove it, a level shared
+    by two pods names neither, and a pending or unlabelled publish counts for nothing."""
+    from agent.avc.applied import AppliedLevels
+    from agent.avc.assembler import parse_lines
+    from agent.avc.attribution import Attributor
+    from agent.cli.run_cmd import finished_publishes
+    from csi_shim.journal import State
+
+    state = State(str(tmp_path / "csi" / "csi-state.json"))
+    attributor = Attributor(proc_root=str(tmp_path / "proc"))
+    levels = AppliedLevels()
+    levels.feed(attributor)
+    levels.watch(lambda: finished_publishes(state))
+    [gone] = parse_lines([
+        'type=AVC msg=audit(1700000000.123:1): avc:  denied  { read } for  pid=999999 comm="cat" '
+        'scontext=system_u:system_r:container_t:s0:c4,c9 tcontext=system_u:object_r:etc_t:s0 tclass=file '
+        'permissive=0'])[0]
+
+    def publish(target, record):
+        with state.change():
+            state.published[target] = record
+        levels.sync()  # what the shim's on_publish does after the call
+
+    def unpublish(target):
+        with state.change():
+            state.published.pop(target)
+        levels.sync()
+
+    publish("/pods/a/1", published_record(LABEL_AT_C4_C9, ("shop", "web-1"), status="pending"))
+    publish("/pods/b/1", published_record(None, ("shop", "db-0")))
+    assert attributor.attribute(gone).reason == "pid_gone" and len(levels) == 0
+    publish("/pods/a/1", published_record(LABEL_AT_C4_C9, ("shop", "web-1")))
+    publish("/pods/a/2", published_record("system_u:object_r:container_file_t:s0:c9,c4", ("shop", "web-1")))
+    found = attributor.attribute(gone)
+    assert (found.method, found.namespace, found.pod) == ("mcs", "shop", "web-1")
+    unpublish("/pods/a/1")
+    assert attributor.attribute(gone).pod == "web-1"  # its second volume still holds the level
+    publish("/pods/c/1", published_record(LABEL_AT_C4_C9, ("other", "intruder")))
+    assert not attributor.attribute(gone).attributed  # two pods at one level: ambiguous
+    unpublish("/pods/c/1")
+    unpublish("/pods/a/2")
+    assert attributor.attribute(gone).reason == "pid_gone" and len(levels) == 0
+    state.close()
