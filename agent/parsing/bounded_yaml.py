@@ -33,6 +33,15 @@ _DIRECT_SCALARS = frozenset(f"tag:yaml.org,2002:{name}" for name in
 _PLAIN_TAGS_KEPT = 4096  # spellings whose resolved tag the object builder keeps (keys and values that repeat)
 _NOT_JSON = frozenset(f"tag:yaml.org,2002:{name}" for name in ("binary", "timestamp"))
 
+# The words of each refusal (agent/parsing/compiled_yaml.py refuses with the same).
+DEPTH_REFUSED = f"objects and lists nested more than {MAX_DEPTH:,} levels deep"
+ALIASES_REFUSED = ("the document expands its aliases (*name) to more nodes than it writes out (the limit kubectl "
+                   "and the API server apply)")
+
+
+def cycle_refused(anchor: str) -> str:
+    return f"alias *{anchor} refers to a node that contains it"
+
 
 def allowed_alias_ratio(decoded: int) -> float:
     """The share of decoded nodes that may come from alias expansion (yaml.v2 `allowedAliasRatio`)."""
@@ -66,18 +75,17 @@ class _Bounds:
     def enter(self, event) -> None:
         self.depth += 1
         if self.depth > MAX_DEPTH:
-            raise Refused(f"objects and lists nested more than {MAX_DEPTH:,} levels deep", event.start_mark)
+            raise Refused(DEPTH_REFUSED, event.start_mark)
 
     def expand_alias(self, event) -> None:
         size = self.sizes.get(event.anchor)
         if size is None:
-            raise Refused(f"alias *{event.anchor} refers to a node that contains it", event.start_mark)
+            raise Refused(cycle_refused(event.anchor), event.start_mark)
         self.decoded += size
         self.aliased += size
         if self.aliased > 100 and self.decoded > 1000 and \
                 self.aliased / self.decoded > allowed_alias_ratio(self.decoded):
-            raise Refused("the document expands its aliases (*name) to more nodes than it writes out (the limit "
-                          "kubectl and the API server apply)", event.start_mark)
+            raise Refused(ALIASES_REFUSED, event.start_mark)
 
 
 _warned_pure_python = False
