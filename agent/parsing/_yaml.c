@@ -21,11 +21,17 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stdint.h>
 #include <string.h>
 #include <yaml.h>
 
 #define TAG_PREFIX "tag:yaml.org,2002:"
 #define CACHE_LIMIT 4096 /* spellings kept: values that repeat (ports, replicas) are met again, uids never */
+/* Short strings are taken from a direct-mapped table of the last one seen per slot: a dump repeats its keys and
+ * many values (kind, apiVersion, TCP, IfNotPresent) hundreds of thousands of times, and a string found there costs
+ * no allocation, no decoding and no hashing when it becomes a dict key again. */
+#define STRING_SLOTS 8192 /* 2**13: string_slot keeps 13 bits */
+#define STRING_MAX 48
 
 enum { REFUSE_DEPTH = 1, REFUSE_ALIASES = 2, REFUSE_CYCLE = 3 };
 enum { NODE_OTHER = 0, NODE_MERGE = 1, NODE_VALUE = 2 }; /* plain `<<` and `=`: meaningful only as keys */
@@ -42,11 +48,13 @@ typedef struct {
     PyObject *anchors;    /* anchor -> object built for it */
     PyObject *sizes;      /* anchor -> nodes its node stood for */
     PyObject *open;       /* anchors of the collections being built */
+    PyObject *not_json;   /* anchors whose node holds what JSON does not carry, for the items that alias them */
     long max_depth, depth;
     long long decoded, aliased;
     int item_plain;       /* the item being built holds only what JSON carries */
     int hook_next;        /* the next sequence is a top-level `items` list */
     int stream_text;      /* read() gives str */
+    PyObject *strings[STRING_SLOTS];
 } Builder;
 
 static PyObject *build(Builder *b, int *node);
@@ -141,9 +149,55 @@ static PyObject *refused(Builder *b, int code, yaml_mark_t mark, PyObject *ancho
     return NULL;
 }
 
-static PyObject *text(const unsigned char *value, size_t length)
+static uint64_t load64(const unsigned char *p)
 {
-    return PyUnicode_DecodeUTF8((const char *)value, (Py_ssize_t)length, "strict");
+    uint64_t v;
+    memcpy(&v, p, 8);
+    return v;
+}
+
+/* A slot for a string of at most STRING_MAX bytes: its length, first and last eight bytes, mixed. */
+static size_t string_slot(const unsigned char *value, size_t length)
+{
+    uint64_t h;
+    if (length >= 8) {
+        h = load64(value) ^ (load64(value + length - 8) * 0xff51afd7ed558ccdull);
+    } else {
+        h = 0;
+        memcpy(&h, value, length);
+    }
+    h = (h ^ length ^ (h >> 29)) * 0x9e3779b97f4a7c15ull;
+    return (size_t)(h >> 51) & (STRING_SLOTS - 1);
+}
+
+static PyObject *text(Builder *b, const unsigned char *value, size_t length)
+{
+    if (length > STRING_MAX)
+        return PyUnicode_DecodeUTF8((const char *)value, (Py_ssize_t)length, "strict");
+    PyObject **slot = &b->strings[string_slot(value, length)];
+    PyObject *kept = *slot;
+    if (kept != NULL) {
+        const char *utf8;
+        Py_ssize_t size;
+        if (PyUnicode_IS_COMPACT_ASCII(kept)) { /* its characters are its UTF-8 */
+            utf8 = (const char *)PyUnicode_DATA(kept);
+            size = PyUnicode_GET_LENGTH(kept);
+        } else {
+            utf8 = PyUnicode_AsUTF8AndSize(kept, &size); /* kept with the string: no copy the next time */
+        }
+        if (utf8 != NULL && (size_t)size == length && memcmp(utf8, value, length) == 0) {
+            Py_INCREF(kept);
+            return kept;
+        }
+        if (utf8 == NULL)
+            PyErr_Clear();
+    }
+    PyObject *string = PyUnicode_DecodeUTF8((const char *)value, (Py_ssize_t)length, "strict");
+    if (string != NULL) {
+        Py_XSETREF(*slot, string);
+        Py_INCREF(string);
+    }
+    return string;
 }
 
 /* gopkg.in/yaml.v2 decode.go allowedAliasRatio; the same arithmetic as bounded_yaml.allowed_alias_ratio. */
@@ -216,7 +270,7 @@ static PyObject *plain_scalar(Builder *b, const char *value, size_t length, int 
             if (i == length)
                 return PyLong_FromString(value, NULL, 10);
         }
-        PyObject *spelling = text((const unsigned char *)value, length);
+        PyObject *spelling = text(b, (const unsigned char *)value, length);
         if (spelling == NULL)
             return NULL;
         PyObject *result = PyDict_GetItemWithError(b->cache, spelling);
@@ -240,7 +294,7 @@ static PyObject *plain_scalar(Builder *b, const char *value, size_t length, int 
         return result;
     }
     }
-    return text((const unsigned char *)value, length);
+    return text(b, (const unsigned char *)value, length);
 }
 
 static const char *const DIRECT_TAGS[] = {TAG_PREFIX "null", TAG_PREFIX "bool", TAG_PREFIX "int",
@@ -260,10 +314,10 @@ static PyObject *scalar(Builder *b, int *node)
     PyObject *result;
     if (tag == NULL) {
         if (!e->data.scalar.plain_implicit)
-            return text(e->data.scalar.value, length); /* quoted or block: a string */
+            return text(b, e->data.scalar.value, length); /* quoted or block: a string */
         result = plain_scalar(b, value, length, node);
     } else if (strcmp((const char *)tag, TAG_PREFIX "str") == 0) {
-        return text(e->data.scalar.value, length);
+        return text(b, e->data.scalar.value, length);
     } else if (is_word((const char *)tag, strlen((const char *)tag), DIRECT_TAGS)) {
         result = PyObject_CallFunction(b->tagged, "ss#nn", (const char *)tag, value, (Py_ssize_t)length,
                                        (Py_ssize_t)e->start_mark.line, (Py_ssize_t)e->start_mark.column);
@@ -418,6 +472,14 @@ static PyObject *alias(Builder *b)
         Py_DECREF(name);
         return NULL;
     }
+    if (b->item_plain) {
+        int held = PySet_Contains(b->not_json, name);
+        if (held < 0) {
+            Py_DECREF(name);
+            return NULL;
+        }
+        b->item_plain = !held;
+    }
     b->decoded += n;
     b->aliased += n;
     if (b->aliased > 100 && b->decoded > 1000 &&
@@ -455,6 +517,9 @@ static PyObject *build(Builder *b, int *node)
         }
     }
     long long start = b->decoded++;
+    int outer_plain = b->item_plain;
+    if (anchor != NULL)
+        b->item_plain = 1; /* whether this node alone holds only what JSON carries */
     if (e->type == YAML_SCALAR_EVENT) {
         result = scalar(b, node);
         if (result != NULL && anchor != NULL && *node != NODE_OTHER) { /* an anchored `<<` or `=` */
@@ -480,9 +545,10 @@ static PyObject *build(Builder *b, int *node)
     if (result != NULL && anchor != NULL) {
         PyObject *size = PyLong_FromLongLong(b->decoded - start);
         if (size == NULL || PyDict_SetItem(b->anchors, anchor, result) < 0 ||
-            PyDict_SetItem(b->sizes, anchor, size) < 0)
+            PyDict_SetItem(b->sizes, anchor, size) < 0 || (!b->item_plain && PySet_Add(b->not_json, anchor) < 0))
             Py_CLEAR(result);
         Py_XDECREF(size);
+        b->item_plain = outer_plain && b->item_plain;
     }
     Py_XDECREF(anchor);
     return result;
@@ -502,6 +568,7 @@ static PyObject *documents(Builder *b)
         PyDict_Clear(b->anchors);
         PyDict_Clear(b->sizes);
         PySet_Clear(b->open);
+        PySet_Clear(b->not_json);
         b->decoded = b->aliased = 0;
         b->depth = 0;
         int node = NODE_OTHER;
@@ -545,7 +612,8 @@ static PyObject *load_all(PyObject *module, PyObject *args)
     b.anchors = PyDict_New();
     b.sizes = PyDict_New();
     b.open = PySet_New(NULL);
-    if (!b.cache || !b.anchors || !b.sizes || !b.open)
+    b.not_json = PySet_New(NULL);
+    if (!b.cache || !b.anchors || !b.sizes || !b.open || !b.not_json)
         goto done;
     if (PyUnicode_Check(source)) {
         if ((b.input = PyUnicode_AsUTF8String(source)) == NULL)
@@ -579,6 +647,9 @@ done:
     Py_XDECREF(b.anchors);
     Py_XDECREF(b.sizes);
     Py_XDECREF(b.open);
+    Py_XDECREF(b.not_json);
+    for (int i = 0; i < STRING_SLOTS; i++)
+        Py_XDECREF(b.strings[i]);
     return out;
 }
 

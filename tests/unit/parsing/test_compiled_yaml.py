@@ -293,7 +293,13 @@ def test_list_items_go_to_the_hook_unless_json_cannot_carry_them():
     assert seen == [{"a": 1, "b": ["x", 2.5, True, None]}, "plain", [1]]
     assert document["items"][0] == ("kept", 1) and document["items"][1] == {"t": datetime.date(2024, 1, 2)}
     assert document["items"][5:] == [("kept", 2), ("kept", 3)] and document["other"] == [{"not": "hooked"}]
-    assert compiled_yaml.load_all("items: *x\n" if False else "x: &l [{a: 1}]\nitems: *l\n", hook)[0]["items"] == [{"a": 1}]
+    assert compiled_yaml.load_all("x: &l [{a: 1}]\nitems: *l\n", hook)[0]["items"] == [{"a": 1}]  # not a list's text
+    # An item that aliases or merges a node holding a timestamp is not plain either, wherever that node is.
+    seen.clear()
+    text = ("t: &t {when: 2024-01-02}\nn: &n {x: [1, &d 2024-01-03]}\nitems:\n- {a: *t}\n- {<<: *t}\n- {b: *d}\n"
+            "- {c: *n}\n- &i {fine: [1]}\n- {again: *i}\n- &j {nested: &k {z: 2024-01-04}}\n- {k: *k}\n- {j: *j}\n")
+    compiled_yaml.load_all(text, hook)
+    assert seen == [{"fine": [1]}, {"again": {"fine": [1]}}]
 
 
 # Generated documents: nested flow and block collections of the spellings above, with anchors, aliases and merges.
