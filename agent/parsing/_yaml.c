@@ -14,7 +14,10 @@
  *     anchors, unhashable keys, merges of what is not a mapping, `=` outside a key) raises `needs_nodes`, so
  *     the caller reads the text again through PyYAML's own composer and constructor, errors included;
  *   - the bounds (depth, gopkg.in/yaml.v2's alias ratio, an alias inside its own anchor) call
- *     `refuse(code, line, column, anchor)`, which returns the exception to raise (its words live in Python).
+ *     `refuse(code, line, column, anchor)`, which returns the exception to raise (its words live in Python);
+ *     libyaml's syntax errors call `syntax_error(...)`, which returns the error PyYAML's CParser raises;
+ *   - each item of a top-level mapping's `items` list that holds only what JSON carries is given to
+ *     `item_hook`, and what it returns is kept instead (agent/k8s/stored_objects.py keeps the item's JSON text).
  *
  * Counting follows agent/parsing/bounded_yaml.py's _Bounds exactly: one decoded node per scalar or collection
  * event, an alias adds what its anchor's node stood for.
@@ -329,6 +332,18 @@ static PyObject *scalar(Builder *b, int *node)
     return result;
 }
 
+/* A node in a place other than a mapping's key: a plain `<<` or `=` there is PyYAML's to read or refuse. */
+static PyObject *build_value(Builder *b)
+{
+    int node = NODE_OTHER;
+    PyObject *value = build(b, &node);
+    if (value != NULL && node != NODE_OTHER) {
+        Py_DECREF(value);
+        return fall_back(b);
+    }
+    return value;
+}
+
 static PyObject *sequence(Builder *b)
 {
     int hooked = b->hook_next;
@@ -343,15 +358,9 @@ static PyObject *sequence(Builder *b)
             return list;
         if (hooked)
             b->item_plain = 1;
-        int node = NODE_OTHER;
-        PyObject *item = build(b, &node);
+        PyObject *item = build_value(b);
         if (item == NULL)
             goto error;
-        if (node != NODE_OTHER) {
-            Py_DECREF(item);
-            fall_back(b);
-            goto error;
-        }
         if (hooked && b->item_plain) {
             PyObject *kept = PyObject_CallOneArg(b->item_hook, item);
             Py_DECREF(item);
@@ -401,7 +410,7 @@ static PyObject *mapping(Builder *b)
             goto error;
         if (b->event.type == YAML_MAPPING_END_EVENT)
             break;
-        int key_node = NODE_OTHER, value_node = NODE_OTHER;
+        int key_node = NODE_OTHER;
         if ((key = build(b, &key_node)) == NULL)
             goto error;
         if (!PyUnicode_CheckExact(key)) {
@@ -416,14 +425,10 @@ static PyObject *mapping(Builder *b)
         if (b->depth == 1 && b->item_hook != Py_None && b->event.type == YAML_SEQUENCE_START_EVENT &&
             key_node == NODE_OTHER && PyUnicode_CheckExact(key) && PyUnicode_CompareWithASCIIString(key, "items") == 0)
             b->hook_next = 1; /* the items of a top-level List */
-        value = build(b, &value_node);
+        value = build_value(b);
         b->hook_next = 0;
         if (value == NULL)
             goto error;
-        if (value_node != NODE_OTHER) {
-            fall_back(b);
-            goto error;
-        }
         if (key_node == NODE_MERGE) {
             if (merged == NULL && (merged = PyDict_New()) == NULL)
                 goto error;
@@ -571,17 +576,11 @@ static PyObject *documents(Builder *b)
         PySet_Clear(b->not_json);
         b->decoded = b->aliased = 0;
         b->depth = 0;
-        int node = NODE_OTHER;
         if (next_event(b) < 0)
             goto error;
-        PyObject *document = build(b, &node);
+        PyObject *document = build_value(b);
         if (document == NULL)
             goto error;
-        if (node != NODE_OTHER) {
-            Py_DECREF(document);
-            fall_back(b);
-            goto error;
-        }
         int failed = PyList_Append(out, document);
         Py_DECREF(document);
         if (failed || next_event(b) < 0) /* document end */

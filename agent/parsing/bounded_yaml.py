@@ -1,5 +1,7 @@
 """YAML loaders that read what `yaml.safe_load_all` reads, within bounds on depth and alias expansion.
 
+YAML is read by the compiled reader (agent/parsing/compiled_yaml.py over _yaml.c) when it was built; this module
+holds its bounds and words, and the Python readers used where it was not built or where it hands a text over.
 Two loaders, both on libyaml's parser when PyYAML has it (`yaml._yaml.CParser`, about 10x its pure-Python
 parser; without it a warning says so once and the pure-Python parser does the same work):
 
