@@ -434,3 +434,13 @@ def test_without_the_extension_one_line_says_so_and_python_reads(monkeypatch, ca
         assert canon(load_yaml_documents(KUBECTL_LIST, "f")) == safe(KUBECTL_LIST)
     warning = capsys.readouterr().err
     assert len(warning.splitlines()) == 1 and "compiled YAML reader" in warning and "libyaml-dev" in warning
+
+
+def test_the_hostile_yaml_files_are_refused_with_their_words():
+    from hostile_inputs import HOSTILE, REFUSED
+
+    for name, text in HOSTILE.items():
+        if name.endswith(".yaml") and "volume-without-name" not in name:  # those two are valid YAML
+            with pytest.raises(InvalidManifest) as caught:
+                load_yaml_documents(text, name)
+            assert REFUSED[name] in str(caught.value) and "\n" not in str(caught.value)
