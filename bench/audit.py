@@ -153,7 +153,7 @@ def parse_floor(path: str) -> float:
     """Wall time of a fresh process that only parses the dump into dicts and lists (collector paused): for JSON
     `json.load`, for YAML the compiled reader the audit uses (agent/parsing/_yaml.c: the objects
     `yaml.safe_load_all` gives, built from libyaml's events), every item kept as built. PyYAML's own
-    `yaml.CSafeLoader` builds the same objects 8-10x slower (docs/audit-benchmark.md)."""
+    `yaml.CSafeLoader` builds the same objects 15-17x slower (docs/audit-benchmark.md)."""
     if path.endswith(".json"):
         code = "import gc, json, sys; gc.disable(); json.load(open(sys.argv[1]))"
     else:

@@ -30,7 +30,7 @@ _ALIAS_RATIO_LOW, _ALIAS_RATIO_HIGH = 400_000, 4_000_000
 STR, MAP, SEQ = "tag:yaml.org,2002:str", "tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"
 MERGE, VALUE = "tag:yaml.org,2002:merge", "tag:yaml.org,2002:value"
 # Scalar tags whose SafeConstructor function returns the value at once (no generator, no node kept).
-_DIRECT_SCALARS = frozenset(f"tag:yaml.org,2002:{name}" for name in
+DIRECT_SCALAR_TAGS = frozenset(f"tag:yaml.org,2002:{name}" for name in
                             ("null", "bool", "int", "float", "binary", "timestamp"))
 _PLAIN_TAGS_KEPT = 4096  # spellings whose resolved tag the object builder keeps (keys and values that repeat)
 _NOT_JSON = frozenset(f"tag:yaml.org,2002:{name}" for name in ("binary", "timestamp"))
@@ -192,7 +192,7 @@ def object_builder_class():
                         tag = self.resolve(ScalarNode, event.value, implicit)
                 if tag == STR or tag == MERGE or tag == VALUE:
                     value = event.value
-                elif tag in _DIRECT_SCALARS:
+                elif tag in DIRECT_SCALAR_TAGS:
                     value = self.yaml_constructors[tag](self, ScalarNode(tag, event.value, event.start_mark,
                                                                          event.end_mark, style=event.style))
                     if tag in _NOT_JSON or type(value) is float and value - value != 0:  # timestamp, binary, inf

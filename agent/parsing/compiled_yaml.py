@@ -11,8 +11,8 @@ error.
 
 from __future__ import annotations
 
-from agent.parsing.bounded_yaml import (_DIRECT_SCALARS, MAX_DEPTH, STR, NeedsNodes, Refused, ALIASES_REFUSED,
-                                        DEPTH_REFUSED, cycle_refused)
+from agent.parsing.bounded_yaml import (ALIASES_REFUSED, DEPTH_REFUSED, DIRECT_SCALAR_TAGS, MAX_DEPTH, STR, NeedsNodes,
+                                        Refused, cycle_refused)
 
 try:
     from agent.parsing import _yaml
@@ -51,7 +51,7 @@ class _Scalars:
         return self.tagged(tag, value)
 
     def tagged(self, tag: str, value: str, line: int | None = None, column: int | None = None):
-        if tag not in _DIRECT_SCALARS:
+        if tag not in DIRECT_SCALAR_TAGS:
             raise NeedsNodes
         mark = None if line is None else self.mark(None, None, line, column, None, None)
         try:
