@@ -31,7 +31,7 @@ STR, MAP, SEQ = "tag:yaml.org,2002:str", "tag:yaml.org,2002:map", "tag:yaml.org,
 MERGE, VALUE = "tag:yaml.org,2002:merge", "tag:yaml.org,2002:value"
 # Scalar tags whose SafeConstructor function returns the value at once (no generator, no node kept).
 DIRECT_SCALAR_TAGS = frozenset(f"tag:yaml.org,2002:{name}" for name in
-                            ("null", "bool", "int", "float", "binary", "timestamp"))
+                               ("null", "bool", "int", "float", "binary", "timestamp"))
 _PLAIN_TAGS_KEPT = 4096  # spellings whose resolved tag the object builder keeps (keys and values that repeat)
 _NOT_JSON = frozenset(f"tag:yaml.org,2002:{name}" for name in ("binary", "timestamp"))
 

@@ -444,3 +444,18 @@ def test_the_hostile_yaml_files_are_refused_with_their_words():
             with pytest.raises(InvalidManifest) as caught:
                 load_yaml_documents(text, name)
             assert REFUSED[name] in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_file_handed_over_is_read_again_from_its_start():
+    text = KUBECTL_LIST + "---\ntags: !!set {a, b}\n"
+    assert canon(load_yaml_documents(io.BytesIO(text.encode()), "f")) == safe(text)
+
+
+def test_past_the_kept_spellings_and_strings_every_value_is_still_its_own():
+    # More distinct numbers than the spelling cache keeps, more distinct short strings than the string table has
+    # slots (so slots are taken over), each met again after the cache was cleared.
+    numbers = [f"0x{i:x}" for i in range(6000)] + [f"{i}.5" for i in range(6000)]
+    strings = [f"k{i}" for i in range(20000)]
+    text = "n: [" + ", ".join(numbers * 2) + "]\ns: [" + ", ".join(strings + strings[::-1]) + "]\n" + \
+        "".join(f"{key}: {key}x\n" for key in strings[:9000])
+    assert compiled(text) == safe(text)
