@@ -56,7 +56,8 @@ class _Scalars:
         mark = None if line is None else self.mark(None, None, line, column, None, None)
         try:
             return self.constructor.yaml_constructors[tag](self.constructor, self.node(tag, value, mark, mark))
-        except (KeyError, AttributeError, TypeError):  # `!!bool nope`, `!!timestamp x`: PyYAML fails with these
+        except (KeyError, AttributeError, TypeError, IndexError):
+            # `!!bool nope`, `!!timestamp x`, `!!int ''`: PyYAML's constructors fail with these, not a YAMLError
             raise self.error(None, None, f"{value[:50]!r} is not a {tag.rsplit(':', 1)[-1]}", mark) from None
 
     def refuse(self, code: int, line: int, column: int, anchor: str | None) -> Refused:

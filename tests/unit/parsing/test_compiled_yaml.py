@@ -119,7 +119,7 @@ def test_each_plain_scalar_reads_as_the_safe_loader_reads_it(spelling):
     ("int", "12"), ("int", "0x1f"), ("int", "1_0"), ("int", "abc"), ("float", "1"), ("float", ".inf"),
     ("float", "x"), ("bool", "yes"), ("bool", "nope"), ("null", "~"), ("null", ""), ("binary", "aGVsbG8="),
     ("binary", "@@@"), ("timestamp", "2001-12-14"), ("timestamp", "2001-12-14 21:59:43.10 -5"), ("timestamp", "x"),
-    ("str", "12"), ("str", "yes"),
+    ("str", "12"), ("str", "yes"), ("int", ""), ("float", ""), ("bool", ""), ("timestamp", ""), ("binary", ""),
 ])
 def test_explicit_tags_read_as_the_safe_loader_reads_them(tag, spelling):
     assert_same(f"a: !!{tag} {spelling}\nb: !!{tag} '{spelling}'\n")
