@@ -3,11 +3,11 @@
 # docs/image.md: defaults, size, what is left out and why, building without a registry, pushing.
 #
 # Build stage: a venv against Debian's Python, dependencies in their own layer (a source change reuses it and
-# downloads nothing), then the project with its C relabel walker.
+# downloads nothing), then the project with its C relabel walker and its C YAML reader (on libyaml).
 FROM debian:bookworm-slim AS build
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      python3 python3-venv python3-dev python3-selinux gcc libc6-dev xfsprogs \
+      python3 python3-venv python3-dev python3-selinux gcc libc6-dev libyaml-dev xfsprogs \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # Behind a TLS-intercepting proxy: --build-arg PIP_CERT=/path/in/build/bundle.pem with that bundle mounted
@@ -44,9 +44,10 @@ LABEL org.opencontainers.image.title="selinux-mount-agent" \
 # The built-in driver runs losetup and blkid (mount, util-linux), mkfs.ext4 (e2fsprogs) and mkfs.xfs. xfsprogs
 # is not installed: its xfs_scrub pulls in libicu (36 MB); mkfs.xfs and the two libraries it links come alone.
 # checkpolicy and semodule-utils (1 MB) let `policy generate --build` make .pp modules here.
+# libyaml-0-2 (150 KB) is what the compiled YAML reader (agent.parsing._yaml) links to.
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      python3 python3-selinux mount util-linux e2fsprogs libinih1 liburcu8 checkpolicy semodule-utils \
+      python3 python3-selinux mount util-linux e2fsprogs libinih1 liburcu8 checkpolicy semodule-utils libyaml-0-2 \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/* /var/cache/debconf/*-old /var/log/apt /var/log/dpkg.log \
       /usr/lib/python3.11/test /usr/lib/python3.11/pydoc_data \
  && find /usr/lib/python3* -name __pycache__ -prune -exec rm -rf {} + \

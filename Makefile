@@ -5,8 +5,10 @@ PYTHON_SYSTEM ?= /usr/bin/python3
 VENV          ?= .venv
 PY            := $(VENV)/bin/python
 # Beyond the build: the policy tools that compile generated modules (checkpolicy, semodule-utils), mkfs.xfs for
-# the built-in driver's xfs volumes, ruby and vagrant to check the Vagrantfile (syntax, and `vagrant validate`).
-APT_PACKAGES  := python3-venv python3-dev python3-selinux gcc make checkpolicy semodule-utils xfsprogs ruby vagrant
+# the built-in driver's xfs volumes, ruby and vagrant to check the Vagrantfile (syntax, and `vagrant validate`),
+# libyaml-dev for the compiled YAML reader (agent/parsing/_yaml.c).
+APT_PACKAGES  := python3-venv python3-dev python3-selinux gcc make checkpolicy semodule-utils xfsprogs ruby vagrant \
+                 libyaml-dev
 SUDO          := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP         := $(VENV)/.installed
 

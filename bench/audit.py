@@ -150,15 +150,17 @@ def run_child(command: list[str]) -> tuple[float, int, int, str]:
 
 
 def parse_floor(path: str) -> float:
-    """Wall time of a fresh process that only parses the dump (collector paused): for JSON `json.load`, for YAML
-    PyYAML's own libyaml loader (`yaml.CSafeLoader`) without the bounds the audit checks: the floor under any
-    Python tool that reads the same file."""
+    """Wall time of a fresh process that only parses the dump into dicts and lists (collector paused): for JSON
+    `json.load`, for YAML the compiled reader the audit uses (agent/parsing/_yaml.c: the objects
+    `yaml.safe_load_all` gives, built from libyaml's events), every item kept as built. PyYAML's own
+    `yaml.CSafeLoader` builds the same objects 15-17x slower (docs/audit-benchmark.md)."""
     if path.endswith(".json"):
         code = "import gc, json, sys; gc.disable(); json.load(open(sys.argv[1]))"
     else:
-        code = "import gc, sys, yaml; gc.disable(); list(yaml.load_all(open(sys.argv[1]), Loader=yaml.CSafeLoader))"
+        code = ("import gc, sys; gc.disable(); from agent.parsing import compiled_yaml; "
+                "compiled_yaml.load_all(open(sys.argv[1], 'rb'))")
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-c", code, path], check=True)
+    subprocess.run([sys.executable, "-c", code, path], check=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
     return time.perf_counter() - start
 
 
@@ -238,6 +240,7 @@ def main() -> int:
     formats = ("json", "yaml") if args.format == "both" else (args.format,)
 
     results = {}
+    print("load average at the start: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()), file=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         document = generate(args.pods, args.seed)
@@ -251,6 +254,7 @@ def main() -> int:
         for form, path in paths.items():
             results[form] = measure(path, args.runs)
 
+    print("load average at the end: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()), file=sys.stderr)
     summary = results[formats[0]]["summary"]
     for form in formats[1:]:
         if results[form]["summary"] != summary:

@@ -10,9 +10,11 @@ CPU and gigabytes of memory, and never with a traceback:
 - an alias to a node that contains it (a cycle: nothing that walks the object ends);
 - integers longer than Python converts from text (`sys.get_int_max_str_digits()`, 4,300 digits).
 
-YAML is parsed by libyaml when PyYAML has it, and its events are turned into objects in Python
-(agent/parsing/bounded_yaml.py), so that the bounds are checked as the document grows: libyaml's own composer would
-recurse without limit.
+YAML is parsed by libyaml and its events are turned into objects in compiled code (agent/parsing/_yaml.c, through
+agent/parsing/compiled_yaml.py), so that the bounds are checked as the document grows: libyaml's own composer would
+recurse without limit. Where that extension was not built, the same is done in Python (agent/parsing/bounded_yaml.py)
+on PyYAML's event stream; what either leaves to PyYAML's nodes (rare tags, and the errors PyYAML words itself) is
+read again through PyYAML's composer with the same bounds.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import json
 import sys
 import threading
 
+from agent.parsing import compiled_yaml
 from agent.parsing.bounded_yaml import MAX_DEPTH, NeedsNodes, Refused, bounded_loader_class, object_builder_class
 from agent.errors import InvalidManifest
 
@@ -84,6 +87,9 @@ def load_yaml_documents(text: str | bytes, source: str, item_hook=None) -> list:
 
     try:
         try:
+            if compiled_yaml.available():
+                return compiled_yaml.load_all(text, item_hook)
+            _warn_not_compiled()
             return _on_a_fresh_stack(_YAML_FRAMES, _read_all, object_builder_class(), text, item_hook)
         except NeedsNodes:  # a tag the direct build leaves to PyYAML's constructor: read again through nodes
             if hasattr(text, "seek"):
@@ -99,6 +105,18 @@ def load_yaml_documents(text: str | bytes, source: str, item_hook=None) -> list:
         if "integer string conversion" in str(err):
             raise _too_long_integer(source) from None
         raise InvalidManifest(f"{source}: invalid YAML: {str(err)[:200]}") from None
+
+
+_warned_not_compiled = False
+
+
+def _warn_not_compiled() -> None:
+    global _warned_not_compiled
+    if not _warned_not_compiled:
+        _warned_not_compiled = True
+        sys.stderr.write("selinux-mount-agent: warning: the compiled YAML reader (agent.parsing._yaml) was not "
+                         "built (libyaml-dev missing at install); YAML input is read in Python, several times "
+                         "slower (JSON input is not affected)\n")
 
 
 def _read_all(loader_class, text: str | bytes, item_hook=None) -> list:

@@ -1,5 +1,7 @@
 """YAML loaders that read what `yaml.safe_load_all` reads, within bounds on depth and alias expansion.
 
+YAML is read by the compiled reader (agent/parsing/compiled_yaml.py over _yaml.c) when it was built; this module
+holds its bounds and words, and the Python readers used where it was not built or where it hands a text over.
 Two loaders, both on libyaml's parser when PyYAML has it (`yaml._yaml.CParser`, about 10x its pure-Python
 parser; without it a warning says so once and the pure-Python parser does the same work):
 
@@ -28,10 +30,19 @@ _ALIAS_RATIO_LOW, _ALIAS_RATIO_HIGH = 400_000, 4_000_000
 STR, MAP, SEQ = "tag:yaml.org,2002:str", "tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"
 MERGE, VALUE = "tag:yaml.org,2002:merge", "tag:yaml.org,2002:value"
 # Scalar tags whose SafeConstructor function returns the value at once (no generator, no node kept).
-_DIRECT_SCALARS = frozenset(f"tag:yaml.org,2002:{name}" for name in
-                            ("null", "bool", "int", "float", "binary", "timestamp"))
+DIRECT_SCALAR_TAGS = frozenset(f"tag:yaml.org,2002:{name}" for name in
+                               ("null", "bool", "int", "float", "binary", "timestamp"))
 _PLAIN_TAGS_KEPT = 4096  # spellings whose resolved tag the object builder keeps (keys and values that repeat)
 _NOT_JSON = frozenset(f"tag:yaml.org,2002:{name}" for name in ("binary", "timestamp"))
+
+# The words of each refusal (agent/parsing/compiled_yaml.py refuses with the same).
+DEPTH_REFUSED = f"objects and lists nested more than {MAX_DEPTH:,} levels deep"
+ALIASES_REFUSED = ("the document expands its aliases (*name) to more nodes than it writes out (the limit kubectl "
+                   "and the API server apply)")
+
+
+def cycle_refused(anchor: str) -> str:
+    return f"alias *{anchor} refers to a node that contains it"
 
 
 def allowed_alias_ratio(decoded: int) -> float:
@@ -66,18 +77,17 @@ class _Bounds:
     def enter(self, event) -> None:
         self.depth += 1
         if self.depth > MAX_DEPTH:
-            raise Refused(f"objects and lists nested more than {MAX_DEPTH:,} levels deep", event.start_mark)
+            raise Refused(DEPTH_REFUSED, event.start_mark)
 
     def expand_alias(self, event) -> None:
         size = self.sizes.get(event.anchor)
         if size is None:
-            raise Refused(f"alias *{event.anchor} refers to a node that contains it", event.start_mark)
+            raise Refused(cycle_refused(event.anchor), event.start_mark)
         self.decoded += size
         self.aliased += size
         if self.aliased > 100 and self.decoded > 1000 and \
                 self.aliased / self.decoded > allowed_alias_ratio(self.decoded):
-            raise Refused("the document expands its aliases (*name) to more nodes than it writes out (the limit "
-                          "kubectl and the API server apply)", event.start_mark)
+            raise Refused(ALIASES_REFUSED, event.start_mark)
 
 
 _warned_pure_python = False
@@ -182,7 +192,7 @@ def object_builder_class():
                         tag = self.resolve(ScalarNode, event.value, implicit)
                 if tag == STR or tag == MERGE or tag == VALUE:
                     value = event.value
-                elif tag in _DIRECT_SCALARS:
+                elif tag in DIRECT_SCALAR_TAGS:
                     value = self.yaml_constructors[tag](self, ScalarNode(tag, event.value, event.start_mark,
                                                                          event.end_mark, style=event.style))
                     if tag in _NOT_JSON or type(value) is float and value - value != 0:  # timestamp, binary, inf

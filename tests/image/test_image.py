@@ -272,3 +272,17 @@ def test_policy_generate_builds_a_module_in_the_image(image, tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert (out / "fromimage.pp").stat().st_size > 0 and "allow container_t var_lib_t:file" in (
         out / "fromimage.te").read_text()
+
+
+def test_yaml_dumps_are_read_by_the_compiled_reader_in_the_image(image, tmp_path):
+    """The image has the compiled YAML reader and the libyaml it links to: a YAML List is audited with no warning
+    that YAML is read in Python."""
+    dump = tmp_path / "dump.yaml"
+    dump.write_text("apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Pod\n  metadata: {name: p, "
+                    "namespace: d, uid: u1}\n  spec:\n    containers: [{name: c}]\n")
+    os.chmod(dump, 0o644)
+    result = run("-v", f"{dump}:/in/dump.yaml:ro", podman_image.TAG, "audit", "-f", "/in/dump.yaml", "-o", "json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stderr == "" and json.loads(result.stdout)["summary"]
+    loaded = shell("/opt/venv/bin/python -c 'from agent.parsing import compiled_yaml; print(compiled_yaml.available())'")
+    assert loaded.stdout.strip() == "True", loaded.stdout + loaded.stderr

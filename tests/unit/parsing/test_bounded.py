@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agent.parsing import bounded_yaml
+from agent.parsing import bounded, bounded_yaml, compiled_yaml
 from agent.parsing.bounded import load_json, load_yaml_documents
 from agent.parsing.bounded_yaml import MAX_DEPTH, NeedsNodes, allowed_alias_ratio, bounded_loader_class, object_builder_class
 from agent.errors import InvalidManifest
@@ -46,17 +46,22 @@ merged: {<<: [*defaults, {image: other}], replicas: 1}
 """
 
 
-@pytest.mark.parametrize("libyaml", [True, False])
-def test_ordinary_yaml_reads_as_the_safe_loader_reads_it(monkeypatch, capsys, libyaml):
+@pytest.mark.parametrize("reader", ["compiled", "python on libyaml", "python"])
+def test_ordinary_yaml_reads_as_the_safe_loader_reads_it(monkeypatch, capsys, reader):
     monkeypatch.setattr(bounded_yaml, "_warned_pure_python", False)
-    monkeypatch.setattr(yaml, "__with_libyaml__", libyaml)
+    monkeypatch.setattr(bounded, "_warned_not_compiled", False)
+    if reader == "compiled" and not compiled_yaml.available():
+        pytest.skip("agent.parsing._yaml is not built (libyaml-dev was missing at install)")
+    if reader != "compiled":
+        monkeypatch.setattr(compiled_yaml, "_yaml", None)
+    monkeypatch.setattr(yaml, "__with_libyaml__", reader != "python")
     for _ in range(2):
         assert load_yaml_documents(ORDINARY, "f") == list(yaml.safe_load_all(ORDINARY))
-    warning = capsys.readouterr().err
-    if libyaml:
-        assert warning == ""
-    else:  # said once, on one line
-        assert len(warning.splitlines()) == 1 and "without libyaml" in warning
+    warnings = capsys.readouterr().err.splitlines()
+    # Each said once, on one line.
+    assert ("compiled YAML reader" in "".join(warnings)) == (reader != "compiled")
+    assert ("without libyaml" in "".join(warnings)) == (reader == "python")
+    assert len(warnings) == {"compiled": 0, "python on libyaml": 1, "python": 2}[reader]
 
 
 @pytest.mark.parametrize("text", [ORDINARY, "a: {b: [1, 2.5, yes, ~, 2024-01-02, !!binary aGk=]}\n", "- x\n"])
