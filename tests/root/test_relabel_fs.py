@@ -18,7 +18,8 @@ import pytest
 
 from agent.cli.main import main as cli_main
 from agent.errors import RelabelFailed
-from agent.relabel.volume import relabel
+from agent.relabel import _walker
+from agent.relabel.volume import FATAL_ERRNOS, relabel
 
 XATTR = "security.selinux"
 LABEL = "system_u:object_r:container_file_t:s0:c7,c8"
@@ -183,6 +184,30 @@ def test_read_only_filesystem(tmp_path, mounts):
     subprocess.run(["mount", "-o", "remount,ro", str(root)], check=True)
     stats = relabel(root, LABEL)
     assert (stats.changed, stats.already_correct, stats.errors) == (0, 2, 0)
+
+
+def test_which_errnos_stop_the_walk_is_the_callers_choice(tmp_path, mounts):
+    # The walker has no errno of its own that stops it: volume.py names EROFS and ENOTSUP (FATAL_ERRNOS); told
+    # none, the walker counts EROFS on every entry of a read-only filesystem and finishes.
+    root = tmp_path / "vol"
+    root.mkdir()
+    mounts("-t", "tmpfs", "tmpfs", root)
+    for name in ("a", "b", "c"):
+        (root / name).write_text("x")
+    subprocess.run(["mount", "-o", "remount,ro", str(root)], check=True)
+    fd = os.open(root, os.O_PATH | os.O_DIRECTORY)
+    try:
+        told_none = _walker.walk(fd, LABEL.encode(), 1, 0, fatal_errnos=())
+        assert told_none["fatal_errno"] == 0 and told_none["errors_by_errno"] == {errno.EROFS: 3}
+        told = _walker.walk(fd, LABEL.encode(), 1, 0, fatal_errnos=FATAL_ERRNOS)
+        assert told["fatal_errno"] == errno.EROFS and told["errors"] == 1
+        with pytest.raises(ValueError, match="fatal_errnos"):
+            _walker.walk(fd, LABEL.encode(), 1, 0, fatal_errnos=(0,))
+        with pytest.raises(ValueError, match="fatal_errnos"):
+            _walker.walk(fd, LABEL.encode(), 1, 0, fatal_errnos=tuple(range(1, _walker.MAX_FATAL + 2)))
+    finally:
+        os.close(fd)
+    assert FATAL_ERRNOS == (errno.EROFS, errno.ENOTSUP)
 
 
 _FS_IOC_GETFLAGS = 0x80086601

@@ -20,7 +20,7 @@ import pytest
 from agent.relabel import _walker
 from agent.cli.main import main as cli_main
 from agent.errors import InvalidInput, InvalidLabel, PathOutsideRoot
-from agent.relabel.volume import RelabelStats, apply_fs_group, check_path, ownership_needs_change, relabel
+from agent.relabel.volume import RelabelStats, apply_fs_group, check_path, relabel
 
 XATTR = "security.selinux"
 LABEL = "system_u:object_r:container_file_t:s0:c1,c2"
@@ -659,19 +659,6 @@ def test_on_root_mismatch_walks_when_root_label_unreadable(tmp_path):
         os.setxattr(root / "file", XATTR, want(OTHER))
 
 
-def test_ownership_needs_change_follows_kubelet():
-    def st(mode, gid):
-        return os.stat_result((mode, 0, 0, 0, 0, gid, 0, 0, 0, 0))
-
-    assert not ownership_needs_change(st(stat.S_IFDIR | 0o2770, 5), 5, False)
-    assert not ownership_needs_change(st(stat.S_IFDIR | 0o2775, 5), 5, False)
-    assert ownership_needs_change(st(stat.S_IFDIR | 0o0770, 5), 5, False)  # no setgid
-    assert ownership_needs_change(st(stat.S_IFDIR | 0o2750, 5), 5, False)  # group not rwx
-    assert not ownership_needs_change(st(stat.S_IFDIR | 0o2550, 5), 5, True)
-    assert ownership_needs_change(st(stat.S_IFDIR | 0o2770, 6), 5, False)  # other group
-    assert ownership_needs_change(st(stat.S_IFREG | 0o2770, 5), 5, False)  # not a directory
-
-
 # --- fsGroup without labels, and walks from an open fd ----------------------------------------------------------
 
 
@@ -923,34 +910,6 @@ def test_cli_rejects_bad_numbers(tmp_path, capsys):
         assert exc.value.code == 2
     capsys.readouterr()
     assert label_of(tmp_path) is None
-
-
-def test_floor_modes_set_get_and_compare(tmp_path):
-    """The benchmark's floors: set writes every name, get writes none, compare writes only differing labels."""
-    names = [f"f{i}".encode() for i in range(6)]
-    for name in names:
-        (tmp_path / name.decode()).write_bytes(b"")
-        os.setxattr(tmp_path / name.decode(), XATTR, OTHER.encode() + b"\0")
-    dirs = [os.fsencode(tmp_path)]
-
-    done, errors, seconds = _walker.floor(dirs, [names], LABEL.encode(), 2, 1)  # get
-    assert (done, errors) == (6, 0) and seconds >= 0
-    assert all(os.getxattr(tmp_path / n.decode(), XATTR) == OTHER.encode() + b"\0" for n in names)
-
-    os.setxattr(tmp_path / "f0", XATTR, LABEL.encode() + b"\0")
-    ctime_before = os.lstat(tmp_path / "f0").st_ctime_ns
-    time.sleep(0.01)
-    assert _walker.floor(dirs, [names], LABEL.encode(), 2, 2)[:2] == (6, 0)  # compare
-    assert all(os.getxattr(tmp_path / n.decode(), XATTR) == LABEL.encode() + b"\0" for n in names)
-    assert os.lstat(tmp_path / "f0").st_ctime_ns == ctime_before  # already correct: not written
-    assert os.lstat(tmp_path / "f1").st_ctime_ns > ctime_before
-
-    assert _walker.floor(dirs, [names], OTHER.encode(), 1, 0)[:2] == (6, 0)  # set
-    assert all(os.getxattr(tmp_path / n.decode(), XATTR) == OTHER.encode() + b"\0" for n in names)
-    assert _walker.floor(dirs, [names + [b"missing"]], OTHER.encode(), 1, 0)[:2] == (6, 1)
-
-    with pytest.raises(ValueError, match="mode 0, 1 or 2"):
-        _walker.floor(dirs, [names], LABEL.encode(), 1, 3)
 
 
 def test_the_table_escapes_names_a_pod_wrote(capsys):
