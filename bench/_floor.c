@@ -9,6 +9,7 @@
 
 #include <fcntl.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <time.h>
@@ -51,7 +52,10 @@ static void *listed_worker(void *arg)
     Py_ssize_t lo = l->total * me / l->nthreads, hi = l->total * (me + 1) / l->nthreads;
     struct xlabel x = {.label = l->label, .label_len = l->label_len, .use_xattrat = l->use_xattrat};
     char buf[4096];
-    int dir = 0, open_dir_index = -1, fd = -1;
+    /* Without *xattrat, the walker's way: this thread's own working directory, entered once per directory, and
+     * bare names (agent/relabel/_walker.c xattr_dirfd); /proc/self/fd paths only where unshare is refused. */
+    int own_cwd = !x.use_xattrat && unshare(CLONE_FS) == 0;
+    int dir = 0, open_dir_index = -1, fd = -1, xfd = -1;
     long long done = 0, errors = 0;
     for (Py_ssize_t i = lo; i < hi; i++) {
         while (l->first[dir + 1] <= i)
@@ -61,15 +65,16 @@ static void *listed_worker(void *arg)
                 close(fd);
             fd = open(l->dirs[dir], O_RDONLY | O_DIRECTORY | O_CLOEXEC);
             open_dir_index = dir;
+            xfd = fd >= 0 && own_cwd && fchdir(fd) == 0 ? AT_FDCWD : fd;
         }
         long r = -1;
         if (fd >= 0 && l->mode == FLOOR_SET)
-            r = xset_at(&x, fd, l->names[i]);
+            r = xset_at(&x, xfd, l->names[i]);
         else if (fd >= 0 && l->mode == FLOOR_GET)
-            r = xget_at(&x, fd, l->names[i], buf, sizeof buf);
+            r = xget_at(&x, xfd, l->names[i], buf, sizeof buf);
         else if (fd >= 0) {
-            ssize_t len = xget_at(&x, fd, l->names[i], buf, sizeof buf);
-            r = len >= 0 && label_matches(&x, buf, len) ? 0 : xset_at(&x, fd, l->names[i]);
+            ssize_t len = xget_at(&x, xfd, l->names[i], buf, sizeof buf);
+            r = len >= 0 && label_matches(&x, buf, len) ? 0 : xset_at(&x, xfd, l->names[i]);
         }
         if (r < 0)
             errors++;
@@ -84,8 +89,9 @@ static void *listed_worker(void *arg)
 }
 
 PyDoc_STRVAR(floor_doc,
-             "floor(dirs: list[bytes], names: list[list[bytes]], label: bytes, threads: int, mode: int) -> "
-             "(done, errors, seconds)\n\nPer listed name, split evenly across threads: mode 0 one setxattrat, "
+             "floor(dirs: list[bytes], names: list[list[bytes]], label: bytes, threads: int, mode: int,\n"
+             "      no_xattrat: bool = False) -> (done, errors, seconds)\n\nPer listed name, split evenly across "
+             "threads: mode 0 one setxattrat, "
              "1 one getxattrat, 2 a getxattrat and a setxattrat when the label differs; the benchmark's syscall "
              "floors.");
 
@@ -95,8 +101,9 @@ static PyObject *py_floor(PyObject *self, PyObject *args)
     const char *label;
     Py_ssize_t label_len;
     int nthreads, mode;
-    if (!PyArg_ParseTuple(args, "O!O!y#ii", &PyList_Type, &dirs, &PyList_Type, &names, &label, &label_len,
-                          &nthreads, &mode))
+    int no_xattrat = 0;
+    if (!PyArg_ParseTuple(args, "O!O!y#ii|p", &PyList_Type, &dirs, &PyList_Type, &names, &label, &label_len,
+                          &nthreads, &mode, &no_xattrat))
         return NULL;
     Py_ssize_t ndirs = PyList_GET_SIZE(dirs);
     if (PyList_GET_SIZE(names) != ndirs || nthreads < 1 || mode < FLOOR_SET || mode > FLOOR_COMPARE) {
@@ -149,7 +156,7 @@ static PyObject *py_floor(PyObject *self, PyObject *args)
     }
     double t0, t1;
     Py_BEGIN_ALLOW_THREADS
-    l.use_xattrat = probe_xattrat();
+    l.use_xattrat = !no_xattrat && probe_xattrat();
     t0 = now();
     int started = 0;
     for (; started < nthreads; started++)

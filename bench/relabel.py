@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import resource
 import shutil
 import subprocess
 import sys
@@ -128,6 +129,7 @@ int main(int argc, char **argv) {
 }
 """
 _rss_helper = None
+_last_cpu = (float("nan"), float("nan"))
 
 
 def rss_helper() -> str:
@@ -147,13 +149,27 @@ def rss_helper() -> str:
 def timed_rss(argv) -> tuple[float, float, str]:
     """Run argv; (wall seconds, the child's own peak RSS in MB, stdout). Where there is no C compiler for the
     wrapper (the enforcing guest) the RSS is not measured: NaN."""
+    global _last_cpu
     measured = shutil.which("gcc") is not None
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.run([rss_helper(), *argv] if measured else argv, capture_output=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    _last_cpu = (after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime)
     err = proc.stderr.decode(errors="replace")
     if proc.returncode != 0:
         raise RuntimeError(f"{argv[0]} failed ({proc.returncode}): {err[-500:]}")
     rss_kb = int(err.rsplit("maxrss_kb=", 1)[1].split()[0]) if measured else float("nan")
     return 0.0, rss_kb / 1024.0, proc.stdout.decode()
+
+
+def cpu_seconds(text: str) -> tuple[float, float]:
+    """(user, system) CPU seconds of the last runner: what it printed for its walk alone (`cpu USER SYS`, ours:
+    interpreter start-up left out), else its whole process's (chcon, go-selinux, setfiles: start-up is ~1 ms)."""
+    for line in text.splitlines():
+        if line.startswith("cpu "):
+            user, system = line.split()[1:3]
+            return float(user), float(system)
+    return _last_cpu
 
 
 def wall(argv) -> tuple[float, float, str]:
@@ -169,9 +185,12 @@ def internal(argv) -> tuple[float, float, str]:
     return float(text.split()[-1]), rss, text
 
 
-OURS = ("import sys; sys.path.insert(0, {repo!r}); from agent.relabel.volume import relabel; "
+OURS = ("import resource, sys; sys.path.insert(0, {repo!r}); from agent.relabel.volume import relabel; "
+        "r = resource.getrusage(resource.RUSAGE_SELF); "
         "s = relabel({path!r}, {label!r}, threads={threads}, compare={compare}); "
-        "assert s.errors == 0, s.error_samples; print(s.elapsed)")
+        "q = resource.getrusage(resource.RUSAGE_SELF); "
+        "assert s.errors == 0, s.error_samples; print('cpu', q.ru_utime - r.ru_utime, q.ru_stime - r.ru_stime); "
+        "print(s.elapsed)")
 
 PYTHON_WALK = """
 import os, sys, time

@@ -12,8 +12,8 @@
  *     opened with O_NOATIME where allowed, so reading them does not write their atime;
  *   - xattrs of non-directories are read and written with getxattrat/setxattrat(dirfd, name,
  *     AT_SYMLINK_NOFOLLOW) (Linux 6.13+); before that, each walker thread has its own working directory
- *     (unshare(CLONE_FS)) and uses fchdir(dirfd) + l{get,set}xattr(name), and where it cannot,
- *     l{get,set}xattr("/proc/self/fd/<dirfd>/<name>");
+ *     (unshare(CLONE_FS)), enters a directory once per chunk of its entries (fchdir(dirfd), the fd held open
+ *     meanwhile) and uses l{get,set}xattr(name), and where it cannot, l{get,set}xattr("/proc/self/fd/<dirfd>/<name>");
  *     directories are labelled through their own (non-O_PATH) fd;
  *   - subdirectories are opened with openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS, and
  *     with one_file_system RESOLVE_NO_XDEV), so a directory that is a mount point, of the same filesystem (a
@@ -119,6 +119,7 @@ struct rl_statx {
 #define F_STAT_FILES 0x40  /* stat non-directories too: a mount point below the root may be a file */
 #define F_NO_LABEL 0x80    /* ownership only: no label is read or written */
 #define F_NO_OPENAT2 0x100 /* use the openat + mount id fallback even where openat2 exists (tests) */
+#define F_NO_XATTRAT 0x200 /* reach entries as kernels before 6.13 do, even where *xattrat exists (tests) */
 
 #define CHUNK_ENTRIES 512
 #define CHUNK_BYTES (CHUNK_ENTRIES * 48)
@@ -242,6 +243,17 @@ static void tally_flush(struct walk *w, struct tally *t)
  * entry by fchdir(dirfd) and the bare name, one component looked up from the directory it holds, instead of
  * "/proc/self/fd/<dirfd>/<name>", whose four extra lookups per call cost about 40% of a get+set on ext4. */
 static __thread int own_cwd;
+
+/* The dirfd to give the xattr calls for entries of directory `dirfd`: AT_FDCWD once this thread's working directory
+ * is that directory, else dirfd itself (*xattrat, or /proc paths). One fchdir serves every entry the caller
+ * labels until it lets go of dirfd: the fd stays open meanwhile, so its number cannot be reused for another
+ * directory, and the working directory holds the directory itself, whatever its name comes to point at. */
+static int xattr_dirfd(const struct walk *w, int dirfd)
+{
+    if (own_cwd && !w->x.use_xattrat && !(w->flags & F_NO_LABEL) && fchdir(dirfd) == 0)
+        return AT_FDCWD;
+    return dirfd;
+}
 
 /* ------------------------------------------------------------------------------------------------------ */
 /* errors                                                                                                 */
@@ -692,20 +704,17 @@ static unsigned char type_of(mode_t mode)
     }
 }
 
-/* Label one non-directory entry (or, dirfd AT_FDCWD, one path) on filesystem `dev`. Returns 0, or -1 when it
- * vanished. */
-static int label_entry_on(struct walk *w, struct tally *t, int dirfd, struct node *node, const char *name,
+/* Label one non-directory entry on filesystem `dev`, `name` in directory `xfd` (from xattr_dirfd: AT_FDCWD is
+ * this thread's working directory; for the root given as a single entry, name is that path). Returns 0, or -1
+ * when it vanished. `name` is one directory entry (no '/') and never followed (l*xattr, AT_SYMLINK_NOFOLLOW). */
+static int label_entry_on(struct walk *w, struct tally *t, int xfd, struct node *node, const char *name,
                           dev_t dev)
 {
     if (w->flags & F_NO_LABEL)
         return 0;
-    /* `name` is one directory entry (no '/'), so from the directory itself it is the same single lookup the
-     * dirfd gives, never following a symlink (l*xattr). */
-    if (own_cwd && dirfd != AT_FDCWD && !w->x.use_xattrat && fchdir(dirfd) == 0)
-        dirfd = AT_FDCWD;
     if (!(w->flags & F_NO_COMPARE)) {
         char buf[w->x.label_len + 1];
-        ssize_t len = xget_at(&w->x, dirfd, name, buf, sizeof buf);
+        ssize_t len = xget_at(&w->x, xfd, name, buf, sizeof buf);
         if (len >= 0 && label_matches(&w->x, buf, len)) {
             t->correct++;
             return 0;
@@ -723,7 +732,7 @@ static int label_entry_on(struct walk *w, struct tally *t, int dirfd, struct nod
         t->changed++;
         return 0;
     }
-    if (xset_at(&w->x, dirfd, name) < 0) {
+    if (xset_at(&w->x, xfd, name) < 0) {
         if (errno == ENOENT) {
             t->vanished++;
             return -1;
@@ -735,9 +744,9 @@ static int label_entry_on(struct walk *w, struct tally *t, int dirfd, struct nod
     return 0;
 }
 
-static int label_entry(struct walk *w, struct tally *t, int dirfd, struct node *node, const char *name)
+static int label_entry(struct walk *w, struct tally *t, int xfd, struct node *node, const char *name)
 {
-    return label_entry_on(w, t, dirfd, node, name, node ? node->dev : w->root_dev);
+    return label_entry_on(w, t, xfd, node, name, node ? node->dev : w->root_dev);
 }
 
 /* Label a directory through its own fd. */
@@ -872,7 +881,7 @@ static void own_dirfd(struct walk *w, struct tally *t, int fd, struct node *pare
 }
 
 /* Label a non-directory entry; returns 1 (and labels nothing) when it is a directory to queue. */
-static int process_entry(struct walk *w, struct tally *t, struct node *node, int dirfd, const char *name,
+static int process_entry(struct walk *w, struct tally *t, struct node *node, int dirfd, int xfd, const char *name,
                          unsigned char type)
 {
     struct stat st;
@@ -902,7 +911,7 @@ static int process_entry(struct walk *w, struct tally *t, struct node *node, int
         return 0;
     }
     t->seen++;
-    if (label_entry_on(w, t, dirfd, node, name, dev) < 0)
+    if (label_entry_on(w, t, xfd, node, name, dev) < 0)
         return 0;
     if (w->gid >= 0 && have_st)
         own_entry(w, t, dirfd, node, name, &st);
@@ -928,6 +937,7 @@ static void process_chunk(struct walk *w, struct tally *t, struct node *node, in
         push_dirs(w, node, dirs, lens, ndirs);
     if ((uint32_t)ndirs == chunk->count)
         return;
+    int xfd = xattr_dirfd(w, dirfd); /* one fchdir for the chunk (kernels without *xattrat), not one per entry */
     ndirs = 0;
     p = chunk->data;
     for (uint32_t i = 0; i < chunk->count; i++) {
@@ -935,7 +945,7 @@ static void process_chunk(struct walk *w, struct tally *t, struct node *node, in
         size_t len = strlen(p);
         if (atomic_load_explicit(&w->cancel, memory_order_relaxed))
             return;
-        if (type != DT_DIR && process_entry(w, t, node, dirfd, p, type)) {
+        if (type != DT_DIR && process_entry(w, t, node, dirfd, xfd, p, type)) {
             dirs[ndirs] = p; /* DT_UNKNOWN that turned out to be a directory */
             lens[ndirs++] = (unsigned short)len;
         }
@@ -1092,7 +1102,7 @@ static void open_dir(struct walk *w, struct tally *t, struct node *parent, const
                 record_error(w, err, "open", parent, name);
             t->seen++;
             struct stat est;
-            if (label_entry(w, t, pfd, parent, name) == 0 && w->gid >= 0 &&
+            if (label_entry(w, t, xattr_dirfd(w, pfd), parent, name) == 0 && w->gid >= 0 &&
                 fstatat(pfd, name, &est, AT_SYMLINK_NOFOLLOW) == 0)
                 own_entry(w, t, pfd, parent, name, &est);
         }
@@ -1388,7 +1398,7 @@ static PyObject *py_walk(PyObject *self, PyObject *args, PyObject *kw)
     struct stat st;
     struct tally t = {0};
     Py_BEGIN_ALLOW_THREADS
-    w->x.use_xattrat = !(flags & F_FORCE_PROC) && probe_xattrat();
+    w->x.use_xattrat = !(flags & (F_FORCE_PROC | F_NO_XATTRAT)) && probe_xattrat();
     atomic_store(&w->noatime, 1);
     if (path) {
         int fd = open(path, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
@@ -1614,6 +1624,7 @@ PyMODINIT_FUNC PyInit__walker(void)
         PyModule_AddIntConstant(m, "STAT_FILES", F_STAT_FILES) < 0 ||
         PyModule_AddIntConstant(m, "NO_LABEL", F_NO_LABEL) < 0 ||
         PyModule_AddIntConstant(m, "NO_OPENAT2", F_NO_OPENAT2) < 0 ||
+        PyModule_AddIntConstant(m, "NO_XATTRAT", F_NO_XATTRAT) < 0 ||
         PyModule_AddIntConstant(m, "CHUNK_ENTRIES", CHUNK_ENTRIES) < 0) {
         Py_DECREF(m);
         return NULL;

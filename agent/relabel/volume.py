@@ -282,7 +282,8 @@ def _check_options(threads, fs_group, fs_group_policy) -> int:
 def relabel(path, label, *, threads: int | None = None, one_file_system: bool = True, dry_run: bool = False,
             fs_group: int | None = None, fs_group_policy: str = "Always", read_only: bool = False,
             compare: bool = True, progress: Progress | None = None, progress_interval: float = 0.2,
-            _force_proc: bool = False, _fd_budget: int = 0, _no_openat2: bool = False) -> RelabelStats:
+            _force_proc: bool = False, _fd_budget: int = 0, _no_openat2: bool = False,
+            _no_xattrat: bool = False) -> RelabelStats:
     """Set the SELinux label `label` on `path` (a path, or an open directory fd) and everything below it; see
     the module docstring.
 
@@ -308,7 +309,8 @@ def relabel(path, label, *, threads: int | None = None, one_file_system: bool = 
                                 threads=threads, fs_group=fs_group, ownership_skipped=True, walk_skipped=True)
         return _walk(root, str(target).encode(), ownership, threads=threads, one_file_system=one_file_system,
                      dry_run=dry_run, compare=compare, progress=progress, progress_interval=progress_interval,
-                     force_proc=_force_proc, no_openat2=_no_openat2, fd_budget=_fd_budget, label=str(target),
+                     force_proc=_force_proc, no_openat2=_no_openat2, no_xattrat=_no_xattrat, fd_budget=_fd_budget,
+                     label=str(target),
                      fs_group=fs_group, ownership_skipped=ownership_skipped)
     finally:
         root.close()
@@ -341,7 +343,7 @@ def apply_fs_group(path_or_fd, gid: int, *, read_only: bool = False, policy: str
 def _walk(root: _Root, canonical: bytes, ownership: Ownership | None, *, threads: int, one_file_system: bool,
           dry_run: bool, compare: bool, progress, progress_interval: float, label: str, fs_group,
           ownership_skipped: bool = False, ownership_only: bool = False, force_proc: bool = False,
-          no_openat2: bool = False, fd_budget: int = 0) -> RelabelStats:
+          no_openat2: bool = False, no_xattrat: bool = False, fd_budget: int = 0) -> RelabelStats:
     """Run the C walker on an opened root and turn its report into RelabelStats or RelabelFailed. `ownership`:
     the fsGroup pass to apply as well, if any."""
     flags = 0
@@ -357,6 +359,8 @@ def _walk(root: _Root, canonical: bytes, ownership: Ownership | None, *, threads
         flags |= _walker.NO_LABEL
     if no_openat2:
         flags |= _walker.NO_OPENAT2
+    if no_xattrat:
+        flags |= _walker.NO_XATTRAT
     real = root.path
     if root.fd is not None:
         try:

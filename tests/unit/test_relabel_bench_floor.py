@@ -55,8 +55,10 @@ def test_floor_is_built_with_the_walkers_compiler_flags(tmp_path):
         relabel_floor.walker_compile_args(str(setup))
 
 
-def test_floor_modes_set_get_and_compare(tmp_path, floor):
-    """The benchmark's floors: set writes every name, get writes none, compare writes only differing labels."""
+@pytest.mark.parametrize("no_xattrat", [False, True], ids=["xattrat", "cwd"])
+def test_floor_modes_set_get_and_compare(tmp_path, floor, no_xattrat):
+    """The benchmark's floors: set writes every name, get writes none, compare writes only differing labels; by
+    *xattrat, or (no_xattrat, as before Linux 6.13) from each thread's own working directory."""
     names = [f"f{i}".encode() for i in range(6)]
     try:
         for name in names:
@@ -66,21 +68,21 @@ def test_floor_modes_set_get_and_compare(tmp_path, floor):
         pytest.skip(f"cannot write security.* xattrs here ({err.strerror}); needs CAP_SYS_ADMIN")
     dirs = [os.fsencode(tmp_path)]
 
-    done, errors, seconds = floor(dirs, [names], LABEL.encode(), 2, relabel_floor.FLOOR_GET)
+    done, errors, seconds = floor(dirs, [names], LABEL.encode(), 2, relabel_floor.FLOOR_GET, no_xattrat)
     assert (done, errors) == (6, 0) and seconds >= 0
     assert all(os.getxattr(tmp_path / n.decode(), XATTR) == OTHER.encode() + b"\0" for n in names)
 
     os.setxattr(tmp_path / "f0", XATTR, LABEL.encode() + b"\0")
     ctime_before = os.lstat(tmp_path / "f0").st_ctime_ns
     time.sleep(0.01)
-    assert floor(dirs, [names], LABEL.encode(), 2, relabel_floor.FLOOR_COMPARE)[:2] == (6, 0)
+    assert floor(dirs, [names], LABEL.encode(), 2, relabel_floor.FLOOR_COMPARE, no_xattrat)[:2] == (6, 0)
     assert all(os.getxattr(tmp_path / n.decode(), XATTR) == LABEL.encode() + b"\0" for n in names)
     assert os.lstat(tmp_path / "f0").st_ctime_ns == ctime_before  # already correct: not written
     assert os.lstat(tmp_path / "f1").st_ctime_ns > ctime_before
 
-    assert floor(dirs, [names], OTHER.encode(), 1, relabel_floor.FLOOR_SET)[:2] == (6, 0)
+    assert floor(dirs, [names], OTHER.encode(), 1, relabel_floor.FLOOR_SET, no_xattrat)[:2] == (6, 0)
     assert all(os.getxattr(tmp_path / n.decode(), XATTR) == OTHER.encode() + b"\0" for n in names)
-    assert floor(dirs, [names + [b"missing"]], OTHER.encode(), 1, relabel_floor.FLOOR_SET)[:2] == (6, 1)
+    assert floor(dirs, [names + [b"missing"]], OTHER.encode(), 1, relabel_floor.FLOOR_SET, no_xattrat)[:2] == (6, 1)
 
     with pytest.raises(ValueError, match="mode 0, 1 or 2"):
         floor(dirs, [names], LABEL.encode(), 1, 3)
