@@ -178,6 +178,8 @@ struct walk {
     int fatal[MAX_FATAL]; /* errnos that stop the walk when they happen on the root's filesystem (caller's choice) */
     int nfatal;
     long gid; /* -1: no fs_group */
+    int unread_after; /* after this many entries in a row of a chunk had another label, write the rest of the
+                       * chunk without reading first; 0: always read first (the caller's choice, per filesystem) */
     mode_t dir_mode, file_mode; /* fs_group: bits added to directories / to everything else but symlinks */
     dev_t root_dev;
     uint64_t root_mnt; /* the root's mount id; 0: unknown (no STATX_MNT_ID) */
@@ -205,7 +207,7 @@ struct walk {
     int open_fds;
 
     /* counters */
-    atomic_ullong seen, changed, correct, other_fs, vanished, owner_changed, mode_changed, errors, reopened;
+    atomic_ullong seen, changed, correct, other_fs, vanished, owner_changed, mode_changed, errors, reopened, unread;
     atomic_ullong by_errno[ERRNO_SLOTS];
 
     pthread_mutex_t errlock;
@@ -216,8 +218,9 @@ struct walk {
 
 /* Per-thread counters, flushed once per work item. */
 struct tally {
-    unsigned long long seen, changed, correct, other_fs, vanished, owner_changed, mode_changed;
+    unsigned long long seen, changed, correct, other_fs, vanished, owner_changed, mode_changed, unread;
     int worked; /* this thread labelled at least one entry (threads_active: large directories get shared) */
+    int streak; /* entries in a row of the current chunk whose label differed (unread_after) */
 };
 
 static void tally_flush(struct walk *w, struct tally *t)
@@ -236,6 +239,7 @@ static void tally_flush(struct walk *w, struct tally *t)
     FLUSH(vanished)
     FLUSH(owner_changed)
     FLUSH(mode_changed)
+    FLUSH(unread)
 #undef FLUSH
 }
 
@@ -712,11 +716,14 @@ static int label_entry_on(struct walk *w, struct tally *t, int xfd, struct node 
 {
     if (w->flags & F_NO_LABEL)
         return 0;
-    if (!(w->flags & F_NO_COMPARE)) {
+    if (w->unread_after && t->streak >= w->unread_after) {
+        t->unread++;
+    } else if (!(w->flags & F_NO_COMPARE)) {
         char buf[w->x.label_len + 1];
         ssize_t len = xget_at(&w->x, xfd, name, buf, sizeof buf);
         if (len >= 0 && label_matches(&w->x, buf, len)) {
             t->correct++;
+            t->streak = 0;
             return 0;
         }
         if (len < 0 && errno != ENODATA && errno != ERANGE) {
@@ -727,6 +734,7 @@ static int label_entry_on(struct walk *w, struct tally *t, int xfd, struct node 
             record_error_on(w, errno, "getxattr", node, name, dev);
             return 0;
         }
+        t->streak++;
     }
     if (w->flags & F_DRY_RUN) {
         t->changed++;
@@ -938,6 +946,7 @@ static void process_chunk(struct walk *w, struct tally *t, struct node *node, in
     if ((uint32_t)ndirs == chunk->count)
         return;
     int xfd = xattr_dirfd(w, dirfd); /* one fchdir for the chunk (kernels without *xattrat), not one per entry */
+    t->streak = 0;
     ndirs = 0;
     p = chunk->data;
     for (uint32_t i = 0; i < chunk->count; i++) {
@@ -1240,7 +1249,8 @@ static PyObject *result_dict(struct walk *w, int xattrat_used)
         Py_DECREF(tup);
     }
     PyObject *d = Py_BuildValue(
-        "{sKsKsKsKsKsKsKsKsKsNsNsisisOsOsi}", "seen", atomic_load(&w->seen), "changed", atomic_load(&w->changed),
+        "{sKsKsKsKsKsKsKsKsKsKsNsNsisisOsOsi}", "seen", atomic_load(&w->seen), "changed", atomic_load(&w->changed),
+        "written_unread", atomic_load(&w->unread),
         "already_correct", atomic_load(&w->correct), "other_filesystem", atomic_load(&w->other_fs), "vanished",
         atomic_load(&w->vanished), "owner_changed", atomic_load(&w->owner_changed), "mode_changed",
         atomic_load(&w->mode_changed), "errors", atomic_load(&w->errors), "reopened", atomic_load(&w->reopened),
@@ -1278,12 +1288,14 @@ static void free_walk(struct walk *w)
 PyDoc_STRVAR(walk_doc,
              "walk(root: int | bytes, label: bytes, threads: int, flags: int, gid: int = -1, progress=None,\n"
              "     interval: float = 0.2, fd_budget: int = 0, dir_mode: int = 0, file_mode: int = 0,\n"
-             "     fatal_errnos: tuple[int, ...] = ()) -> dict\n\n"
+             "     fatal_errnos: tuple[int, ...] = (), unread_after: int = 0) -> dict\n\n"
              "Label every entry under root (the root last). root is an open directory fd (reopened here, so the\n"
              "caller keeps and closes its own), or a path: a directory, or a single non-directory entry that is\n"
              "labelled without being followed. With gid >= 0, fsGroup ownership: group gid, mode | dir_mode on\n"
              "directories, | file_mode on the rest (not symlinks). label may be empty with NO_LABEL. An error whose\n"
              "errno is in fatal_errnos (at most MAX_FATAL) on the root's filesystem stops the walk (fatal_errno).\n"
+             "unread_after > 0: once that many entries in a row of a chunk had another label, the rest of the chunk\n"
+             "is written without reading first (written_unread counts them).\n"
              "progress(seen, changed) is called every interval seconds with the GIL held; an exception from it\n"
              "stops the walk and propagates. Raises OSError when the root cannot be opened.");
 
@@ -1304,19 +1316,24 @@ static int open_root_fd(struct walk *w, int fd)
 static PyObject *py_walk(PyObject *self, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"root",     "label",     "threads",  "flags",     "gid", "progress",
-                             "interval", "fd_budget", "dir_mode", "file_mode", "fatal_errnos", NULL};
+                             "interval", "fd_budget", "dir_mode", "file_mode", "fatal_errnos", "unread_after",
+                             NULL};
     PyObject *root_obj;
     const char *path = NULL, *label;
     Py_ssize_t path_len = 0, label_len;
-    int nthreads, flags, fd_budget = 0, given_fd = -1;
+    int nthreads, flags, fd_budget = 0, given_fd = -1, unread_after = 0;
     unsigned int dir_mode = 0, file_mode = 0;
     long gid = -1;
     PyObject *progress = Py_None, *fatal_obj = NULL;
     double interval = 0.2;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "Oy#ii|lOdiIIO!", kwlist, &root_obj, &label, &label_len, &nthreads,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "Oy#ii|lOdiIIO!i", kwlist, &root_obj, &label, &label_len, &nthreads,
                                      &flags, &gid, &progress, &interval, &fd_budget, &dir_mode, &file_mode,
-                                     &PyTuple_Type, &fatal_obj))
+                                     &PyTuple_Type, &fatal_obj, &unread_after))
         return NULL;
+    if (unread_after < 0) {
+        PyErr_SetString(PyExc_ValueError, "unread_after must be 0 (always read first) or more");
+        return NULL;
+    }
     int fatal[MAX_FATAL] = {0}, nfatal = fatal_obj ? (int)PyTuple_GET_SIZE(fatal_obj) : 0;
     if (nfatal > MAX_FATAL) {
         PyErr_SetString(PyExc_ValueError, "fatal_errnos: too many errnos");
@@ -1382,6 +1399,7 @@ static PyObject *py_walk(PyObject *self, PyObject *args, PyObject *kw)
     w->flags = flags;
     memcpy(w->fatal, fatal, sizeof fatal);
     w->nfatal = nfatal;
+    w->unread_after = unread_after;
     w->gid = gid;
     w->dir_mode = (mode_t)dir_mode;
     w->file_mode = (mode_t)file_mode;
