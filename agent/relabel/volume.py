@@ -11,7 +11,9 @@ Semantics, compared with go-selinux `Chcon(path, label, true)` (what CRI-O, cont
   - symlinks are never followed, not even one swapped in during the walk; the link itself is labelled; the
     root is opened without following any symlink on its way (its path is resolved first), or taken as an
     already open directory fd;
-  - an entry that already has the label is not written, so its ctime does not change;
+  - an entry that already has the label is not written, so its ctime does not change (on ext4, which itself
+    skips a set of the value an xattr already holds, entries after a run of other labels are written without
+    being read first: `IDENTICAL_SET_IS_NOOP`; such an entry counts as changed, but stays as it was);
   - directories are read with O_NOATIME (where the caller owns them or has CAP_FOWNER), so the walk does not
     write their atimes either;
   - with `one_file_system` (the default) no mount point below the root is labelled, chowned or entered, of
