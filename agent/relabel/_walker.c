@@ -716,7 +716,9 @@ static int label_entry_on(struct walk *w, struct tally *t, int xfd, struct node 
 {
     if (w->flags & F_NO_LABEL)
         return 0;
-    if (w->unread_after && t->streak >= w->unread_after) {
+    /* Only on the root's filesystem: that is the one the caller chose unread_after for (a mount below the root,
+     * entered with one_file_system off, may be one that rewrites an identical value). */
+    if (w->unread_after && t->streak >= w->unread_after && dev == w->root_dev) {
         t->unread++;
     } else if (!(w->flags & F_NO_COMPARE)) {
         char buf[w->x.label_len + 1];

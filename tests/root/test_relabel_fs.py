@@ -156,6 +156,35 @@ def test_relabel_on_ext4_writes_unread_after_a_run_of_other_labels_and_keeps_rig
     assert (again.changed, again.already_correct) == (0, entries)
 
 
+@pytest.mark.loop
+def test_unread_writes_stay_on_the_roots_filesystem_when_crossing_mounts(tmp_path, mounts):
+    # ext4 root, xfs mounted below it: the xfs entries are always read first, since xfs rewrites an identical
+    # value (and its ctime) where ext4 does not.
+    root = _loop_fs(tmp_path, mounts, "ext4")
+    inner = root / "inner"
+    inner.mkdir()
+    image = tmp_path / "inner-xfs.img"
+    with open(image, "wb") as handle:
+        handle.truncate(320 << 20)
+    if not shutil.which("mkfs.xfs"):
+        pytest.skip("mkfs.xfs is not installed")
+    subprocess.run(["mkfs.xfs", "-q", "-f", str(image)], check=True, capture_output=True)
+    mounts("-o", "loop", image, inner)
+    names = [f"f{i:04d}" for i in range(300)]
+    for name in names:
+        (inner / name).write_text("x")
+        os.setxattr(inner / name, XATTR, OTHER_LABEL.encode() + b"\0", follow_symlinks=False)
+    right = names[::60]
+    for name in right:
+        os.setxattr(inner / name, XATTR, WANT, follow_symlinks=False)
+    ctimes = {name: os.lstat(inner / name).st_ctime_ns for name in right}
+    time.sleep(0.02)
+    stats = relabel(root, LABEL, threads=1, one_file_system=False)
+    assert stats.errors == 0 and {label_of(inner / name) for name in names} == {WANT}
+    assert {name: os.lstat(inner / name).st_ctime_ns for name in right} == ctimes
+    assert stats.already_correct >= len(right)
+
+
 def _file_mounted_over_an_entry(tmp_path, mounts, entry):
     """A tmpfs file bind-mounted over vol/`entry`; returns (vol, the file on its own filesystem)."""
     other = tmp_path / "other"
