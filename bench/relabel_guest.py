@@ -132,13 +132,15 @@ def measure(tree: str, entries: int, name: str, table: dict, repeat: int, failur
     that a busy spell of the machine falls on all of them alike. A runner that fails or leaves entries
     unlabelled goes to `failures` with the reason and out of the later rounds."""
     best = {runner: [float("inf"), float("inf")] for runner in table}
+    cpu = {}  # runner -> (user, system) CPU seconds of its best relabel pass
     for round_number in range(repeat):
         for runner, func in table.items():
             if runner not in best:
                 continue
             try:
                 host_bench.reset(tree)
-                relabel_s = func(tree, host_bench.LABEL_B)[0]
+                relabel_s, _, text = func(tree, host_bench.LABEL_B)
+                relabel_cpu = host_bench.cpu_seconds(text)
                 wrong = wrong_labels(tree, host_bench.LABEL_B)
                 if wrong:
                     raise RuntimeError(f"left {len(wrong)} sampled entries unlabelled, e.g. {wrong[0]} is "
@@ -149,10 +151,13 @@ def measure(tree: str, entries: int, name: str, table: dict, repeat: int, failur
                 print(f"  {runner:<20} FAILED: {err}", flush=True)
                 del best[runner]
                 continue
+            if relabel_s < best[runner][0]:
+                cpu[runner] = relabel_cpu
             best[runner] = [min(best[runner][0], relabel_s), min(best[runner][1], again_s)]
             print(f"  round {round_number + 1} {runner:<20} relabel {relabel_s:8.3f}s {entries / relabel_s:>9,.0f}/s"
                   f"   already {again_s:8.3f}s {entries / again_s:>9,.0f}/s", flush=True)
-    return [dict(tree=name, entries=entries, runner=runner, relabel_s=times[0], again_s=times[1])
+    return [dict(tree=name, entries=entries, runner=runner, relabel_s=times[0], again_s=times[1],
+                 relabel_cpu=list(cpu.get(runner, (float("nan"), float("nan")))))
             for runner, times in best.items()]
 
 
@@ -264,13 +269,16 @@ def render(report: dict, command: str) -> str:
     for tree in dict.fromkeys(r["tree"] for r in report["rows"]):
         rows = [r for r in report["rows"] if r["tree"] == tree]
         base = _row(report, tree, f"ours-{cpus}")
+        with_cpu = all("relabel_cpu" in r for r in rows)
         lines += [f"#### {where} {tree} ({rows[0]['entries']:,} entries)", "",
-                  "| runner | relabel s | entries/s | time vs ours-N | already s | entries/s |",
-                  "|---|---:|---:|---:|---:|---:|"]
+                  "| runner | relabel s | entries/s | time vs ours-N | already s | entries/s |"
+                  + (" relabel CPU user s | relabel CPU sys s |" if with_cpu else ""),
+                  "|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if with_cpu else "")]
         for r in rows:
             ratio = f"{r['relabel_s'] / base['relabel_s']:.2f}x" if base else ""
+            cpu = (" {:.3f} | {:.3f} |".format(*r["relabel_cpu"]) if with_cpu else "")
             lines.append(f"| {r['runner']} | {r['relabel_s']:.3f} | {r['entries'] / r['relabel_s']:,.0f} | {ratio} | "
-                         f"{r['again_s']:.3f} | {r['entries'] / r['again_s']:,.0f} |")
+                         f"{r['again_s']:.3f} | {r['entries'] / r['again_s']:,.0f} |" + cpu)
         lines.append("")
     found = checks(report)
     if found:

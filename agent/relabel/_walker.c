@@ -2,7 +2,9 @@
  * agent.relabel._walker: the parallel tree walker behind agent.relabel.volume.
  *
  * Thin on purpose (psutil style): this file walks, compares, sets, counts and reports errors per path.
- * It does not parse labels, pick roots or decide what an error means; agent/relabel/volume.py does that.
+ * It does not parse labels, pick roots, pick ownership bits or decide what an error means: agent/relabel/volume.py
+ * does that (with agent/relabel/ownership.py for kubelet's fsGroup rule) and passes the results in: the label,
+ * the group and mode bits to apply, and the errnos that stop a walk (fatal_errnos).
  *
  * Safety rules, all enforced here:
  *   - every lookup is relative to an open directory fd, and every directory is opened with O_NOFOLLOW, so a
@@ -10,8 +12,8 @@
  *     opened with O_NOATIME where allowed, so reading them does not write their atime;
  *   - xattrs of non-directories are read and written with getxattrat/setxattrat(dirfd, name,
  *     AT_SYMLINK_NOFOLLOW) (Linux 6.13+); before that, each walker thread has its own working directory
- *     (unshare(CLONE_FS)) and uses fchdir(dirfd) + l{get,set}xattr(name), and where it cannot,
- *     l{get,set}xattr("/proc/self/fd/<dirfd>/<name>");
+ *     (unshare(CLONE_FS)), enters a directory once per chunk of its entries (fchdir(dirfd), the fd held open
+ *     meanwhile) and uses l{get,set}xattr(name), and where it cannot, l{get,set}xattr("/proc/self/fd/<dirfd>/<name>");
  *     directories are labelled through their own (non-O_PATH) fd;
  *   - subdirectories are opened with openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS, and
  *     with one_file_system RESOLVE_NO_XDEV), so a directory that is a mount point, of the same filesystem (a
@@ -21,7 +23,8 @@
  *   - the root is opened by the caller (agent/relabel/volume.py resolves and checks it) and handed over as a fd, or
  *     given as a path for a single non-directory entry;
  *   - F_NO_LABEL walks for ownership only (kubelet's fsGroup): no label is read or written. The mode bits to
- *     add are plain numbers from the caller (dir_mode, file_mode); the rule that picks them lives in Python;
+ *     add are plain numbers from the caller (dir_mode, file_mode); the rule that picks them is
+ *     agent/relabel/ownership.py;
  *   - the root is labelled last, so "root carries the label" means "the walk finished".
  *
  * Work distribution: one shared LIFO stack of work items (a directory to open, or a chunk of entries of an
@@ -65,15 +68,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "_xattr.h"
+
 /* Syscall numbers shared by x86_64 and the asm-generic table (aarch64, riscv64). */
 #ifndef __NR_fchmodat2
 #define __NR_fchmodat2 452
-#endif
-#ifndef __NR_setxattrat
-#define __NR_setxattrat 463
-#endif
-#ifndef __NR_getxattrat
-#define __NR_getxattrat 464
 #endif
 #ifndef __NR_openat2
 #define __NR_openat2 437
@@ -113,23 +112,14 @@ struct rl_statx {
 #define RL_STATX_BASIC_STATS 0x07ffU
 #define RL_STATX_MNT_ID 0x1000U
 
-/* include/uapi/linux/xattr.h, Linux 6.13 */
-struct rl_xattr_args {
-    uint64_t value;
-    uint32_t size;
-    uint32_t flags;
-};
-
-#define XATTR_NAME "security.selinux"
-
 #define F_ONE_FS 0x01      /* do not label or enter directories on another filesystem */
 #define F_DRY_RUN 0x02     /* count what would change, write nothing */
 #define F_FORCE_PROC 0x04  /* use the /proc/self/fd fallback even where *xattrat exists */
-#define F_ABORT_FATAL 0x08 /* stop at the first EROFS/ENOTSUP on the root's filesystem */
-#define F_BLIND 0x20       /* write without reading first (benchmark comparison only) */
+#define F_NO_COMPARE 0x20  /* write without reading first (relabel(compare=False), like chcon -R) */
 #define F_STAT_FILES 0x40  /* stat non-directories too: a mount point below the root may be a file */
 #define F_NO_LABEL 0x80    /* ownership only: no label is read or written */
 #define F_NO_OPENAT2 0x100 /* use the openat + mount id fallback even where openat2 exists (tests) */
+#define F_NO_XATTRAT 0x200 /* reach entries as kernels before 6.13 do, even where *xattrat exists (tests) */
 
 #define CHUNK_ENTRIES 512
 #define CHUNK_BYTES (CHUNK_ENTRIES * 48)
@@ -139,8 +129,8 @@ struct rl_xattr_args {
 #define DENTS_BYTES (64 * 1024)
 #define MAX_SAMPLES 8        /* error paths kept; the first of each errno is kept beyond that */
 #define MAX_EXTRA_SAMPLES 56
+#define MAX_FATAL 8          /* errnos the caller may name as stopping the walk */
 #define ERRNO_SLOTS 4096     /* MAX_ERRNO + 1: every errno the kernel can return has its own count */
-#define PROC_PATH_MAX (32 + 256)
 
 struct linux_dirent64 {
     uint64_t d_ino;
@@ -183,15 +173,17 @@ struct sample {
 
 struct walk {
     /* constant during the walk */
-    const char *label;
-    size_t label_len; /* without the NUL */
+    struct xlabel x; /* the label and the xattr calls */
     int flags;
+    int fatal[MAX_FATAL]; /* errnos that stop the walk when they happen on the root's filesystem (caller's choice) */
+    int nfatal;
     long gid; /* -1: no fs_group */
+    int unread_after; /* after this many entries in a row of a chunk had another label, write the rest of the
+                       * chunk without reading first; 0: always read first (the caller's choice, per filesystem) */
     mode_t dir_mode, file_mode; /* fs_group: bits added to directories / to everything else but symlinks */
     dev_t root_dev;
     uint64_t root_mnt; /* the root's mount id; 0: unknown (no STATX_MNT_ID) */
     struct node *root;
-    int use_xattrat;
     int nthreads;
     int fd_budget;
 
@@ -215,7 +207,7 @@ struct walk {
     int open_fds;
 
     /* counters */
-    atomic_ullong seen, changed, correct, other_fs, vanished, owner_changed, mode_changed, errors, reopened;
+    atomic_ullong seen, changed, correct, other_fs, vanished, owner_changed, mode_changed, errors, reopened, unread;
     atomic_ullong by_errno[ERRNO_SLOTS];
 
     pthread_mutex_t errlock;
@@ -226,8 +218,9 @@ struct walk {
 
 /* Per-thread counters, flushed once per work item. */
 struct tally {
-    unsigned long long seen, changed, correct, other_fs, vanished, owner_changed, mode_changed;
+    unsigned long long seen, changed, correct, other_fs, vanished, owner_changed, mode_changed, unread;
     int worked; /* this thread labelled at least one entry (threads_active: large directories get shared) */
+    int streak; /* entries in a row of the current chunk whose label differed (unread_after) */
 };
 
 static void tally_flush(struct walk *w, struct tally *t)
@@ -246,53 +239,8 @@ static void tally_flush(struct walk *w, struct tally *t)
     FLUSH(vanished)
     FLUSH(owner_changed)
     FLUSH(mode_changed)
+    FLUSH(unread)
 #undef FLUSH
-}
-
-/* ------------------------------------------------------------------------------------------------------ */
-/* xattr primitives                                                                                       */
-
-static atomic_int xattrat_state = -1; /* -1 unknown, 0 absent, 1 present */
-
-static int probe_xattrat(void)
-{
-    int state = atomic_load(&xattrat_state);
-    if (state >= 0)
-        return state;
-    char buf[8];
-    struct rl_xattr_args args = {.value = (uintptr_t)buf, .size = sizeof buf, .flags = 0};
-    long r = syscall(__NR_getxattrat, AT_FDCWD, "/", AT_SYMLINK_NOFOLLOW, XATTR_NAME, &args, sizeof args);
-    /* ENOSYS: kernel before 6.13. EPERM: a seccomp filter that refuses syscalls it does not know. */
-    state = !(r < 0 && (errno == ENOSYS || errno == EPERM));
-    atomic_store(&xattrat_state, state);
-    return state;
-}
-
-/* "/proc/self/fd/<dirfd>/<name>", built by hand: it is made twice per entry on kernels without *xattrat,
- * where snprintf was a few percent of the walk. */
-static int proc_path(char *out, int dirfd, const char *name)
-{
-    static const char prefix[] = "/proc/self/fd/";
-    char digits[12];
-    int ndigits = 0;
-    unsigned v = (unsigned)dirfd;
-    do {
-        digits[ndigits++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    size_t namelen = strlen(name);
-    if (sizeof prefix - 1 + (size_t)ndigits + 1 + namelen >= PROC_PATH_MAX) {
-        errno = ENAMETOOLONG;
-        return -1;
-    }
-    char *p = out;
-    memcpy(p, prefix, sizeof prefix - 1);
-    p += sizeof prefix - 1;
-    while (ndigits)
-        *p++ = digits[--ndigits];
-    *p++ = '/';
-    memcpy(p, name, namelen + 1);
-    return 0;
 }
 
 /* Set in each walker thread that has its own working directory (unshare(CLONE_FS)): such a thread reaches an
@@ -300,67 +248,15 @@ static int proc_path(char *out, int dirfd, const char *name)
  * "/proc/self/fd/<dirfd>/<name>", whose four extra lookups per call cost about 40% of a get+set on ext4. */
 static __thread int own_cwd;
 
-/* Read the label of `name` in `dirfd` (never following a symlink). dirfd AT_FDCWD: name is a path. */
-static ssize_t xget_at(struct walk *w, int dirfd, const char *name, char *buf, size_t size)
+/* The dirfd to give the xattr calls for entries of directory `dirfd`: AT_FDCWD once this thread's working directory
+ * is that directory, else dirfd itself (*xattrat, or /proc paths). One fchdir serves every entry the caller
+ * labels until it lets go of dirfd: the fd stays open meanwhile, so its number cannot be reused for another
+ * directory, and the working directory holds the directory itself, whatever its name comes to point at. */
+static int xattr_dirfd(const struct walk *w, int dirfd)
 {
-    ssize_t r;
-    if (w->use_xattrat) {
-        struct rl_xattr_args args = {.value = (uintptr_t)buf, .size = (uint32_t)size, .flags = 0};
-        do
-            r = syscall(__NR_getxattrat, dirfd, name, AT_SYMLINK_NOFOLLOW, XATTR_NAME, &args, sizeof args);
-        while (r < 0 && errno == EINTR);
-        return r;
-    }
-    if (dirfd == AT_FDCWD) {
-        do
-            r = lgetxattr(name, XATTR_NAME, buf, size);
-        while (r < 0 && errno == EINTR);
-        return r;
-    }
-    char path[PROC_PATH_MAX];
-    if (proc_path(path, dirfd, name) < 0)
-        return -1;
-    do
-        r = lgetxattr(path, XATTR_NAME, buf, size);
-    while (r < 0 && errno == EINTR);
-    return r;
-}
-
-static int xset_at(struct walk *w, int dirfd, const char *name)
-{
-    long r;
-    if (w->use_xattrat) {
-        struct rl_xattr_args args = {.value = (uintptr_t)w->label, .size = (uint32_t)(w->label_len + 1), .flags = 0};
-        do
-            r = syscall(__NR_setxattrat, dirfd, name, AT_SYMLINK_NOFOLLOW, XATTR_NAME, &args, sizeof args);
-        while (r < 0 && errno == EINTR);
-        return (int)r;
-    }
-    if (dirfd == AT_FDCWD) {
-        do
-            r = lsetxattr(name, XATTR_NAME, w->label, w->label_len + 1, 0);
-        while (r < 0 && errno == EINTR);
-        return (int)r;
-    }
-    char path[PROC_PATH_MAX];
-    if (proc_path(path, dirfd, name) < 0)
-        return -1;
-    do
-        r = lsetxattr(path, XATTR_NAME, w->label, w->label_len + 1, 0);
-    while (r < 0 && errno == EINTR);
-    return (int)r;
-}
-
-/* The kernel returns the label with its trailing NUL when it was written the libselinux way (and always
- * when SELinux is on); go-selinux writes it without. Both spellings of the same text are "correct". A
- * longer value does not fit the buffer and comes back as ERANGE, which also means "different". */
-static int label_matches(struct walk *w, const char *buf, ssize_t len)
-{
-    if (len == (ssize_t)w->label_len + 1)
-        return buf[w->label_len] == '\0' && memcmp(buf, w->label, w->label_len) == 0;
-    if (len == (ssize_t)w->label_len)
-        return memcmp(buf, w->label, w->label_len) == 0;
-    return 0;
+    if (own_cwd && !w->x.use_xattrat && !(w->flags & F_NO_LABEL) && fchdir(dirfd) == 0)
+        return AT_FDCWD;
+    return dirfd;
 }
 
 /* ------------------------------------------------------------------------------------------------------ */
@@ -400,9 +296,12 @@ static char *node_path(struct node *node, const char *name, size_t *outlen)
     return out;
 }
 
-static int is_fatal(int err)
+static int is_fatal(const struct walk *w, int err)
 {
-    return err == EROFS || err == ENOTSUP;
+    for (int i = 0; i < w->nfatal; i++)
+        if (w->fatal[i] == err)
+            return 1;
+    return 0;
 }
 
 /* Whether another error path may be kept: any among the first MAX_SAMPLES, beyond them only `beyond_first`
@@ -413,15 +312,15 @@ static int sample_room(const struct walk *w, int beyond_first)
 }
 
 /* An error on `name` in directory `node` (name NULL: on node itself); `dev` is the filesystem it happened
- * on, which decides whether EROFS/ENOTSUP stop the walk (the volume's own filesystem) or not (a mount
- * below it, entered because one_file_system is off). */
+ * on: an errno the caller named fatal stops the walk only on the volume's own filesystem, not on a mount
+ * below it (entered because one_file_system is off). */
 static void record_error_on(struct walk *w, int err, const char *op, struct node *node, const char *name,
                             dev_t dev)
 {
     atomic_fetch_add_explicit(&w->errors, 1, memory_order_relaxed);
     unsigned long long before =
         atomic_fetch_add_explicit(&w->by_errno[err > 0 && err < ERRNO_SLOTS ? err : 0], 1, memory_order_relaxed);
-    int fatal = (w->flags & F_ABORT_FATAL) && is_fatal(err) && dev == w->root_dev;
+    int fatal = is_fatal(w, err) && dev == w->root_dev;
     /* Past MAX_SAMPLES only the first path of an errno not seen before is kept, so every count has a path. */
     if (!fatal && !sample_room(w, before == 0))
         return;
@@ -809,22 +708,24 @@ static unsigned char type_of(mode_t mode)
     }
 }
 
-/* Label one non-directory entry (or, dirfd AT_FDCWD, one path) on filesystem `dev`. Returns 0, or -1 when it
- * vanished. */
-static int label_entry_on(struct walk *w, struct tally *t, int dirfd, struct node *node, const char *name,
+/* Label one non-directory entry on filesystem `dev`, `name` in directory `xfd` (from xattr_dirfd: AT_FDCWD is
+ * this thread's working directory; for the root given as a single entry, name is that path). Returns 0, or -1
+ * when it vanished. `name` is one directory entry (no '/') and never followed (l*xattr, AT_SYMLINK_NOFOLLOW). */
+static int label_entry_on(struct walk *w, struct tally *t, int xfd, struct node *node, const char *name,
                           dev_t dev)
 {
     if (w->flags & F_NO_LABEL)
         return 0;
-    /* `name` is one directory entry (no '/'), so from the directory itself it is the same single lookup the
-     * dirfd gives, never following a symlink (l*xattr). */
-    if (own_cwd && dirfd != AT_FDCWD && !w->use_xattrat && fchdir(dirfd) == 0)
-        dirfd = AT_FDCWD;
-    if (!(w->flags & F_BLIND)) {
-        char buf[w->label_len + 1];
-        ssize_t len = xget_at(w, dirfd, name, buf, sizeof buf);
-        if (len >= 0 && label_matches(w, buf, len)) {
+    /* Only on the root's filesystem: that is the one the caller chose unread_after for (a mount below the root,
+     * entered with one_file_system off, may be one that rewrites an identical value). */
+    if (w->unread_after && t->streak >= w->unread_after && dev == w->root_dev) {
+        t->unread++;
+    } else if (!(w->flags & F_NO_COMPARE)) {
+        char buf[w->x.label_len + 1];
+        ssize_t len = xget_at(&w->x, xfd, name, buf, sizeof buf);
+        if (len >= 0 && label_matches(&w->x, buf, len)) {
             t->correct++;
+            t->streak = 0;
             return 0;
         }
         if (len < 0 && errno != ENODATA && errno != ERANGE) {
@@ -835,12 +736,13 @@ static int label_entry_on(struct walk *w, struct tally *t, int dirfd, struct nod
             record_error_on(w, errno, "getxattr", node, name, dev);
             return 0;
         }
+        t->streak++;
     }
     if (w->flags & F_DRY_RUN) {
         t->changed++;
         return 0;
     }
-    if (xset_at(w, dirfd, name) < 0) {
+    if (xset_at(&w->x, xfd, name) < 0) {
         if (errno == ENOENT) {
             t->vanished++;
             return -1;
@@ -852,9 +754,9 @@ static int label_entry_on(struct walk *w, struct tally *t, int dirfd, struct nod
     return 0;
 }
 
-static int label_entry(struct walk *w, struct tally *t, int dirfd, struct node *node, const char *name)
+static int label_entry(struct walk *w, struct tally *t, int xfd, struct node *node, const char *name)
 {
-    return label_entry_on(w, t, dirfd, node, name, node ? node->dev : w->root_dev);
+    return label_entry_on(w, t, xfd, node, name, node ? node->dev : w->root_dev);
 }
 
 /* Label a directory through its own fd. */
@@ -862,13 +764,13 @@ static void label_dirfd(struct walk *w, struct tally *t, int fd, struct node *pa
 {
     if (w->flags & F_NO_LABEL)
         return;
-    if (!(w->flags & F_BLIND)) {
-        char buf[w->label_len + 1];
+    if (!(w->flags & F_NO_COMPARE)) {
+        char buf[w->x.label_len + 1];
         ssize_t len;
         do
             len = fgetxattr(fd, XATTR_NAME, buf, sizeof buf);
         while (len < 0 && errno == EINTR);
-        if (len >= 0 && label_matches(w, buf, len)) {
+        if (len >= 0 && label_matches(&w->x, buf, len)) {
             t->correct++;
             return;
         }
@@ -883,7 +785,7 @@ static void label_dirfd(struct walk *w, struct tally *t, int fd, struct node *pa
     }
     int r;
     do
-        r = fsetxattr(fd, XATTR_NAME, w->label, w->label_len + 1, 0);
+        r = fsetxattr(fd, XATTR_NAME, w->x.label, w->x.label_len + 1, 0);
     while (r < 0 && errno == EINTR);
     if (r < 0)
         record_error_on(w, errno, "setxattr", parent, name, dev);
@@ -891,8 +793,9 @@ static void label_dirfd(struct walk *w, struct tally *t, int fd, struct node *pa
         t->changed++;
 }
 
-/* fsGroup ownership: lchown to the group, then chmod to the existing mode | the caller's bits (agent/relabel/volume.py
- * picks them by kubelet's rule); symlinks are not chmod-ed. Nothing is written when it already holds. */
+/* fsGroup ownership: lchown to the group, then chmod to the existing mode | the caller's bits
+ * (agent/relabel/ownership.py picks them by kubelet's rule); symlinks are not chmod-ed. Nothing is written when
+ * it already holds. */
 static mode_t wanted_mode(struct walk *w, mode_t mode)
 {
     return (mode & 07777) | (S_ISDIR(mode) ? w->dir_mode : w->file_mode);
@@ -988,7 +891,7 @@ static void own_dirfd(struct walk *w, struct tally *t, int fd, struct node *pare
 }
 
 /* Label a non-directory entry; returns 1 (and labels nothing) when it is a directory to queue. */
-static int process_entry(struct walk *w, struct tally *t, struct node *node, int dirfd, const char *name,
+static int process_entry(struct walk *w, struct tally *t, struct node *node, int dirfd, int xfd, const char *name,
                          unsigned char type)
 {
     struct stat st;
@@ -1018,7 +921,7 @@ static int process_entry(struct walk *w, struct tally *t, struct node *node, int
         return 0;
     }
     t->seen++;
-    if (label_entry_on(w, t, dirfd, node, name, dev) < 0)
+    if (label_entry_on(w, t, xfd, node, name, dev) < 0)
         return 0;
     if (w->gid >= 0 && have_st)
         own_entry(w, t, dirfd, node, name, &st);
@@ -1044,6 +947,8 @@ static void process_chunk(struct walk *w, struct tally *t, struct node *node, in
         push_dirs(w, node, dirs, lens, ndirs);
     if ((uint32_t)ndirs == chunk->count)
         return;
+    int xfd = xattr_dirfd(w, dirfd); /* one fchdir for the chunk (kernels without *xattrat), not one per entry */
+    t->streak = 0;
     ndirs = 0;
     p = chunk->data;
     for (uint32_t i = 0; i < chunk->count; i++) {
@@ -1051,7 +956,7 @@ static void process_chunk(struct walk *w, struct tally *t, struct node *node, in
         size_t len = strlen(p);
         if (atomic_load_explicit(&w->cancel, memory_order_relaxed))
             return;
-        if (type != DT_DIR && process_entry(w, t, node, dirfd, p, type)) {
+        if (type != DT_DIR && process_entry(w, t, node, dirfd, xfd, p, type)) {
             dirs[ndirs] = p; /* DT_UNKNOWN that turned out to be a directory */
             lens[ndirs++] = (unsigned short)len;
         }
@@ -1208,7 +1113,7 @@ static void open_dir(struct walk *w, struct tally *t, struct node *parent, const
                 record_error(w, err, "open", parent, name);
             t->seen++;
             struct stat est;
-            if (label_entry(w, t, pfd, parent, name) == 0 && w->gid >= 0 &&
+            if (label_entry(w, t, xattr_dirfd(w, pfd), parent, name) == 0 && w->gid >= 0 &&
                 fstatat(pfd, name, &est, AT_SYMLINK_NOFOLLOW) == 0)
                 own_entry(w, t, pfd, parent, name, &est);
         }
@@ -1346,7 +1251,8 @@ static PyObject *result_dict(struct walk *w, int xattrat_used)
         Py_DECREF(tup);
     }
     PyObject *d = Py_BuildValue(
-        "{sKsKsKsKsKsKsKsKsKsNsNsisisOsOsi}", "seen", atomic_load(&w->seen), "changed", atomic_load(&w->changed),
+        "{sKsKsKsKsKsKsKsKsKsKsNsNsisisOsOsi}", "seen", atomic_load(&w->seen), "changed", atomic_load(&w->changed),
+        "written_unread", atomic_load(&w->unread),
         "already_correct", atomic_load(&w->correct), "other_filesystem", atomic_load(&w->other_fs), "vanished",
         atomic_load(&w->vanished), "owner_changed", atomic_load(&w->owner_changed), "mode_changed",
         atomic_load(&w->mode_changed), "errors", atomic_load(&w->errors), "reopened", atomic_load(&w->reopened),
@@ -1358,13 +1264,6 @@ fail:
     Py_XDECREF(by_errno);
     Py_XDECREF(samples);
     return NULL;
-}
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
 static void free_walk(struct walk *w)
@@ -1390,11 +1289,15 @@ static void free_walk(struct walk *w)
 
 PyDoc_STRVAR(walk_doc,
              "walk(root: int | bytes, label: bytes, threads: int, flags: int, gid: int = -1, progress=None,\n"
-             "     interval: float = 0.2, fd_budget: int = 0, dir_mode: int = 0, file_mode: int = 0) -> dict\n\n"
+             "     interval: float = 0.2, fd_budget: int = 0, dir_mode: int = 0, file_mode: int = 0,\n"
+             "     fatal_errnos: tuple[int, ...] = (), unread_after: int = 0) -> dict\n\n"
              "Label every entry under root (the root last). root is an open directory fd (reopened here, so the\n"
              "caller keeps and closes its own), or a path: a directory, or a single non-directory entry that is\n"
              "labelled without being followed. With gid >= 0, fsGroup ownership: group gid, mode | dir_mode on\n"
-             "directories, | file_mode on the rest (not symlinks). label may be empty with NO_LABEL.\n"
+             "directories, | file_mode on the rest (not symlinks). label may be empty with NO_LABEL. An error whose\n"
+             "errno is in fatal_errnos (at most MAX_FATAL) on the root's filesystem stops the walk (fatal_errno).\n"
+             "unread_after > 0: once that many entries in a row of a chunk had another label, the rest of the chunk\n"
+             "is written without reading first (written_unread counts them).\n"
              "progress(seen, changed) is called every interval seconds with the GIL held; an exception from it\n"
              "stops the walk and propagates. Raises OSError when the root cannot be opened.");
 
@@ -1415,18 +1318,39 @@ static int open_root_fd(struct walk *w, int fd)
 static PyObject *py_walk(PyObject *self, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"root",     "label",     "threads",  "flags",     "gid", "progress",
-                             "interval", "fd_budget", "dir_mode", "file_mode", NULL};
+                             "interval", "fd_budget", "dir_mode", "file_mode", "fatal_errnos", "unread_after",
+                             NULL};
     PyObject *root_obj;
     const char *path = NULL, *label;
     Py_ssize_t path_len = 0, label_len;
-    int nthreads, flags, fd_budget = 0, given_fd = -1;
+    int nthreads, flags, fd_budget = 0, given_fd = -1, unread_after = 0;
     unsigned int dir_mode = 0, file_mode = 0;
     long gid = -1;
-    PyObject *progress = Py_None;
+    PyObject *progress = Py_None, *fatal_obj = NULL;
     double interval = 0.2;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "Oy#ii|lOdiII", kwlist, &root_obj, &label, &label_len, &nthreads,
-                                     &flags, &gid, &progress, &interval, &fd_budget, &dir_mode, &file_mode))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "Oy#ii|lOdiIIO!i", kwlist, &root_obj, &label, &label_len, &nthreads,
+                                     &flags, &gid, &progress, &interval, &fd_budget, &dir_mode, &file_mode,
+                                     &PyTuple_Type, &fatal_obj, &unread_after))
         return NULL;
+    if (unread_after < 0) {
+        PyErr_SetString(PyExc_ValueError, "unread_after must be 0 (always read first) or more");
+        return NULL;
+    }
+    int fatal[MAX_FATAL] = {0}, nfatal = fatal_obj ? (int)PyTuple_GET_SIZE(fatal_obj) : 0;
+    if (nfatal > MAX_FATAL) {
+        PyErr_SetString(PyExc_ValueError, "fatal_errnos: too many errnos");
+        return NULL;
+    }
+    for (int i = 0; i < nfatal; i++) {
+        long e = PyLong_AsLong(PyTuple_GET_ITEM(fatal_obj, i));
+        if (e == -1 && PyErr_Occurred())
+            return NULL;
+        if (e <= 0 || e >= ERRNO_SLOTS) {
+            PyErr_SetString(PyExc_ValueError, "fatal_errnos: an errno is a positive number below 4096");
+            return NULL;
+        }
+        fatal[i] = (int)e;
+    }
     if (PyLong_Check(root_obj)) {
         given_fd = PyObject_AsFileDescriptor(root_obj);
         if (given_fd < 0)
@@ -1472,9 +1396,12 @@ static PyObject *py_walk(PyObject *self, PyObject *args, PyObject *kw)
     struct walk *w = calloc(1, sizeof *w);
     if (!w)
         return PyErr_NoMemory();
-    w->label = label;
-    w->label_len = (size_t)label_len;
+    w->x.label = label;
+    w->x.label_len = (size_t)label_len;
     w->flags = flags;
+    memcpy(w->fatal, fatal, sizeof fatal);
+    w->nfatal = nfatal;
+    w->unread_after = unread_after;
     w->gid = gid;
     w->dir_mode = (mode_t)dir_mode;
     w->file_mode = (mode_t)file_mode;
@@ -1491,7 +1418,7 @@ static PyObject *py_walk(PyObject *self, PyObject *args, PyObject *kw)
     struct stat st;
     struct tally t = {0};
     Py_BEGIN_ALLOW_THREADS
-    w->use_xattrat = !(flags & F_FORCE_PROC) && probe_xattrat();
+    w->x.use_xattrat = !(flags & (F_FORCE_PROC | F_NO_XATTRAT)) && probe_xattrat();
     atomic_store(&w->noatime, 1);
     if (path) {
         int fd = open(path, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
@@ -1536,7 +1463,7 @@ static PyObject *py_walk(PyObject *self, PyObject *args, PyObject *kw)
     }
     if (!is_dir) {
         tally_flush(w, &t);
-        result = result_dict(w, w->use_xattrat);
+        result = result_dict(w, w->x.use_xattrat);
         free_walk(w);
         free(w);
         return result;
@@ -1634,163 +1561,10 @@ static PyObject *py_walk(PyObject *self, PyObject *args, PyObject *kw)
         failed = 1;
     }
     if (!failed)
-        result = result_dict(w, w->use_xattrat);
+        result = result_dict(w, w->x.use_xattrat);
     free_walk(w);
     free(w);
     return result;
-}
-
-/* ------------------------------------------------------------------------------------------------------ */
-/* The syscall floors for benchmarks, per pre-listed name and with no walk: one setxattrat (FLOOR_SET), one  */
-/* getxattrat (FLOOR_GET), or a getxattrat and a setxattrat when the label differs (FLOOR_COMPARE: the least */
-/* any compare-before-set walker has to do).                                                               */
-
-enum floor_mode { FLOOR_SET = 0, FLOOR_GET = 1, FLOOR_COMPARE = 2 };
-
-struct listed {
-    int ndirs;
-    char **dirs;
-    Py_ssize_t *first; /* index of the first name of dir i in names; first[ndirs] = total */
-    char **names;
-    Py_ssize_t total;
-    int mode; /* enum floor_mode */
-    const char *label;
-    size_t label_len;
-    int use_xattrat;
-    atomic_llong done, errors;
-    int nthreads;
-    int index;
-    pthread_mutex_t lock;
-};
-
-static void *listed_worker(void *arg)
-{
-    struct listed *l = arg;
-    pthread_mutex_lock(&l->lock);
-    int me = l->index++;
-    pthread_mutex_unlock(&l->lock);
-    Py_ssize_t lo = l->total * me / l->nthreads, hi = l->total * (me + 1) / l->nthreads;
-    struct walk w = {.label = l->label, .label_len = l->label_len, .use_xattrat = l->use_xattrat};
-    char buf[4096];
-    int dir = 0, open_dir_index = -1, fd = -1;
-    long long done = 0, errors = 0;
-    for (Py_ssize_t i = lo; i < hi; i++) {
-        while (l->first[dir + 1] <= i)
-            dir++;
-        if (dir != open_dir_index) {
-            if (fd >= 0)
-                close(fd);
-            fd = open(l->dirs[dir], O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-            open_dir_index = dir;
-        }
-        long r = -1;
-        if (fd >= 0 && l->mode == FLOOR_SET)
-            r = xset_at(&w, fd, l->names[i]);
-        else if (fd >= 0 && l->mode == FLOOR_GET)
-            r = xget_at(&w, fd, l->names[i], buf, sizeof buf);
-        else if (fd >= 0) {
-            ssize_t len = xget_at(&w, fd, l->names[i], buf, sizeof buf);
-            r = len >= 0 && label_matches(&w, buf, len) ? 0 : xset_at(&w, fd, l->names[i]);
-        }
-        if (r < 0)
-            errors++;
-        else
-            done++;
-    }
-    if (fd >= 0)
-        close(fd);
-    atomic_fetch_add(&l->done, done);
-    atomic_fetch_add(&l->errors, errors);
-    return NULL;
-}
-
-PyDoc_STRVAR(floor_doc,
-             "floor(dirs: list[bytes], names: list[list[bytes]], label: bytes, threads: int, mode: int) -> "
-             "(done, errors, seconds)\n\nPer listed name, split evenly across threads: mode 0 one setxattrat, "
-             "1 one getxattrat, 2 a getxattrat and a setxattrat when the label differs; the benchmark's syscall "
-             "floors.");
-
-static PyObject *py_floor(PyObject *self, PyObject *args)
-{
-    PyObject *dirs, *names;
-    const char *label;
-    Py_ssize_t label_len;
-    int nthreads, mode;
-    if (!PyArg_ParseTuple(args, "O!O!y#ii", &PyList_Type, &dirs, &PyList_Type, &names, &label, &label_len,
-                          &nthreads, &mode))
-        return NULL;
-    Py_ssize_t ndirs = PyList_GET_SIZE(dirs);
-    if (PyList_GET_SIZE(names) != ndirs || nthreads < 1 || mode < FLOOR_SET || mode > FLOOR_COMPARE) {
-        PyErr_SetString(PyExc_ValueError, "dirs and names must have the same length; threads >= 1; mode 0, 1 or 2");
-        return NULL;
-    }
-    struct listed l = {0};
-    l.ndirs = (int)ndirs;
-    l.dirs = calloc((size_t)ndirs + 1, sizeof *l.dirs);
-    l.first = calloc((size_t)ndirs + 2, sizeof *l.first);
-    Py_ssize_t total = 0;
-    for (Py_ssize_t i = 0; i < ndirs; i++) {
-        PyObject *lst = PyList_GET_ITEM(names, i);
-        if (!PyList_Check(lst)) {
-            PyErr_SetString(PyExc_TypeError, "names must be a list of lists of bytes");
-            goto fail;
-        }
-        total += PyList_GET_SIZE(lst);
-    }
-    l.names = calloc((size_t)total + 1, sizeof *l.names);
-    if (!l.dirs || !l.first || !l.names) {
-        PyErr_NoMemory();
-        goto fail;
-    }
-    Py_ssize_t k = 0;
-    for (Py_ssize_t i = 0; i < ndirs; i++) {
-        l.dirs[i] = PyBytes_AsString(PyList_GET_ITEM(dirs, i));
-        if (!l.dirs[i])
-            goto fail;
-        l.first[i] = k;
-        PyObject *lst = PyList_GET_ITEM(names, i);
-        for (Py_ssize_t j = 0; j < PyList_GET_SIZE(lst); j++) {
-            l.names[k] = PyBytes_AsString(PyList_GET_ITEM(lst, j));
-            if (!l.names[k++])
-                goto fail;
-        }
-    }
-    l.first[ndirs] = total;
-    l.first[ndirs + 1] = total + 1;
-    l.total = total;
-    l.mode = mode;
-    l.label = label;
-    l.label_len = (size_t)label_len;
-    l.nthreads = nthreads;
-    pthread_mutex_init(&l.lock, NULL);
-    pthread_t *threads = calloc((size_t)nthreads, sizeof *threads);
-    if (!threads) {
-        PyErr_NoMemory();
-        goto fail;
-    }
-    double t0, t1;
-    Py_BEGIN_ALLOW_THREADS
-    l.use_xattrat = probe_xattrat();
-    t0 = now();
-    int started = 0;
-    for (; started < nthreads; started++)
-        if (pthread_create(&threads[started], NULL, listed_worker, &l) != 0)
-            break;
-    for (int i = 0; i < started; i++)
-        pthread_join(threads[i], NULL);
-    t1 = now();
-    Py_END_ALLOW_THREADS
-    free(threads);
-    pthread_mutex_destroy(&l.lock);
-    free(l.dirs);
-    free(l.first);
-    free(l.names);
-    return Py_BuildValue("(LLd)", (long long)atomic_load(&l.done), (long long)atomic_load(&l.errors), t1 - t0);
-fail:
-    free(l.dirs);
-    free(l.first);
-    free(l.names);
-    return NULL;
 }
 
 static PyObject *py_xattrat_available(PyObject *self, PyObject *unused)
@@ -1849,7 +1623,6 @@ static PyMethodDef methods[] = {
     {"open_root", py_open_root, METH_VARARGS, open_root_doc},
     {"mount_id", py_mount_id, METH_VARARGS, mount_id_doc},
     {"walk", (PyCFunction)(void (*)(void))py_walk, METH_VARARGS | METH_KEYWORDS, walk_doc},
-    {"floor", py_floor, METH_VARARGS, floor_doc},
     {"xattrat_available", py_xattrat_available, METH_NOARGS,
      "True when the kernel has getxattrat/setxattrat (Linux 6.13+)."},
     {NULL, NULL, 0, NULL},
@@ -1866,11 +1639,12 @@ PyMODINIT_FUNC PyInit__walker(void)
         return NULL;
     if (PyModule_AddIntConstant(m, "ONE_FS", F_ONE_FS) < 0 || PyModule_AddIntConstant(m, "DRY_RUN", F_DRY_RUN) < 0 ||
         PyModule_AddIntConstant(m, "FORCE_PROC", F_FORCE_PROC) < 0 ||
-        PyModule_AddIntConstant(m, "ABORT_FATAL", F_ABORT_FATAL) < 0 ||
-        PyModule_AddIntConstant(m, "BLIND", F_BLIND) < 0 ||
+        PyModule_AddIntConstant(m, "NO_COMPARE", F_NO_COMPARE) < 0 ||
+        PyModule_AddIntConstant(m, "MAX_FATAL", MAX_FATAL) < 0 ||
         PyModule_AddIntConstant(m, "STAT_FILES", F_STAT_FILES) < 0 ||
         PyModule_AddIntConstant(m, "NO_LABEL", F_NO_LABEL) < 0 ||
         PyModule_AddIntConstant(m, "NO_OPENAT2", F_NO_OPENAT2) < 0 ||
+        PyModule_AddIntConstant(m, "NO_XATTRAT", F_NO_XATTRAT) < 0 ||
         PyModule_AddIntConstant(m, "CHUNK_ENTRIES", CHUNK_ENTRIES) < 0) {
         Py_DECREF(m);
         return NULL;

@@ -3,15 +3,17 @@
 
 The C walker (`agent.relabel._walker`) walks, compares and sets; this module decides. It validates the label
 (`Label.parse`) and the options, opens the root and refuses system directories (`agent.node.system_paths`: by
-name as go-selinux does, and by what the opened directory is), holds kubelet's fsGroup rule (`fs_group_modes`,
-`ownership_needs_change`: the one place it lives; the walker applies the numbers it is given) and its
-`OnRootMismatch` policy, and turns what the walker reports into `RelabelStats` or a typed error.
+name as go-selinux does, and by what the opened directory is), takes kubelet's fsGroup rule and its
+`OnRootMismatch` policy from `agent.relabel.ownership` (the walker applies the numbers it is given), names the
+errnos that stop a walk (`FATAL_ERRNOS`), and turns what the walker reports into `RelabelStats` or a typed error.
 
 Semantics, compared with go-selinux `Chcon(path, label, true)` (what CRI-O, containerd and podman run):
   - symlinks are never followed, not even one swapped in during the walk; the link itself is labelled; the
     root is opened without following any symlink on its way (its path is resolved first), or taken as an
     already open directory fd;
-  - an entry that already has the label is not written, so its ctime does not change;
+  - an entry that already has the label is not written, so its ctime does not change (on ext4, which itself
+    skips a set of the value an xattr already holds, entries after a run of other labels are written without
+    being read first: `IDENTICAL_SET_IS_NOOP`; such an entry counts as changed, but stays as it was);
   - directories are read with O_NOATIME (where the caller owns them or has CAP_FOWNER), so the walk does not
     write their atimes either;
   - with `one_file_system` (the default) no mount point below the root is labelled, chowned or entered, of
@@ -37,16 +39,30 @@ from typing import Callable
 
 from agent.errors import InvalidInput, RelabelFailed
 from agent.label import Label
+from agent.node.mountinfo import read_mountinfo
 from agent.node.system_paths import SYSTEM_PATHS, check_identity, check_text  # noqa: F401 (SYSTEM_PATHS: re-export)
 from agent.node.system_paths import show as _show
+from agent.relabel import _walker
+from agent.relabel.ownership import FS_GROUP_POLICIES, Ownership, ownership_to_apply
+from agent.relabel.ownership import fs_group_modes  # noqa: F401 (re-export)
 
-FS_GROUP_POLICIES = ("Always", "OnRootMismatch")  # kubelet's fsGroupChangePolicy values
 XATTR_NAME = "security.selinux"
 
-# kubelet pkg/volume/volume_linux.go
-_RW_MASK = 0o660
-_RO_MASK = 0o440
-_EXEC_MASK = 0o110
+# Errors that stop a walk when they happen on the volume's own filesystem: a read-only filesystem (EROFS) or one
+# that cannot hold security.* xattrs (ENOTSUP) fails every remaining entry the same way, so walking on would only
+# repeat the error; the caller gets one RelabelFailed naming the filesystem instead. Anywhere else (a mount below
+# the root, entered with one_file_system off) they are counted like any other error.
+FATAL_ERRNOS = (errno_mod.EROFS, errno_mod.ENOTSUP)
+
+# Filesystems that leave an xattr set to the value it already has as it is: no write, no ctime change (ext4 since
+# Linux 4.6, "ext4: shortcut setting of xattr to the same value"). There a get before each set buys nothing once a
+# chunk shows the walk is relabelling: after UNREAD_AFTER entries in a row with another label, the walker writes
+# the rest of that chunk without reading (a get costs 0.2-0.5x a set; on an already-labelled tree the run never
+# builds up, so that pass stays gets only). An entry among them that had the label already is counted as changed
+# (written), but the filesystem leaves it and its ctime alone. Elsewhere (xfs, tmpfs, btrfs...) a set rewrites,
+# so every entry is read first.
+IDENTICAL_SET_IS_NOOP = frozenset({"ext4"})
+UNREAD_AFTER = 32
 
 Progress = Callable[["RelabelProgress"], None]
 
@@ -126,24 +142,6 @@ def check_path(path) -> bytes:
     return check_text(path)
 
 
-def fs_group_modes(read_only: bool) -> tuple[int, int]:
-    """kubelet SetVolumeOwnership (pkg/volume/volume_linux.go changeFilePermission): the bits OR-ed into the
-    mode of (directories, everything else but symlinks): rwMask 0660 (roMask 0440 on a read-only volume),
-    directories also execMask 0110 and setgid. Files get no exec bit, as in kubelet."""
-    mask = _RO_MASK if read_only else _RW_MASK
-    return mask | _EXEC_MASK | stat_mod.S_ISGID, mask
-
-
-def ownership_needs_change(st: os.stat_result, gid: int, read_only: bool) -> bool:
-    """kubelet requiresPermissionChange(): is the root not yet owned and moded for the fsGroup?"""
-    if st.st_gid != gid:
-        return True
-    if not stat_mod.S_ISDIR(st.st_mode):
-        return True
-    wanted = fs_group_modes(read_only)[0]
-    return (st.st_mode & wanted) != wanted
-
-
 def root_label_matches(path: bytes, target: Label, follow: bool = False) -> bool:
     """Does the entry at `path` itself (not a symlink's target; `follow` for a /proc/self/fd link) carry
     `target`, compared canonically?"""
@@ -182,8 +180,6 @@ class _Root:
 
 
 def _mounts() -> list | None:
-    from agent.node.mountinfo import read_mountinfo
-
     try:
         return read_mountinfo()
     except (OSError, ValueError):
@@ -194,8 +190,6 @@ def _refuse_by_identity(fd: int, shown: bytes, is_dir: bool, real: bytes | None)
     """`check_identity` for an open root: its mount, and whether it is that mount's root (`..` is on another
     mount, or is the directory itself) or, for a file, the mount point. Returns the mount table it read (None
     when unreadable), which the walk reuses to look for mount points below the root."""
-    from agent.relabel import _walker
-
     table = _mounts()
     mounts = table or []
     mount_id = _walker.mount_id(fd)
@@ -214,8 +208,6 @@ def _open_root(path_or_fd) -> _Root:
     """Open and check the root of a walk. A path is checked by name, resolved, and opened with no symlink on
     the way (so what is walked is what was checked); an fd is taken as it is. Either way the open directory is
     then refused if it is a system directory or on a mount of one."""
-    from agent.relabel import _walker
-
     if isinstance(path_or_fd, int) and not isinstance(path_or_fd, bool):
         try:
             fd = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=path_or_fd)
@@ -258,8 +250,6 @@ def _checked_dir(fd: int, shown: bytes) -> _Root:
 def _filesystem_of(path: bytes) -> str:
     """`fstype on mountpoint` for the mount holding path, for error messages; best effort."""
     try:
-        from agent.node.mountinfo import read_mountinfo
-
         target = os.fsdecode(os.path.realpath(path))
         best = None
         for mount in read_mountinfo():
@@ -278,8 +268,6 @@ def mount_points_below(root: bytes, mountinfo: str = "/proc/self/mountinfo", mou
     """Whether any mount point lies strictly below `root` (then the walker stats files too, to find files
     mounted over entries), in `mounts` or, when not given, in the table read from `mountinfo`. An unreadable
     mountinfo counts as yes: the stat costs time, not correctness."""
-    from agent.node.mountinfo import read_mountinfo
-
     if mounts is None:
         try:
             mounts = read_mountinfo(mountinfo)
@@ -287,6 +275,21 @@ def mount_points_below(root: bytes, mountinfo: str = "/proc/self/mountinfo", mou
             return True
     real = os.path.realpath(root).rstrip(b"/") + b"/"
     return any(os.fsencode(m.mount_point).startswith(real) for m in mounts)
+
+
+def unread_after(fstype: str, compare: bool, dry_run: bool) -> int:
+    """The walker's unread_after for a walk on `fstype`: UNREAD_AFTER where a set of the same value is a no-op,
+    else 0 (read every entry first). A dry run always reads: it reports what would change."""
+    return UNREAD_AFTER if compare and not dry_run and fstype in IDENTICAL_SET_IS_NOOP else 0
+
+
+def _fstype(root: _Root) -> str:
+    """The filesystem type of an opened root directory, from the mount table read when it was checked; "" when
+    unknown."""
+    if root.fd is None or not root.mounts:
+        return ""
+    mount_id = _walker.mount_id(root.fd)
+    return next((m.fstype for m in root.mounts if m.mount_id == mount_id), "")
 
 
 def _check_options(threads, fs_group, fs_group_policy) -> int:
@@ -306,7 +309,8 @@ def _check_options(threads, fs_group, fs_group_policy) -> int:
 def relabel(path, label, *, threads: int | None = None, one_file_system: bool = True, dry_run: bool = False,
             fs_group: int | None = None, fs_group_policy: str = "Always", read_only: bool = False,
             compare: bool = True, progress: Progress | None = None, progress_interval: float = 0.2,
-            _force_proc: bool = False, _fd_budget: int = 0, _no_openat2: bool = False) -> RelabelStats:
+            _force_proc: bool = False, _fd_budget: int = 0, _no_openat2: bool = False,
+            _no_xattrat: bool = False) -> RelabelStats:
     """Set the SELinux label `label` on `path` (a path, or an open directory fd) and everything below it; see
     the module docstring.
 
@@ -323,22 +327,18 @@ def relabel(path, label, *, threads: int | None = None, one_file_system: bool = 
     threads = _check_options(threads, fs_group, fs_group_policy)
     root = _open_root(path)
     try:
-        gid = -1
-        ownership_skipped = False
+        ownership = None
         if fs_group is not None:
-            if fs_group_policy == "OnRootMismatch" and not ownership_needs_change(root.st, fs_group, read_only):
-                ownership_skipped = True
-                if root_label_matches(root.xattr_path, target, follow=root.fd is not None):
-                    return RelabelStats(path=root.path, label=str(target), seen=1, already_correct=1,
-                                        dry_run=dry_run, threads=threads, fs_group=fs_group,
-                                        ownership_skipped=True, walk_skipped=True)
-            else:
-                gid = fs_group
-        return _walk(root, str(target).encode(), gid, read_only, threads=threads, one_file_system=one_file_system,
+            ownership = ownership_to_apply(fs_group_policy, fs_group, read_only, root.st.st_mode, root.st.st_gid)
+        ownership_skipped = fs_group is not None and ownership is None
+        if ownership_skipped and root_label_matches(root.xattr_path, target, follow=root.fd is not None):
+            return RelabelStats(path=root.path, label=str(target), seen=1, already_correct=1, dry_run=dry_run,
+                                threads=threads, fs_group=fs_group, ownership_skipped=True, walk_skipped=True)
+        return _walk(root, str(target).encode(), ownership, threads=threads, one_file_system=one_file_system,
                      dry_run=dry_run, compare=compare, progress=progress, progress_interval=progress_interval,
-                     force_proc=_force_proc, no_openat2=_no_openat2, fd_budget=_fd_budget, label=str(target),
-                     fs_group=fs_group,
-                     ownership_skipped=ownership_skipped)
+                     force_proc=_force_proc, no_openat2=_no_openat2, no_xattrat=_no_xattrat, fd_budget=_fd_budget,
+                     label=str(target),
+                     fs_group=fs_group, ownership_skipped=ownership_skipped)
     finally:
         root.close()
 
@@ -356,37 +356,38 @@ def apply_fs_group(path_or_fd, gid: int, *, read_only: bool = False, policy: str
     threads = _check_options(threads, gid, policy)
     root = _open_root(path_or_fd)
     try:
-        if policy == "OnRootMismatch" and not ownership_needs_change(root.st, gid, read_only):
+        ownership = ownership_to_apply(policy, gid, read_only, root.st.st_mode, root.st.st_gid)
+        if ownership is None:
             return RelabelStats(path=root.path, label="", seen=1, dry_run=dry_run, threads=threads,
                                 fs_group=gid, ownership_skipped=True, walk_skipped=True)
-        return _walk(root, b"", gid, read_only, threads=threads, one_file_system=one_file_system, dry_run=dry_run,
+        return _walk(root, b"", ownership, threads=threads, one_file_system=one_file_system, dry_run=dry_run,
                      compare=True, progress=progress, progress_interval=progress_interval, ownership_only=True,
                      label="", fs_group=gid)
     finally:
         root.close()
 
 
-def _walk(root: _Root, canonical: bytes, gid: int, read_only: bool, *, threads: int, one_file_system: bool,
+def _walk(root: _Root, canonical: bytes, ownership: Ownership | None, *, threads: int, one_file_system: bool,
           dry_run: bool, compare: bool, progress, progress_interval: float, label: str, fs_group,
           ownership_skipped: bool = False, ownership_only: bool = False, force_proc: bool = False,
-          no_openat2: bool = False, fd_budget: int = 0) -> RelabelStats:
-    """Run the C walker on an opened root and turn its report into RelabelStats or RelabelFailed."""
-    # Imported here so that the rest of the CLI works from a checkout whose extension is not built yet.
-    from agent.relabel import _walker
-
-    flags = _walker.ABORT_FATAL
+          no_openat2: bool = False, no_xattrat: bool = False, fd_budget: int = 0) -> RelabelStats:
+    """Run the C walker on an opened root and turn its report into RelabelStats or RelabelFailed. `ownership`:
+    the fsGroup pass to apply as well, if any."""
+    flags = 0
     if one_file_system:
         flags |= _walker.ONE_FS
     if dry_run:
         flags |= _walker.DRY_RUN
     if not compare:
-        flags |= _walker.BLIND
+        flags |= _walker.NO_COMPARE
     if force_proc:
         flags |= _walker.FORCE_PROC
     if ownership_only:
         flags |= _walker.NO_LABEL
     if no_openat2:
         flags |= _walker.NO_OPENAT2
+    if no_xattrat:
+        flags |= _walker.NO_XATTRAT
     real = root.path
     if root.fd is not None:
         try:
@@ -395,7 +396,7 @@ def _walk(root: _Root, canonical: bytes, gid: int, read_only: bool, *, threads: 
             real = b""
     if not real.startswith(b"/") or mount_points_below(real, mounts=root.mounts):
         flags |= _walker.STAT_FILES
-    dir_mode, file_mode = fs_group_modes(read_only)
+    own = ownership or Ownership(-1, 0, 0)
 
     callback = None
     started = time.monotonic()
@@ -404,8 +405,9 @@ def _walk(root: _Root, canonical: bytes, gid: int, read_only: bool, *, threads: 
             progress(RelabelProgress(seen, changed, time.monotonic() - started))
 
     try:
-        raw = _walker.walk(root.walk_arg, canonical, threads, flags, gid, callback, progress_interval, fd_budget,
-                            dir_mode, file_mode)
+        raw = _walker.walk(root.walk_arg, canonical, threads, flags, own.gid, callback, progress_interval, fd_budget,
+                           own.dir_mode, own.file_mode, FATAL_ERRNOS,
+                           unread_after(_fstype(root), compare and not ownership_only, dry_run))
     except FileNotFoundError:
         raise InvalidInput(f"relabel: {_show(root.path)}: no such file or directory") from None
     except OSError as err:

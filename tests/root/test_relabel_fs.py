@@ -13,12 +13,14 @@ import shutil
 import stat
 import struct
 import subprocess
+import time
 
 import pytest
 
 from agent.cli.main import main as cli_main
 from agent.errors import RelabelFailed
-from agent.relabel.volume import relabel
+from agent.relabel import _walker
+from agent.relabel.volume import FATAL_ERRNOS, IDENTICAL_SET_IS_NOOP, relabel
 
 XATTR = "security.selinux"
 LABEL = "system_u:object_r:container_file_t:s0:c7,c8"
@@ -102,6 +104,87 @@ def test_tmpfs_inside_an_ext4_loop_image(tmp_path, mounts):
     _check_inner_mount(root, inner)
 
 
+def _loop_fs(tmp_path, mounts, fstype: str):
+    image = tmp_path / f"{fstype}.img"
+    with open(image, "wb") as handle:
+        handle.truncate(320 << 20)  # xfs wants 300 MB at least
+    mkfs = [f"mkfs.{fstype}", "-q", "-f" if fstype == "xfs" else "-F", str(image)]
+    if not shutil.which(mkfs[0]):
+        pytest.skip(f"{mkfs[0]} is not installed")
+    subprocess.run(mkfs, check=True, capture_output=True)
+    root = tmp_path / "vol"
+    root.mkdir()
+    mounts("-o", "loop", image, root)
+    return root
+
+
+@pytest.mark.loop
+@pytest.mark.parametrize("fstype, noop", [("ext4", True), ("xfs", False)])
+def test_which_filesystems_leave_a_label_set_to_its_own_value_alone(tmp_path, mounts, fstype, noop):
+    # volume.IDENTICAL_SET_IS_NOOP rests on this: ext4 (Linux 4.6+) skips a set of the value an xattr already
+    # has, ctime included; xfs writes it again. If a kernel changes that, this test says so.
+    root = _loop_fs(tmp_path, mounts, fstype)
+    (root / "f").write_text("x")
+    os.setxattr(root / "f", XATTR, WANT, follow_symlinks=False)
+    before = os.lstat(root / "f").st_ctime_ns
+    time.sleep(0.02)
+    os.setxattr(root / "f", XATTR, WANT, follow_symlinks=False)
+    assert (os.lstat(root / "f").st_ctime_ns == before) is noop
+    assert (fstype in IDENTICAL_SET_IS_NOOP) is noop
+
+
+@pytest.mark.loop
+def test_relabel_on_ext4_writes_unread_after_a_run_of_other_labels_and_keeps_right_entries(tmp_path, mounts):
+    root = _loop_fs(tmp_path, mounts, "ext4")
+    names = [f"f{i:04d}" for i in range(600)]
+    for name in names:
+        (root / name).write_text("x")
+        os.setxattr(root / name, XATTR, OTHER_LABEL.encode() + b"\0", follow_symlinks=False)
+    right = names[::50]  # already labelled, spread over the listing
+    for name in right:
+        os.setxattr(root / name, XATTR, WANT, follow_symlinks=False)
+    ctimes = {name: os.lstat(root / name).st_ctime_ns for name in right}
+    time.sleep(0.02)
+    stats = relabel(root, LABEL, threads=1)
+    assert {label_of(root / name) for name in names} == {WANT} and label_of(root) == WANT
+    entries = len(names) + 2  # the root and lost+found
+    assert stats.changed + stats.already_correct == stats.seen == entries and stats.errors == 0
+    # Read or written unread, an entry that had the label keeps its ctime: ext4 skipped the identical set.
+    assert {name: os.lstat(root / name).st_ctime_ns for name in right} == ctimes
+    # The already-labelled pass reads every entry (no run of other labels builds up) and writes none.
+    again = relabel(root, LABEL, threads=1)
+    assert (again.changed, again.already_correct) == (0, entries)
+
+
+@pytest.mark.loop
+def test_unread_writes_stay_on_the_roots_filesystem_when_crossing_mounts(tmp_path, mounts):
+    # ext4 root, xfs mounted below it: the xfs entries are always read first, since xfs rewrites an identical
+    # value (and its ctime) where ext4 does not.
+    root = _loop_fs(tmp_path, mounts, "ext4")
+    inner = root / "inner"
+    inner.mkdir()
+    image = tmp_path / "inner-xfs.img"
+    with open(image, "wb") as handle:
+        handle.truncate(320 << 20)
+    if not shutil.which("mkfs.xfs"):
+        pytest.skip("mkfs.xfs is not installed")
+    subprocess.run(["mkfs.xfs", "-q", "-f", str(image)], check=True, capture_output=True)
+    mounts("-o", "loop", image, inner)
+    names = [f"f{i:04d}" for i in range(300)]
+    for name in names:
+        (inner / name).write_text("x")
+        os.setxattr(inner / name, XATTR, OTHER_LABEL.encode() + b"\0", follow_symlinks=False)
+    right = names[::60]
+    for name in right:
+        os.setxattr(inner / name, XATTR, WANT, follow_symlinks=False)
+    ctimes = {name: os.lstat(inner / name).st_ctime_ns for name in right}
+    time.sleep(0.02)
+    stats = relabel(root, LABEL, threads=1, one_file_system=False)
+    assert stats.errors == 0 and {label_of(inner / name) for name in names} == {WANT}
+    assert {name: os.lstat(inner / name).st_ctime_ns for name in right} == ctimes
+    assert stats.already_correct >= len(right)
+
+
 def _file_mounted_over_an_entry(tmp_path, mounts, entry):
     """A tmpfs file bind-mounted over vol/`entry`; returns (vol, the file on its own filesystem)."""
     other = tmp_path / "other"
@@ -183,6 +266,30 @@ def test_read_only_filesystem(tmp_path, mounts):
     subprocess.run(["mount", "-o", "remount,ro", str(root)], check=True)
     stats = relabel(root, LABEL)
     assert (stats.changed, stats.already_correct, stats.errors) == (0, 2, 0)
+
+
+def test_which_errnos_stop_the_walk_is_the_callers_choice(tmp_path, mounts):
+    # The walker has no errno of its own that stops it: volume.py names EROFS and ENOTSUP (FATAL_ERRNOS); told
+    # none, the walker counts EROFS on every entry of a read-only filesystem and finishes.
+    root = tmp_path / "vol"
+    root.mkdir()
+    mounts("-t", "tmpfs", "tmpfs", root)
+    for name in ("a", "b", "c"):
+        (root / name).write_text("x")
+    subprocess.run(["mount", "-o", "remount,ro", str(root)], check=True)
+    fd = os.open(root, os.O_PATH | os.O_DIRECTORY)
+    try:
+        told_none = _walker.walk(fd, LABEL.encode(), 1, 0, fatal_errnos=())
+        assert told_none["fatal_errno"] == 0 and told_none["errors_by_errno"] == {errno.EROFS: 3}
+        told = _walker.walk(fd, LABEL.encode(), 1, 0, fatal_errnos=FATAL_ERRNOS)
+        assert told["fatal_errno"] == errno.EROFS and told["errors"] == 1
+        with pytest.raises(ValueError, match="fatal_errnos"):
+            _walker.walk(fd, LABEL.encode(), 1, 0, fatal_errnos=(0,))
+        with pytest.raises(ValueError, match="fatal_errnos"):
+            _walker.walk(fd, LABEL.encode(), 1, 0, fatal_errnos=tuple(range(1, _walker.MAX_FATAL + 2)))
+    finally:
+        os.close(fd)
+    assert FATAL_ERRNOS == (errno.EROFS, errno.ENOTSUP)
 
 
 _FS_IOC_GETFLAGS = 0x80086601

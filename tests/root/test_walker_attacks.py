@@ -106,8 +106,10 @@ def test_ownership_walk_never_follows_a_swapped_symlink(tmp_path):
     assert changed == 0, f"{changed} of {HOST_FILES} host files re-grouped or re-moded"
 
 
-def test_relabel_never_follows_a_swapped_symlink(tmp_path):
-    changed = _swap_attack(tmp_path, lambda vol: relabel(vol, LABEL, threads=2, fs_group=GID))
+@pytest.mark.parametrize("no_xattrat", [False, True], ids=["xattrat", "cwd"])
+def test_relabel_never_follows_a_swapped_symlink(tmp_path, no_xattrat):
+    # "cwd": each thread enters the directory (fchdir) and names entries bare, as on kernels before 6.13.
+    changed = _swap_attack(tmp_path, lambda vol: relabel(vol, LABEL, threads=2, fs_group=GID, _no_xattrat=no_xattrat))
     assert changed == 0, f"{changed} of {HOST_FILES} host files labelled, re-grouped or re-moded"
 
 

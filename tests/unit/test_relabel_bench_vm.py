@@ -122,3 +122,15 @@ def test_the_guest_step_is_one_of_the_runner_choices():
     proc = subprocess.run([sys.executable, str(ROOT / "vm" / "run-enforcing-tests"), "--help"],
                           capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
     assert proc.returncode == 0 and "--step {pytest,relabel-bench}" in proc.stdout and "--guest-file" in proc.stdout
+
+
+def test_cpu_columns_show_where_the_relabel_pass_spends_its_time():
+    # Where no profiler runs (the guest), user and system CPU of each runner's best relabel pass say whether the
+    # time goes to our own code or to the kernel's syscalls.
+    report = _report({"ours-2": (4.0, 1.0), "chcon -R": (12.0, 12.0)})
+    report["rows"][0]["relabel_cpu"] = [0.25, 7.5]
+    report["rows"][1]["relabel_cpu"] = [0.01, 11.9]
+    text = relabel_guest.render(report, "")
+    assert "| ours-2 | 4.000 | 25,026 | 1.00x | 1.000 | 100,102 | 0.250 | 7.500 |" in text
+    assert "relabel CPU user s | relabel CPU sys s |" in text
+    assert relabel_bench.cpu_seconds("cpu 0.5 1.25\n3.0\n") == (0.5, 1.25)
