@@ -44,7 +44,6 @@ from agent.node.system_paths import SYSTEM_PATHS, check_identity, check_text  # 
 from agent.node.system_paths import show as _show
 from agent.relabel import _walker
 from agent.relabel.ownership import FS_GROUP_POLICIES, Ownership, ownership_to_apply
-from agent.relabel.ownership import fs_group_modes  # noqa: F401 (re-export)
 
 XATTR_NAME = "security.selinux"
 

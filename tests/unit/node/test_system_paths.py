@@ -6,7 +6,6 @@ import pytest
 
 from agent.errors import PathOutsideRoot
 from agent.node.mountinfo import parse_mountinfo
-from agent.relabel.volume import fs_group_modes
 from agent.node.system_paths import check_text, holder, mount_refusal
 
 MOUNTINFO = """\
@@ -54,12 +53,6 @@ def test_holder_finds_the_path_inside_the_filesystem():
     mount, inside = holder(MOUNTS, "/data/vol/ssh-bind/keys")
     assert mount.mount_id == 31 and inside == "/etc/ssh/keys"
     assert holder([], "/etc") is None
-
-
-def test_fs_group_modes_follow_kubelet():
-    # pkg/volume/volume_linux.go: rwMask 0660 / roMask 0440; directories also execMask 0110 and setgid.
-    assert fs_group_modes(False) == (0o2770, 0o660)
-    assert fs_group_modes(True) == (0o2550, 0o440)
 
 
 @pytest.mark.parametrize("path", ["/proc/1/root/etc", "/proc/self/root/usr", "/proc", "/proc/../proc/1/cwd"])
