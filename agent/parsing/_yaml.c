@@ -56,7 +56,6 @@ typedef struct {
     long long decoded, aliased;
     int item_plain;       /* the item being built holds only what JSON carries */
     int hook_next;        /* the next sequence is a top-level `items` list */
-    int stream_text;      /* read() gives str */
     PyObject *strings[STRING_SLOTS];
 } Builder;
 
@@ -615,22 +614,23 @@ static PyObject *load_all(PyObject *module, PyObject *args)
     if (!b.cache || !b.anchors || !b.sizes || !b.open || !b.not_json)
         goto done;
     if (PyUnicode_Check(source)) {
+        /* The encoding is left for libyaml to detect (UTF-8, as a str's encoding never starts with a UTF-16 BOM):
+         * only then does it skip a leading U+FEFF, as the safe loader does. Set by hand, the BOM stays a character
+         * of column 0 and moves every mark of the first line, so `\ufeff%YAML 1.1` or `\ufeff- a\n- b` fail. */
         if ((b.input = PyUnicode_AsUTF8String(source)) == NULL)
             goto done;
-        yaml_parser_set_encoding(&b.parser, YAML_UTF8_ENCODING);
     } else if (PyBytes_Check(source)) {
         Py_INCREF(source);
         b.input = source;
     } else {
-        /* As PyYAML's CParser: a stream whose read() gives str is UTF-8 once encoded. */
+        /* As PyYAML's CParser: a stream whose read() gives str is UTF-8 once encoded (read_handler), and libyaml
+         * detects that encoding itself, skipping a leading BOM, as for a str above. The empty read only makes an
+         * object without read() fail here, before libyaml starts. */
         PyObject *probe = PyObject_CallMethod(source, "read", "i", 0);
         if (probe == NULL)
             goto done;
-        b.stream_text = PyUnicode_Check(probe);
         Py_DECREF(probe);
         b.stream = source;
-        if (b.stream_text)
-            yaml_parser_set_encoding(&b.parser, YAML_UTF8_ENCODING);
         yaml_parser_set_input(&b.parser, read_handler, &b);
     }
     if (b.input != NULL)

@@ -460,3 +460,12 @@ def test_past_the_kept_spellings_and_strings_every_value_is_still_its_own():
     text = "n: [" + ", ".join(numbers * 2) + "]\ns: [" + ", ".join(strings + strings[::-1]) + "]\n" + \
         "".join(f"{key}: {key}x\n" for key in strings[:9000])
     assert compiled(text) == safe(text)
+
+
+@pytest.mark.parametrize("make", [str, io.StringIO, lambda t: t.encode(), lambda t: io.BytesIO(t.encode())],
+                         ids=["str", "text file", "utf-8 bytes", "binary file"])
+@pytest.mark.parametrize("text", ["\ufeff%YAML 1.1\n---\nv: 0\n", "\ufeffr:v: tRUE\n tR?\n", "\ufeff- a\n- b\n"],
+                         ids=["directive", "continued plain scalar", "sequence"])
+def test_a_leading_byte_order_mark_is_skipped_in_every_input_form(make, text):
+    # A text read in text mode keeps its BOM as U+FEFF; libyaml skips it only when it detects the encoding itself.
+    assert canon(compiled_yaml.load_all(make(text))) == safe(text) == canon(list(yaml.safe_load_all(text)))
