@@ -39,17 +39,16 @@ struct listed {
     int use_xattrat;
     atomic_llong done, errors;
     int nthreads;
-    int index;
-    pthread_mutex_t lock;
+    atomic_llong next; /* first name not yet claimed: threads take FLOOR_BLOCK names at a time */
 };
+
+/* Names are claimed in blocks, so a thread slowed by something else on its CPU does not leave the other idle at
+ * the end, as a fixed split would: a walker balances its load the same way. */
+#define FLOOR_BLOCK 256
 
 static void *listed_worker(void *arg)
 {
     struct listed *l = arg;
-    pthread_mutex_lock(&l->lock);
-    int me = l->index++;
-    pthread_mutex_unlock(&l->lock);
-    Py_ssize_t lo = l->total * me / l->nthreads, hi = l->total * (me + 1) / l->nthreads;
     struct xlabel x = {.label = l->label, .label_len = l->label_len, .use_xattrat = l->use_xattrat};
     char buf[4096];
     /* Without *xattrat, the walker's way: this thread's own working directory, entered once per directory, and
@@ -57,29 +56,35 @@ static void *listed_worker(void *arg)
     int own_cwd = !x.use_xattrat && unshare(CLONE_FS) == 0;
     int dir = 0, open_dir_index = -1, fd = -1, xfd = -1;
     long long done = 0, errors = 0;
-    for (Py_ssize_t i = lo; i < hi; i++) {
-        while (l->first[dir + 1] <= i)
-            dir++;
-        if (dir != open_dir_index) {
-            if (fd >= 0)
-                close(fd);
-            fd = open(l->dirs[dir], O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-            open_dir_index = dir;
-            xfd = fd >= 0 && own_cwd && fchdir(fd) == 0 ? AT_FDCWD : fd;
+    for (;;) {
+        Py_ssize_t lo = (Py_ssize_t)atomic_fetch_add(&l->next, FLOOR_BLOCK);
+        if (lo >= l->total)
+            break;
+        Py_ssize_t hi = lo + FLOOR_BLOCK < l->total ? lo + FLOOR_BLOCK : l->total;
+        for (Py_ssize_t i = lo; i < hi; i++) {
+            while (l->first[dir + 1] <= i)
+                dir++;
+            if (dir != open_dir_index) {
+                if (fd >= 0)
+                    close(fd);
+                fd = open(l->dirs[dir], O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+                open_dir_index = dir;
+                xfd = fd >= 0 && own_cwd && fchdir(fd) == 0 ? AT_FDCWD : fd;
+            }
+            long r = -1;
+            if (fd >= 0 && l->mode == FLOOR_SET)
+                r = xset_at(&x, xfd, l->names[i]);
+            else if (fd >= 0 && l->mode == FLOOR_GET)
+                r = xget_at(&x, xfd, l->names[i], buf, sizeof buf);
+            else if (fd >= 0) {
+                ssize_t len = xget_at(&x, xfd, l->names[i], buf, sizeof buf);
+                r = len >= 0 && label_matches(&x, buf, len) ? 0 : xset_at(&x, xfd, l->names[i]);
+            }
+            if (r < 0)
+                errors++;
+            else
+                done++;
         }
-        long r = -1;
-        if (fd >= 0 && l->mode == FLOOR_SET)
-            r = xset_at(&x, xfd, l->names[i]);
-        else if (fd >= 0 && l->mode == FLOOR_GET)
-            r = xget_at(&x, xfd, l->names[i], buf, sizeof buf);
-        else if (fd >= 0) {
-            ssize_t len = xget_at(&x, xfd, l->names[i], buf, sizeof buf);
-            r = len >= 0 && label_matches(&x, buf, len) ? 0 : xset_at(&x, xfd, l->names[i]);
-        }
-        if (r < 0)
-            errors++;
-        else
-            done++;
     }
     if (fd >= 0)
         close(fd);
@@ -90,8 +95,8 @@ static void *listed_worker(void *arg)
 
 PyDoc_STRVAR(floor_doc,
              "floor(dirs: list[bytes], names: list[list[bytes]], label: bytes, threads: int, mode: int,\n"
-             "      no_xattrat: bool = False) -> (done, errors, seconds)\n\nPer listed name, split evenly across "
-             "threads: mode 0 one setxattrat, "
+             "      no_xattrat: bool = False) -> (done, errors, seconds)\n\nPer listed name, claimed by the "
+             "threads in blocks of 256: mode 0 one setxattrat, "
              "1 one getxattrat, 2 a getxattrat and a setxattrat when the label differs; the benchmark's syscall "
              "floors.");
 
@@ -148,7 +153,6 @@ static PyObject *py_floor(PyObject *self, PyObject *args)
     l.label = label;
     l.label_len = (size_t)label_len;
     l.nthreads = nthreads;
-    pthread_mutex_init(&l.lock, NULL);
     pthread_t *threads = calloc((size_t)nthreads, sizeof *threads);
     if (!threads) {
         PyErr_NoMemory();
@@ -167,7 +171,6 @@ static PyObject *py_floor(PyObject *self, PyObject *args)
     t1 = now();
     Py_END_ALLOW_THREADS
     free(threads);
-    pthread_mutex_destroy(&l.lock);
     free(l.dirs);
     free(l.first);
     free(l.names);

@@ -16,6 +16,11 @@ host from the same cached disk. Every runner labels the same tree in the same ru
   setfiles -F          setfiles (restorecon -R -F's code, libselinux's selinux_restorecon) with a file_contexts
                        that maps the tree to the label: a get per entry, a set where it differs
   go-selinux           selinux.Chcon(path, label, true) from bench/go, a static binary built on the host
+  floor-N              bench/_floor.c (built on the host): one set per pre-listed name on N threads, no walk
+  floor-N compare      the same with a get first and a set only where the label differs: what a walker that
+                       leaves correct entries unwritten must spend, with no walk; where ours is as fast, the walk
+                       itself costs nothing measurable and chcon -R / floor-N compare is about the best ratio
+                       such a walker reaches on that tree
 
 Two passes each: relabel (every entry carries another label first) and already-labelled. Results go to
 relabel-bench.json (and the Markdown table to relabel-bench.md) in the output directory.
@@ -96,7 +101,7 @@ def setfiles_runner(spec_dir: str):
     return run_setfiles
 
 
-def guest_runners(go_binary: str | None, spec_dir: str, cpus: int) -> dict:
+def guest_runners(go_binary: str | None, spec_dir: str, cpus: int, floor_dir: str | None = None) -> dict:
     def ours(threads, compare):
         return lambda p, l: host_bench.internal([host_bench.PY, "-c", host_bench.OURS.format(
             repo=host_bench.REPO, path=p, label=l, threads=threads, compare=compare)])
@@ -106,6 +111,8 @@ def guest_runners(go_binary: str | None, spec_dir: str, cpus: int) -> dict:
              "setfiles -F": setfiles_runner(spec_dir)}
     if go_binary:
         table["go-selinux"] = lambda p, l: host_bench.internal([go_binary, p, l])
+    if floor_dir:
+        table.update(host_bench.floor_runners(floor_dir, [cpus]))
     return table
 
 
@@ -172,6 +179,18 @@ def _text(argv) -> str:
     return (proc.stdout or proc.stderr).strip()
 
 
+def cpu_model() -> str:
+    """The CPU the kernel sees (in the guest: qemu's -cpu model)."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
 def environment(go_note: str) -> dict:
     enforce = _text(["getenforce"]) if shutil.which("getenforce") else "Disabled"
     policy = ""
@@ -179,17 +198,18 @@ def environment(go_note: str) -> dict:
         if line.startswith("Loaded policy name:"):
             policy = line.split(":", 1)[1].strip()
     domain = _text(["id", "-Z"]) if enforce in ("Enforcing", "Permissive") else "(SELinux not enabled)"
-    return dict(kernel=platform.release(), cpus=host_bench.CPUS, selinux=enforce, policy=policy, domain=domain, chcon=host_bench._chcon_version(),
+    return dict(kernel=platform.release(), cpus=host_bench.CPUS, cpu=cpu_model(), selinux=enforce, policy=policy,
+                domain=domain, chcon=host_bench._chcon_version(),
                 setfiles=_text(["dpkg-query", "-W", "-f", "${Version}", "policycoreutils"]), go=go_note,
                 python=platform.python_version())
 
 
 def run(volume_dir: str, out_dir: str, fstypes=DEFAULT_FSTYPES, count: int = DEFAULT_COUNT, repeat: int = 1,
-        go_binary: str | None = None, go_note: str = "", where: str = "guest") -> dict:
+        go_binary: str | None = None, go_note: str = "", where: str = "guest", floor_dir: str | None = None) -> dict:
     """Benchmark every runner on the volume images of `fstypes` with `count` files; write JSON and Markdown."""
     os.makedirs(out_dir, exist_ok=True)
     work = tempfile.mkdtemp(prefix="relabel-guest-")
-    table = guest_runners(go_binary, work, host_bench.CPUS)
+    table = guest_runners(go_binary, work, host_bench.CPUS, floor_dir)
     report = dict(where=where, environment=environment(go_note or ("not run" if not go_binary else go_binary)),
                   count=count, repeat=repeat, rows=[], skipped=[], failed=[])
     try:
@@ -246,6 +266,18 @@ def checks(report: dict) -> list[tuple[str, str, float, str, bool | None]]:
         value = ours["relabel_s"] / ours["again_s"]
         out.append((tree, "ours-N relabel pass / already-labelled pass", value,
                     f">= {TARGETS['already_vs_relabel']}x", value >= TARGETS["already_vs_relabel"]))
+        floor = _row(report, tree, f"floor-{cpus} compare")
+        if floor is not None:
+            # What a get-and-set loop with no walk at all scores against the baselines: about the best a walker that
+            # reads before it writes can do on this tree.
+            for check, runner in (("chcon -R / floor-N compare (the same ratio for a loop with no walk)", "chcon -R"),
+                                  ("go-selinux / floor-N compare (the same ratio for a loop with no walk)",
+                                   "go-selinux")):
+                other = _row(report, tree, runner)
+                if other is not None:
+                    out.append((tree, check, other["relabel_s"] / floor["relabel_s"], "", None))
+            out.append((tree, "floor-N compare / ours-N, relabel pass (how close ours is to the floor)",
+                        floor["relabel_s"] / ours["relabel_s"], "", None))
         blind = _row(report, tree, f"ours-{cpus} no-compare")
         if blind is not None:
             # Same walker, same tree: gets only (already pass) against sets only (blind relabel pass).
@@ -264,6 +296,8 @@ def render(report: dict, command: str) -> str:
              f"{cpus} CPUs, Linux {env['kernel']}", ""]
     if command:
         lines += [f"Command: `{command}` (as root; `make vm-bench` runs it with `--policy $(VM_POLICY)`)", ""]
+    if env.get("cpu"):
+        lines += [f"CPU model: {env['cpu']}.", ""]
     lines += [f"Runs as `{env['domain']}`; {env['chcon']}; setfiles from policycoreutils {env['setfiles']}; "
               f"go-selinux: {env['go']}; best of {report['repeat']} round(s) per pass.", ""]
     for tree in dict.fromkeys(r["tree"] for r in report["rows"]):

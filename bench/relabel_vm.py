@@ -17,18 +17,21 @@ import sys
 import tempfile
 
 import relabel as host_bench
+import relabel_floor
 import relabel_guest
 
 RUNNER = os.path.join(host_bench.REPO, "vm", "run-enforcing-tests")
 DOC = os.path.join(host_bench.REPO, "docs", "relabel-benchmark.md")
 
 
-def guest_command(args, keep: str, go_binary: str | None, go_note: str) -> list[str]:
+def guest_command(args, keep: str, go_binary: str | None, go_note: str, floor_module: str | None = None) -> list[str]:
     """vm/run-enforcing-tests' argv for the benchmark step; what follows `--` is the guest's bench arguments."""
     count = args.size_list[0]
     argv = [RUNNER, "--policy", args.policy, "--step", "relabel-bench", "--keep", keep]
     if go_binary:
         argv += ["--guest-file", f"relabel-go={go_binary}"]
+    if floor_module:
+        argv += ["--guest-file", f"_floor.so={floor_module}"]  # vm/guest/run-tests passes --floor-dir
     if count != 100_000:
         argv += ["--large-files", str(count)]  # the volumes disk then holds images of that size
     return argv + ["--", "--fs", ",".join(args.fs_list), "--sizes", str(count), "--repeat", str(args.repeat),
@@ -58,11 +61,24 @@ def command_line(args) -> str:
     return " ".join(words)
 
 
+def floor_module() -> tuple[str | None, str | None]:
+    """The floor extension built here ((its directory, its .so), or Nones): the guest has no compiler, and its
+    python3 is the venv's Debian 3.11, so the module built here imports there."""
+    try:
+        directory = relabel_floor.build()
+    except relabel_floor.FloorUnavailable as err:
+        print(f"floor runners skipped: {err}", flush=True)
+        return None, None
+    built = sorted(name for name in os.listdir(directory) if name.startswith("_floor") and name.endswith(".so"))
+    return (directory, os.path.join(directory, built[0])) if built else (None, None)
+
+
 def main(args) -> int:
     go_binary, go_note = host_bench.build_go(static=True)
     print(f"go-selinux baseline: {go_note if go_binary else 'skipped: ' + go_note}", flush=True)
+    floor_dir, floor_so = floor_module()
     keep = args.vm_keep or tempfile.mkdtemp(prefix="relabel-vm-")
-    status = subprocess.run(guest_command(args, keep, go_binary, go_note)).returncode
+    status = subprocess.run(guest_command(args, keep, go_binary, go_note, floor_so)).returncode
     result = os.path.join(keep, "results", relabel_guest.JSON_NAME)
     if not os.path.exists(result):
         print(f"bench/relabel.py --vm: the guest brought back no {relabel_guest.JSON_NAME} (exit status {status}; "
@@ -77,7 +93,7 @@ def main(args) -> int:
         try:
             images = host_images(workdir, args.fs_list, args.size_list[0])
             host = relabel_guest.run(images, os.path.join(workdir, "out"), args.fs_list, args.size_list[0],
-                                     args.repeat, go_binary, go_note, where="host")
+                                     args.repeat, go_binary, go_note, where="host", floor_dir=floor_dir)
             with open(os.path.join(keep, "host-" + relabel_guest.JSON_NAME), "w") as handle:
                 json.dump(host, handle, indent=1)
             sections.append(relabel_guest.render(host, command))

@@ -134,3 +134,32 @@ def test_cpu_columns_show_where_the_relabel_pass_spends_its_time():
     assert "| ours-2 | 4.000 | 25,026 | 1.00x | 1.000 | 100,102 | 0.250 | 7.500 |" in text
     assert "relabel CPU user s | relabel CPU sys s |" in text
     assert relabel_bench.cpu_seconds("cpu 0.5 1.25\n3.0\n") == (0.5, 1.25)
+
+
+def test_the_floor_travels_to_the_guest_as_a_module_the_guest_step_passes_on():
+    args = relabel_bench.parse_args(["--vm", "--fs", "xfs"])
+    argv = relabel_vm.guest_command(args, "/keep", None, "", "/b/_floor.cpython-311-x86_64-linux-gnu.so")
+    cut = argv.index("--")
+    assert argv[argv.index("--guest-file") + 1] == "_floor.so=/b/_floor.cpython-311-x86_64-linux-gnu.so"
+    # The guest step finds it in .vm-run and hands its directory to the guest run.
+    step = (ROOT / "vm" / "guest" / "run-tests").read_text()
+    assert "[ -f .vm-run/_floor.so ]" in step and "--floor-dir /mnt/project/.vm-run" in step
+    guest = relabel_bench.parse_args(["--guest-run", "--volume-dir", "/v", "--out", "/o", "--floor-dir", "/f",
+                                      *argv[cut + 1:]])
+    assert guest.floor_dir == "/f"
+    table = relabel_guest.guest_runners(None, "/spec", 2, "/f")
+    assert {"floor-2", "floor-2 compare"} <= set(table) and "floor-1" not in table
+    assert "floor-2" not in relabel_guest.guest_runners(None, "/spec", 2)
+
+
+def test_the_compare_floor_shows_what_a_get_and_set_loop_scores_against_the_baselines():
+    report = _report({"ours-2": (2.5, 0.5), "chcon -R": (5.5, 5.5), "go-selinux": (3.6, 3.6),
+                      "floor-2 compare": (2.4, 0.45)})
+    found = {check: (value, met) for _, check, value, _, met in relabel_guest.checks(report)}
+    assert found["chcon -R / floor-N compare (the same ratio for a loop with no walk)"] == (pytest.approx(5.5 / 2.4), None)
+    assert found["go-selinux / floor-N compare (the same ratio for a loop with no walk)"] == (1.5, None)
+    assert found["floor-N compare / ours-N, relabel pass (how close ours is to the floor)"] == (
+        pytest.approx(2.4 / 2.5), None)
+    # Without the floor rows there is no bound to state.
+    plain = _report({"ours-2": (2.5, 0.5), "chcon -R": (5.5, 5.5)})
+    assert not any("floor" in check for _, check, _, _, _ in relabel_guest.checks(plain))
