@@ -20,6 +20,7 @@ import relabel as host_bench
 import relabel_floor
 import relabel_guest
 
+GUEST_MEMORY_LARGE_MB = 6144
 RUNNER = os.path.join(host_bench.REPO, "vm", "run-enforcing-tests")
 DOC = os.path.join(host_bench.REPO, "docs", "relabel-benchmark.md")
 
@@ -34,6 +35,10 @@ def guest_command(args, keep: str, go_binary: str | None, go_note: str, floor_mo
         argv += ["--guest-file", f"_floor.so={floor_module}"]  # vm/guest/run-tests passes --floor-dir
     if count != 100_000:
         argv += ["--large-files", str(count)]  # the volumes disk then holds images of that size
+    if count > 100_000:
+        # The guest's 2 GiB would not keep a million inodes and dentries cached through a pass: evictions and
+        # re-reads would be measured instead of labelling.
+        argv += ["--memory", str(GUEST_MEMORY_LARGE_MB)]
     return argv + ["--", "--fs", ",".join(args.fs_list), "--sizes", str(count), "--repeat", str(args.repeat),
                    "--go-note", go_note]
 

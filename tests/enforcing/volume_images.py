@@ -5,8 +5,9 @@ The same code builds the images on the CI host (vm/run-enforcing-tests prebuilds
 prebuilt image is at hand. Images are built from a directory tree without mounting anything: ext4 with
 `mkfs.ext4 -d`, xfs with an mkfs.xfs protofile.
 
-Every image of one filesystem type has the same size whatever its file count, so that mount times differ
-by file count only (ext4 images also get the same inode count).
+Every image of one filesystem type has the same size whatever its file count up to the tests' largest, so
+that mount times differ by file count only (ext4 images also get the same inode count). Only the benchmark's
+larger trees (`bench/relabel.py --vm --sizes 1000000`) get larger images, as their inodes would not fit.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from pathlib import Path
 
 FSTYPES = ("ext4", "xfs")
 IMAGE_MB = 512          # above mkfs.xfs's 300 MB minimum; sparse on disk
+LARGE_IMAGE_FROM = 200_000   # files; above this an image grows by LARGE_IMAGE_BYTES_PER_FILE
+LARGE_IMAGE_BYTES_PER_FILE = 1536  # xfs's 512-byte inodes and the directories, with room to spare
 EXT4_INODES = 131_072   # the same inode tables for every ext4 image up to ~110k files
 FILES_PER_DIR = 1000
 # A file every small volume has, with known content, for the read tests.
@@ -65,13 +68,21 @@ def expected_entries(count: int) -> int:
     return count + 1 + (count + FILES_PER_DIR - 1) // FILES_PER_DIR
 
 
+def image_mb(count: int) -> int:
+    """The size of an image of `count` files: IMAGE_MB for every size the tests use, more for larger trees."""
+    if count <= LARGE_IMAGE_FROM:
+        return IMAGE_MB
+    return max(IMAGE_MB, IMAGE_MB + count * LARGE_IMAGE_BYTES_PER_FILE // (1024 * 1024))
+
+
 def _make_ext4(image: Path, source: Path, count: int) -> None:
     # Lazy init off, so that no background inode-table zeroing runs while mount times are measured.
     inodes = max(EXT4_INODES, count + count // 10 + 1024)
+    size_mb = image_mb(count)
     with open(image, "wb") as handle:
-        handle.truncate(IMAGE_MB * 1024 * 1024)
+        handle.truncate(size_mb * 1024 * 1024)
     subprocess.run(["mkfs.ext4", "-q", "-F", "-N", str(inodes), "-E", "lazy_itable_init=0,lazy_journal_init=0",
-                    "-d", str(source), str(image), f"{IMAGE_MB}M"], check=True)
+                    "-d", str(source), str(image), f"{size_mb}M"], check=True)
 
 
 def _xfs_protofile(source: Path) -> str:
@@ -92,9 +103,9 @@ def _xfs_protofile(source: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _make_xfs(image: Path, source: Path) -> None:
+def _make_xfs(image: Path, source: Path, count: int) -> None:
     with open(image, "wb") as handle:
-        handle.truncate(IMAGE_MB * 1024 * 1024)
+        handle.truncate(image_mb(count) * 1024 * 1024)
     proto = image.with_suffix(".proto")
     proto.write_text(_xfs_protofile(source))
     try:
@@ -114,7 +125,7 @@ def build_image(image: Path, fstype: str, count: int, tree: Path) -> Path:
     if fstype == "ext4":
         _make_ext4(partial, tree, count)
     else:
-        _make_xfs(partial, tree)
+        _make_xfs(partial, tree, count)
     partial.rename(image)
     return image
 

@@ -60,6 +60,18 @@ def test_the_guest_command_runs_the_bench_step_with_the_go_binary(monkeypatch):
     # Another size needs volume images of that size: the runner is told to build them.
     big = relabel_vm.guest_command(relabel_bench.parse_args(["--vm", "--sizes", "1000000"]), "/k", None, "")
     assert big[big.index("--large-files") + 1] == "1000000" and "--guest-file" not in big
+    assert big[big.index("--memory") + 1] == str(relabel_vm.GUEST_MEMORY_LARGE_MB)
+    assert "--memory" not in argv
+
+
+def test_volume_images_keep_one_size_for_the_tests_and_grow_only_for_larger_trees():
+    sys.path.insert(0, str(ROOT))
+    from tests.enforcing.volume_images import IMAGE_MB, file_counts, image_mb
+
+    assert {image_mb(count) for count in file_counts().values()} == {IMAGE_MB}
+    assert image_mb(200_000) == IMAGE_MB
+    # A million files: xfs's 512-byte inodes alone take 488 MiB, more than IMAGE_MB leaves beside the log.
+    assert image_mb(1_000_000) * 2**20 >= 1_000_000 * 1024 + IMAGE_MB * 2**20
 
 
 def test_the_setfiles_spec_matches_the_tree_and_nothing_beside_it():
