@@ -72,7 +72,7 @@ def image_mb(count: int) -> int:
     """The size of an image of `count` files: IMAGE_MB for every size the tests use, more for larger trees."""
     if count <= LARGE_IMAGE_FROM:
         return IMAGE_MB
-    return max(IMAGE_MB, IMAGE_MB + count * LARGE_IMAGE_BYTES_PER_FILE // (1024 * 1024))
+    return IMAGE_MB + count * LARGE_IMAGE_BYTES_PER_FILE // (1024 * 1024)
 
 
 def _make_ext4(image: Path, source: Path, count: int) -> None:
