@@ -42,6 +42,12 @@ def walker_compile_args(setup_py: str = os.path.join(REPO, "setup.py")) -> list[
     raise FloorUnavailable(f"{setup_py} has no agent.relabel._walker Extension with extra_compile_args")
 
 
+def built_module(directory: str) -> str | None:
+    """The `_floor` extension file in a directory `build` returned (None where there is none)."""
+    found = sorted(glob.glob(os.path.join(directory, "_floor*.so")))
+    return found[0] if found else None
+
+
 def build() -> str:
     """The directory holding the built `_floor` module, built first unless this source and these flags were
     built before."""
@@ -51,7 +57,7 @@ def build() -> str:
         with open(path, "rb") as handle:
             digest.update(handle.read())
     out = os.path.join(REPO, "build", "bench-floor", digest.hexdigest()[:16])
-    if glob.glob(os.path.join(out, "_floor*.so")):
+    if built_module(out):
         return out
     try:
         from setuptools import Distribution, Extension
@@ -65,6 +71,6 @@ def build() -> str:
         command.run()
     except Exception as err:  # setuptools reports a missing compiler or header in several exception types
         raise FloorUnavailable(f"cannot build bench/_floor.c: {err}") from None
-    if not glob.glob(os.path.join(out, "_floor*.so")):
+    if not built_module(out):
         raise FloorUnavailable(f"building bench/_floor.c left no module in {out}")
     return out

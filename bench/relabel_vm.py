@@ -74,8 +74,7 @@ def floor_module() -> tuple[str | None, str | None]:
     except relabel_floor.FloorUnavailable as err:
         print(f"floor runners skipped: {err}", flush=True)
         return None, None
-    built = sorted(name for name in os.listdir(directory) if name.startswith("_floor") and name.endswith(".so"))
-    return (directory, os.path.join(directory, built[0])) if built else (None, None)
+    return directory, relabel_floor.built_module(directory)  # build() made sure there is one
 
 
 def main(args) -> int:
